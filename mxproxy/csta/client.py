@@ -1,0 +1,212 @@
+"""Opening an MX link: TLS or TCP transport, certificate pinning, and the login exchange.
+
+MX units ship self-signed certificates, so by default the link is encrypted but the peer is not
+verified (as every client of the original did). Pinning the certificate's SHA-256 fingerprint, or
+naming a CA file, closes that hole; with either, a mismatch refuses the connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import sys
+from typing import IO, Any
+
+import attrs
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
+from twisted.internet.protocol import Factory
+from zope.interface import implementer
+
+from mxproxy.csta import commands, xml
+from mxproxy.csta.errors import LoginError, MXError, MXTimeout, MXUnavailable, ProtocolViolation
+from mxproxy.csta.messages import LoginFailure, LoginResponse
+from mxproxy.csta.protocol import DEFAULT_REPLY_TIMEOUT, CSTAProtocol, Trace
+from mxproxy.logs import Logger
+
+log = Logger(__name__)
+
+CONNECT_TIMEOUT = 20.0
+LOGIN_TIMEOUT = 7.0
+CLEAR_TEXT_CODES = frozenset({2, 4})
+
+
+@attrs.frozen
+class MXAddress:
+    """Where an MX listens and how to trust it."""
+
+    host: str
+    port: int = 7778
+    tls: bool = True
+    fingerprint: bytes | None = None
+    """SHA-256 of the expected server certificate (DER)."""
+    ca: str | None = None
+    """PEM file of CAs that must have issued the server certificate (host name checked too)."""
+
+
+# -- transport ---------------------------------------------------------------------------------
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class PinnedCertificate:
+    """Accepts exactly the server certificate whose SHA-256 digest is ``fingerprint``."""
+
+    def __init__(self, fingerprint: bytes) -> None:
+        self._fingerprint = fingerprint
+        self._context = ssl.CertificateOptions().getContext()
+        self._context.set_verify(SSL.VERIFY_PEER, self._verify)
+
+    def _verify(self, connection: SSL.Connection, certificate: crypto.X509, errno: int,
+                depth: int, ok: int) -> bool:
+        if depth != 0:
+            return True  # only the leaf is pinned; who signed it does not matter
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate)
+        if hashlib.sha256(der).digest() == self._fingerprint:
+            return True
+        log.error("MX certificate fingerprint {seen} does not match the pinned one",
+                  seen=hashlib.sha256(der).hexdigest())
+        return False
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        return connection
+
+
+def tls_creator(address: MXAddress) -> IOpenSSLClientConnectionCreator:
+    """The TLS client policy for ``address``: pinned, CA-verified, or encrypted-only."""
+    if address.fingerprint is not None:
+        return PinnedCertificate(address.fingerprint)
+    if address.ca is not None:
+        with open(address.ca, "rb") as pem:
+            roots = ssl.trustRootFromCertificates(
+                [ssl.Certificate(cert) for cert in _load_pem_chain(pem.read())])
+        return ssl.optionsForClientTLS(address.host, trustRoot=roots)
+    return ssl.CertificateOptions(verify=False)
+
+
+def _load_pem_chain(data: bytes) -> list[crypto.X509]:
+    marker = b"-----END CERTIFICATE-----"
+    return [crypto.load_certificate(crypto.FILETYPE_PEM, block + marker)
+            for block in data.split(marker) if b"-----BEGIN CERTIFICATE-----" in block]
+
+
+class CSTAFactory(Factory):
+    """Builds one CSTAProtocol per connection with the shared clock and trace."""
+
+    def __init__(self, clock: IReactorTime, trace: Trace | None = None,
+                 reply_timeout: float = DEFAULT_REPLY_TIMEOUT) -> None:
+        self.clock = clock
+        self.trace = trace
+        self.reply_timeout = reply_timeout
+
+    def buildProtocol(self, addr: Any) -> CSTAProtocol:
+        protocol = CSTAProtocol(self.clock, reply_timeout=self.reply_timeout, trace=self.trace)
+        protocol.factory = self
+        return protocol
+
+
+def endpoint(reactor: Any, address: MXAddress, timeout: float = CONNECT_TIMEOUT) -> Any:
+    """The client endpoint for ``address``: TCP, wrapped in TLS unless disabled."""
+    tcp = HostnameEndpoint(reactor, address.host, address.port, timeout=timeout)
+    return wrapClientTLS(tls_creator(address), tcp) if address.tls else tcp
+
+
+async def connect(reactor: Any, address: MXAddress, factory: CSTAFactory) -> CSTAProtocol:
+    """Open the link (no login yet); any network failure becomes ``MXUnavailable``."""
+    try:
+        protocol: CSTAProtocol = await endpoint(reactor, address).connect(factory)
+    except Exception as error:
+        raise MXUnavailable(f"cannot connect to {address.host}:{address.port}: {error}") from None
+    return protocol
+
+
+# -- login -------------------------------------------------------------------------------------
+
+
+def hash_password(password: str) -> str:
+    """The ``pwd`` the MX expects: base64(SHA-1(password)) + LF.
+
+    A password that already is such a hash (28 base64 characters decoding to 20 bytes, ending
+    in LF) is sent unchanged, as the original clients did, so configs may store the hash.
+    """
+    if password.endswith("\n"):
+        try:
+            if len(base64.b64decode(password[:-1], validate=True)) == 20:
+                return password
+        except (binascii.Error, ValueError):
+            pass
+    digest = hashlib.sha1(password.encode("utf-8")).digest()
+    return base64.b64encode(digest).decode("ascii") + "\n"
+
+
+USER_LOGIN_ATTRS = {"platform": "iPhone", "version": "7.0", "loginCapab": "Audio",
+                    "mediaCapab": "Voicemail|CallRec"}
+"""What mxproxy announces for user logins: the original's iPhone client profile."""
+
+
+async def login(protocol: CSTAProtocol, user: str, password: str, *, kind: str = "User",
+                clear_text_retry: bool = False, timeout: float = LOGIN_TIMEOUT) -> LoginResponse:
+    """Log in on a fresh link; ``loginFailed`` raises ``LoginError``.
+
+    The clear-text retry (MX answers Code 2 or 4 with apiversion > 2, "LDAP users") hands the
+    password to whoever answered, which may be a man in the middle: only when enabled.
+    """
+    hashed = hash_password(password)
+    try:
+        return await _login_once(protocol, user, hashed, kind, timeout)
+    except LoginError as error:
+        if not (clear_text_retry and error.apiversion > 2 and error.code in CLEAR_TEXT_CODES
+                and hashed != password):
+            raise
+        log.info("MX asked for a clear-text login for {user} (code {code}); retrying once",
+                 user=user, code=error.code)
+    return await _login_once(protocol, user, password, kind, timeout)
+
+
+async def _login_once(protocol: CSTAProtocol, user: str, pwd: str, kind: str,
+                      timeout: float) -> LoginResponse:
+    attributes = USER_LOGIN_ATTRS if kind == "User" else {}
+    try:
+        reply = await protocol.request(commands.login_request(user, pwd, kind, **attributes),
+                                       timeout=timeout)
+    except MXTimeout:
+        raise MXTimeout(f"no login reply within {timeout:g} s") from None
+    if reply.name == "loginResponce":
+        return LoginResponse.from_xml(reply.element)
+    if reply.name == "loginFailed":
+        failure = LoginFailure.from_xml(reply.element)
+        raise LoginError(failure.code, failure.text, failure.apiversion)
+    raise ProtocolViolation(f"unexpected reply {reply.name!r} to loginRequest")
+
+
+async def open_session(reactor: Any, address: MXAddress, factory: CSTAFactory, user: str,
+                       password: str, *, kind: str = "User",
+                       clear_text_retry: bool = False) -> tuple[CSTAProtocol, LoginResponse]:
+    """Connect and log in; the link is closed again if the login fails."""
+    protocol = await connect(reactor, address, factory)
+    try:
+        info = await login(protocol, user, password, kind=kind,
+                           clear_text_retry=clear_text_retry)
+    except (MXError, xml.XMLError):
+        protocol.close()
+        raise
+    return protocol, info
+
+
+# -- tracing -----------------------------------------------------------------------------------
+
+
+def stdout_trace(label: str, out: IO[str] | None = None) -> Trace:
+    """The ``--csta`` sink: every frame both ways on stdout, passwords and audio redacted."""
+
+    def trace(direction: str, invoke_id: int, body: bytes) -> None:
+        stream = out if out is not None else sys.stdout
+        text = xml.redact(body).decode("utf-8", "replace")
+        stream.write(f"{label} {direction} {invoke_id:04d} {text}\n")
+        stream.flush()
+
+    return trace

@@ -1,0 +1,107 @@
+"""Builders for every request the proxy sends to the MX, in the shapes of mx-protocol.md §2-3.
+
+Each function returns an lxml element without a namespace (what the MX has accepted since the
+``mx`` library dropped the ECMA-323 one); the protocol layer frames and sends it. Mail commands
+take an optional ``media_type`` (``VoiceMail`` or ``Recording``), sent only when given.
+"""
+
+from __future__ import annotations
+
+from mxproxy.csta.xml import Element, build, sub
+
+
+def login_request(user: str, pwd: str, kind: str = "User", **attrs: str) -> Element:
+    """``loginRequest``; ``kind`` is ``User`` or ``Server``. ``pwd`` is sent verbatim, so the
+    caller chooses between the hashed form (with its trailing LF) and the clear-text retry."""
+    return build("loginRequest", {"type": kind, **attrs}, {"userName": user, "pwd": pwd})
+
+
+def addressbook_page(index: int) -> Element:
+    """Ask for page ``index`` (0-based) of the address book; it arrives as an ``ablist`` event."""
+    return build("iq", {"type": "get", "id": "addressbook", "index": str(index)})
+
+
+def monitor_start_ab() -> Element:
+    """Subscribe to ``Ab*UserEvent`` address-book changes."""
+    return build("MonitorStartAb")
+
+
+def monitor_stop_ab() -> Element:
+    return build("MonitorStopAb")
+
+
+def calllog(since: int | None) -> Element:
+    """Ask for the calls after ``since`` (Unix seconds), or the whole log for ``None``."""
+    return build("iq", {"type": "get", "id": "calllog",
+                        "timestamp": "-1" if since is None else str(since)})
+
+
+def set_mode(mode: str, address: str, ring_delay: int, vm_delay: int) -> Element:
+    """Where the user's calls ring: ``remote`` (at ``address``) or ``local``; no ``<address>``
+    is sent when it is empty, as later versions of the original did."""
+    element = build("iq", {"type": "set", "id": "mode", "mode": mode,
+                           "ringdelay": str(ring_delay), "vmdelay": str(vm_delay)})
+    if address:
+        sub(element, "address", address)
+    return element
+
+
+def make_call(from_ext: str, to: str) -> Element:
+    """Click-to-call: the MX rings ``from_ext`` first, then ``to``."""
+    element = build("MakeCall")
+    sub(element, "callingDevice", from_ext, typeOfNumber="deviceID")
+    sub(element, "calledDirectoryNumber", to)
+    return element
+
+
+def monitor_start(ext: str) -> Element:
+    """Start reporting call and mail events of ``ext``."""
+    element = build("MonitorStart")
+    sub(sub(element, "monitorObject"), "deviceObject", ext)
+    return element
+
+
+def monitor_stop(cross_ref_id: int) -> Element:
+    return build("MonitorStop", children={"monitorCrossRefID": str(cross_ref_id)})
+
+
+def mail_list(ext: str) -> Element:
+    """List the mailbox of the user whose extension is ``ext`` (``userID``, as mxproxy sent)."""
+    return build("MailGetListIncoming", children={"userID": ext})
+
+
+def _mail_command(tag: str, children: dict[str, str | None], media_type: str | None) -> Element:
+    if media_type:
+        children = {**children, "mediaType": media_type}
+    return build(tag, children=children)
+
+
+def mail_receive(mail_id: str, next_chunk: bool, media_type: str | None = None) -> Element:
+    """Ask for the first chunk of a mail, or (``next_chunk``) for the one after the last."""
+    children: dict[str, str | None] = {"faxSessionID": mail_id}
+    if next_chunk:
+        children["nextChunk"] = None
+    return _mail_command("MailReceiveIncoming", children, media_type)
+
+
+def mail_cancel(mail_id: str, media_type: str | None = None) -> Element:
+    """Abandon a download, e.g. when the HTTP client went away."""
+    return _mail_command("MailCancelReceive", {"mailId": mail_id}, media_type)
+
+
+def mail_delete(mail_id: str, media_type: str | None = None) -> Element:
+    return _mail_command("MailDeleteIncoming", {"mailId": mail_id}, media_type)
+
+
+def mail_set_status(mail_id: str, read: bool, media_type: str | None = None) -> Element:
+    return _mail_command("MailSetStatus", {"mailId": mail_id, "read": "true" if read else "false"},
+                         media_type)
+
+
+def update_vm_note(mail_id: str, note: str, media_type: str | None = None) -> Element:
+    return _mail_command("UpdateVmNote", {"mailId": mail_id, "note": note}, media_type)
+
+
+def logout() -> Element:
+    """``<logout/>`` (lower-case), sent before closing the socket; the MX does not answer."""
+    return build("logout")

@@ -1,0 +1,121 @@
+"""Command-line options of ``twistd mxproxy`` and ``twistd mxsim``.
+
+The twistd plugin imports this module whenever twistd starts, even for another plugin, so it
+imports only the standard library and ``twisted.python.usage``. Values are validated in
+``postOptions`` so that a bad flag fails with a usage message before any service is built.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from twisted.python import usage
+
+DEFAULT_LOCAL_HTTP_PORT = 8080
+"""Port of plain HTTP for a bare ``--host localhost``; the original README used localhost:8080."""
+
+_LOCAL_PREFIXES = ("localhost", "127.0.0.1")
+_LOCAL_HOST = re.compile(r"(?:localhost|127\.0\.0\.1)(?::(?P<port>[0-9]{1,5}))?")
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def local_http_address(host: str) -> tuple[str, int] | None:
+    """Where to serve plain HTTP for ``--host``, or None for a public name (served over HTTPS).
+
+    As in the original, a value starting with ``localhost`` or ``127.0.0.1`` means plain HTTP on
+    the loopback interface; it must then be ``localhost[:port]`` or ``127.0.0.1[:port]``, the port
+    defaulting to 8080. Anything else must be a DNS name, the one the certificate is issued for.
+    Raises ValueError with the reason for any other value.
+    """
+    if not host.startswith(_LOCAL_PREFIXES):
+        if not _DNS_NAME.fullmatch(host):
+            raise ValueError(
+                "expected a public DNS name (HTTPS) or localhost[:port] / 127.0.0.1[:port] "
+                f'(plain HTTP), got "{host}"'
+            )
+        return None
+    match = _LOCAL_HOST.fullmatch(host)
+    if match is None or int(match["port"] or 0) > 65535:
+        raise ValueError(f'expected localhost[:port] or 127.0.0.1[:port], got "{host}"')
+    return "127.0.0.1", int(match["port"] or DEFAULT_LOCAL_HTTP_PORT)
+
+
+class MXProxyOptions(usage.Options):
+    """``twistd mxproxy``: the flags of the original Go binary, plus ``--demo``.
+
+    After parsing, ``self["local_http"]`` holds the ``(interface, port)`` to serve plain HTTP on,
+    or None when ``--host`` is a public name (HTTPS).
+    """
+
+    optParameters = [
+        ["config", None, "mxproxy.json", "JSON configuration file: MX servers, push credentials."],
+        ["db", None, "mxproxy.db", "SQLite file holding the registered device tokens."],
+        [
+            "host",
+            None,
+            "mxproxy.connector73.net",
+            "Public server name (HTTPS); localhost[:port] or 127.0.0.1[:port] serves plain HTTP "
+            f"(port {DEFAULT_LOCAL_HTTP_PORT} if omitted).",
+        ],
+        [
+            "logflag",
+            None,
+            64,
+            "Integer accepted for compatibility with the Go binary's log flags; has no effect.",
+        ],
+    ]
+    optFlags = [
+        ["debug", None, "Log extra debugging information."],
+        ["csta", None, "Print the raw CSTA traffic both ways to stdout, passwords redacted."],
+        [
+            "demo",
+            None,
+            "Run the MX simulator in-process with a demo company and serve plain HTTP on "
+            f"localhost:{DEFAULT_LOCAL_HTTP_PORT} (or a local --host); no config file needed.",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        logflag = str(self["logflag"])
+        if not _INTEGER.fullmatch(logflag):
+            raise usage.UsageError(f'--logflag: expected an integer, got "{logflag}"')
+        self["logflag"] = int(logflag)
+        try:
+            self["local_http"] = local_http_address(self["host"])
+        except ValueError as error:
+            raise usage.UsageError(f"--host: {error}") from None
+        if self["demo"] and self["local_http"] is None:
+            if self["host"] != self.defaults["host"]:
+                raise usage.UsageError("--demo serves plain HTTP: use --host localhost[:port]")
+            self["local_http"] = ("127.0.0.1", DEFAULT_LOCAL_HTTP_PORT)
+
+
+class MXSimOptions(usage.Options):
+    """``twistd mxsim``: a simulated MX speaking the real wire protocol, for demos and tests."""
+
+    optParameters = [
+        ["port", None, 7778, "TCP port the simulated MX listens on."],
+        ["control-port", None, 0, "Port of the loopback-only control HTTP API (0: none)."],
+        ["interface", None, "127.0.0.1", "IP address the simulated MX listens on."],
+    ]
+    optFlags = [
+        ["tls", None, "Speak TLS on --port, as a real MX does on 7778, instead of plain TCP."],
+        ["demo", None, "Seed the demo company: users, address book, call log, voicemail."],
+    ]
+
+    def postOptions(self) -> None:
+        for name in ("port", "control-port"):
+            text = str(self[name])
+            if not _PORT.fullmatch(text) or int(text) > 65535:
+                raise usage.UsageError(f'--{name}: expected a port number 0..65535, got "{text}"')
+            self[name] = int(text)
+        try:
+            ipaddress.ip_address(self["interface"])
+        except ValueError:
+            raise usage.UsageError(
+                f'--interface: expected an IP address, got "{self["interface"]}"'
+            ) from None

@@ -1,0 +1,102 @@
+"""makeService(): turns twistd options into the running daemon.
+
+Everything that can be checked before listening is checked here, so a bad configuration exits
+with a one-line reason and a non-zero status instead of a half-started daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.web.server import Site
+
+from mxproxy import logs
+from mxproxy.api import root_resource
+from mxproxy.config import Config, ConfigError, demo_config, load_config
+from mxproxy.csta.client import stdout_trace
+from mxproxy.mx import MXServer, SerialRegistry
+
+log = logs.Logger(__name__)
+
+EXIT_FATAL = 1
+
+
+def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
+    """Build the daemon: one MXServer per configured MX and the HTTP listener."""
+    if reactor is None:
+        from twisted.internet import reactor
+    logs.set_debug(bool(options["debug"]))
+    root = MultiService()
+    config = None if options["demo"] else _load(options["config"])
+    http = options["local_http"]
+    if http is None:
+        raise SystemExit(
+            f"mxproxy: --host {options['host']}: HTTPS with automatic certificates is not "
+            "available in this version; use --host localhost:PORT (plain HTTP)")
+    if config is None:
+        config = _start_demo_mx(reactor)
+    serials = SerialRegistry()
+    abort = FatalStop(reactor)
+    servers = {}
+    for name, mx in config.mx.items():
+        trace = stdout_trace(f"mx.{name}") if options["csta"] else None
+        server = MXServer(mx, reactor, serials, trace=trace, on_fatal=abort)
+        server.setServiceParent(root)
+        servers[name] = server
+    interface, port = http
+    site = Site(root_resource(servers))
+    StreamServerEndpointService(
+        TCP4ServerEndpoint(reactor, port, interface=interface), site).setServiceParent(root)
+    log.info("mxproxy: serving HTTP on {interface}:{port} for {count} MX",
+             interface=interface, port=port, count=len(servers))
+    return root
+
+
+def _load(path: str) -> Config:
+    try:
+        config, warnings = load_config(path)
+    except ConfigError as error:
+        raise SystemExit(f"mxproxy: {error}") from None
+    for warning in warnings:
+        log.warn("{warning}", warning=warning)
+    return config
+
+
+def _start_demo_mx(reactor: Any) -> Config:
+    """The simulator with the demo company, in this process, on a free loopback port."""
+    from mxproxy.testing.mxsim import demo_pbx, listen
+
+    pbx = demo_pbx(clock=reactor)
+    port = listen(pbx, port=0, interface="127.0.0.1", reactor=reactor)
+    address = port.getHost()
+    log.info("demo: MX simulator {sn} on {host}:{port} (users alice, bob, carol)",
+             sn=pbx.sn, host=address.host, port=address.port)
+    return demo_config(address.host, address.port)
+
+
+class FatalStop:
+    """Stops the daemon for a configuration error only the MX could reveal, exiting non-zero."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._stopping = False
+
+    def __call__(self, error: Exception) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        log.critical("mxproxy: stopping: {error}", error=error)
+        self._reactor.addSystemEventTrigger("after", "shutdown", _exit_fatal)
+        self._reactor.stop()
+
+
+def _exit_fatal() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FATAL)  # twistd exits 0 after any reactor stop; systemd must see the failure

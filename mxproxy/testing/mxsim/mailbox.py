@@ -1,0 +1,124 @@
+"""Voicemail commands of the simulated MX (mx-protocol.md §3.9).
+
+Like the real MX (as observed), every ``Mail*`` command is refused unless the session monitors
+its own extension. A download is per session state: ``MailReceiveIncoming`` with a
+``faxSessionID`` starts it at chunk 1, each request with ``<nextChunk>`` gets the next chunk,
+and the transfer ends after the last chunk or on ``MailCancelReceive``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import attrs
+
+from mxproxy.csta.xml import XMLError, find, text, to_bool, to_int
+from mxproxy.testing.mxsim import wire
+from mxproxy.testing.mxsim.model import ReceivedCommand, User, Voicemail
+from mxproxy.testing.mxsim.operations import CommandTable
+
+if TYPE_CHECKING:
+    from mxproxy.testing.mxsim.server import Session
+
+MailOperation = Callable[["Session", ReceivedCommand, User], None]
+
+MAILBOX = CommandTable()
+NOT_FOUND = "Message not found"
+
+
+@attrs.define
+class Download:
+    """A transfer in progress; ``chunk_size`` is fixed when it starts."""
+
+    mail_id: int
+    chunk_size: int
+    total: int
+    next_number: int = 1
+
+
+def _mail_operation(name: str) -> Callable[[MailOperation], MailOperation]:
+    """Register ``name``, guarded by the own-extension monitor the real MX insists on."""
+    def register(operation: MailOperation) -> MailOperation:
+        def guarded(session: Session, command: ReceivedCommand) -> None:
+            user = session.user
+            if user is None or user.extension not in session.monitors.values():
+                session.fail(command.invoke_id,
+                             private="Mailbox requires a monitor on the user's own extension")
+                return
+            operation(session, command, user)
+        MAILBOX(name)(guarded)
+        return operation
+    return register
+
+
+def _mail(session: Session, command: ReceivedCommand, user: User, path: str
+          ) -> Voicemail | None:
+    """The user's message named at ``path``, or None after answering ``CSTAErrorCode``."""
+    mail = user.voicemails.get(to_int(text(command.element, path), path))
+    if mail is None:
+        session.fail(command.invoke_id, private=NOT_FOUND)
+    return mail
+
+
+@_mail_operation("MailGetListIncoming")
+def list_mail(session: Session, command: ReceivedCommand, user: User) -> None:
+    """Only the user's own mailbox, named by extension (``userID``) or JID (``userId``)."""
+    owner = text(command.element, "userID") or text(command.element, "userId")
+    if owner and owner not in (user.extension, user.jid):
+        session.fail(command.invoke_id, private="Access to another mailbox denied")
+        return
+    mails = sorted(user.voicemails.values(), key=lambda m: m.mail_id)
+    session.reply(command.invoke_id, wire.mail_list(mails))
+
+
+@_mail_operation("MailReceiveIncoming")
+def receive_mail(session: Session, command: ReceivedCommand, user: User) -> None:
+    mail = _mail(session, command, user, "faxSessionID")
+    if mail is None:
+        return
+    download = session.download
+    if find(command.element, "nextChunk") is None:
+        size = session.pbx.chunk_size
+        download = session.download = Download(
+            mail.mail_id, size, max(1, -(-len(mail.content) // size)))
+    elif download is None or download.mail_id != mail.mail_id:
+        session.fail(command.invoke_id, private="No transfer of this message in progress")
+        return
+    number = download.next_number
+    session.reply(command.invoke_id, wire.mail_chunk(
+        mail, user.jid, number, download.total, download.chunk_size))
+    download.next_number += 1
+    if number >= download.total:
+        session.download = None
+
+
+@_mail_operation("MailCancelReceive")
+def cancel_receive(session: Session, command: ReceivedCommand, user: User) -> None:
+    session.download = None
+    session.reply(command.invoke_id, wire.empty("MailCancelReceiveResponse"))
+
+
+@_mail_operation("MailDeleteIncoming")
+def delete_mail(session: Session, command: ReceivedCommand, user: User) -> None:
+    """Succeeds for unknown ids too, as the original README says the MX does."""
+    try:
+        user.voicemails.pop(to_int(text(command.element, "mailId"), "mailId"), None)
+    except XMLError:
+        pass  # a non-numeric id names no message: nothing to delete
+    session.reply(command.invoke_id, wire.empty("MailDeleteIncomingResponse"))
+
+
+@_mail_operation("MailSetStatus")
+def set_read(session: Session, command: ReceivedCommand, user: User) -> None:
+    mail = _mail(session, command, user, "mailId")
+    if mail is not None:
+        mail.read = to_bool(text(command.element, "read"), "read")
+        session.reply(command.invoke_id, wire.empty("MailSetStatusResponse"))
+
+
+@_mail_operation("UpdateVmNote")
+def update_note(session: Session, command: ReceivedCommand, user: User) -> None:
+    mail = _mail(session, command, user, "mailId")
+    if mail is not None:
+        mail.note = text(command.element, "note")
+        session.reply(command.invoke_id, wire.empty("UpdateVmNoteResponse"))

@@ -1,0 +1,206 @@
+"""The records a simulated PBX is made of, plus its fault and protocol-variant switches.
+
+Plain attrs classes with no behaviour beyond validation, so tests and the demo can build them
+directly; the PBX (``pbx.py``) owns them and turns changes into wire events.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import attrs
+
+from mxproxy.csta.xml import Element
+
+if TYPE_CHECKING:
+    from mxproxy.testing.mxsim.server import Session
+
+MalformedKind = Literal["xml", "header", "length", "id"]
+MALFORMED_KINDS: tuple[MalformedKind, ...] = ("xml", "header", "length", "id")
+CallLogEnd = Literal["short", "empty-terminator"]
+CALL_LOG_ENDS: tuple[CallLogEnd, ...] = ("short", "empty-terminator")
+ALL = "*"
+NoReply = Union[frozenset[str], Literal["*"]]
+
+
+@attrs.define
+class Contact:
+    """One ``abentry`` of the address book; ``business_phone`` is the extension."""
+
+    jid: str
+    first_name: str = ""
+    last_name: str = ""
+    business_phone: str = ""
+    home_phone: str = ""
+    cell_phone: str = ""
+    email: str = ""
+    did: str = ""
+    exchange_id: str = ""
+    home_system: str = ""
+    presence: str = "Available"
+    presence_note: str = ""
+
+    @property
+    def display_name(self) -> str:
+        return " ".join(part for part in (self.first_name, self.last_name) if part)
+
+
+@attrs.define
+class CallRecord:
+    """One ``callinfo`` of a user's call log (timestamps in Unix seconds)."""
+
+    record_id: int
+    gcid: str
+    direction: Literal["incoming", "outgoing"]
+    disconnect: int
+    calling_party: str
+    original_called_party: str
+    missed: bool = False
+    connect: int | None = None  # absent for unanswered calls
+    first_name: str = ""
+    last_name: str = ""
+    extension: str = ""
+    service_name: str = ""
+    service_extension: str = ""
+    call_type: int = 1
+    leg_type: int = 1
+    self_leg_type: int = 1
+    monitor_type: int = 0
+
+
+@attrs.define
+class Voicemail:
+    """One message of a user's mailbox; ``content`` is the whole file (e.g. a WAV)."""
+
+    mail_id: int
+    content: bytes = attrs.field(repr=lambda content: f"<{len(content)} bytes>")
+    from_number: str = ""
+    from_name: str = ""
+    caller_name: str = ""
+    to: str = ""
+    received: int = 0
+    duration: int = 0
+    read: bool = False
+    note: str = ""
+    media_type: str = "VoiceMail"
+    file_format: str = "wav"
+    owner_type: str = "user"
+
+
+@attrs.define
+class User:
+    """A login that can open a user session, with its mailbox and call log.
+
+    ``clear_text_only`` models an LDAP-backed account: the MX cannot check a hash, refuses it
+    with ``loginFailed Code="4"`` and accepts only the clear-text retry.
+    """
+
+    login: str
+    password: str
+    extension: str
+    jid: str
+    first_name: str = ""
+    last_name: str = ""
+    soft_phone_pwd: str = ""
+    clear_text_only: bool = False
+    call_log: list[CallRecord] = attrs.Factory(list)
+    voicemails: dict[int, Voicemail] = attrs.Factory(dict)
+
+    @property
+    def display_name(self) -> str:
+        return " ".join(part for part in (self.first_name, self.last_name) if part)
+
+
+@attrs.define
+class Call:
+    """A call between two devices; ``called`` may be an outside number for MakeCall calls."""
+
+    call_id: int
+    global_call_id: str
+    calling: str
+    called: str
+    calling_name: str = ""
+    called_name: str = ""
+    state: Literal["alerting", "established", "cleared"] = "alerting"
+    answered_by: str = ""
+    started: int = 0
+    answered: int | None = None
+
+
+@attrs.frozen
+class ReceivedCommand:
+    """One frame a session received, as tests see it.
+
+    ``name`` is the root's local name, except for ``iq`` where it is ``iq:<id attribute>``
+    (``iq:addressbook``, ``iq:calllog``, ``iq:mode``) because the root alone says nothing.
+    """
+
+    name: str
+    invoke_id: int
+    element: Element
+    session: Session = attrs.field(eq=False, repr=False)
+
+
+def _no_reply(value: Any) -> NoReply:
+    if value == ALL:
+        return "*"
+    if isinstance(value, str):
+        return frozenset({value})
+    return frozenset(value)
+
+
+def _arm_malformed(faults: Faults, _attribute: Any, kind: MalformedKind | None
+                   ) -> MalformedKind | None:
+    if kind is not None and kind not in MALFORMED_KINDS:
+        raise ValueError(f"malformed_next must be one of {MALFORMED_KINDS} or None, got {kind!r}")
+    if kind is not None:
+        faults.malformed_round += 1
+    return kind
+
+
+@attrs.define
+class Faults:
+    """Switches that make the simulator misbehave like a slow or broken MX.
+
+    * ``reply_delay``: seconds before a request is processed, so its reply and the events it
+      causes (``ablist``, ``callloginfo``, call events of MakeCall) all come late; order is kept.
+    * ``no_reply``: command names (as in :class:`ReceivedCommand`) that are recorded but neither
+      executed nor answered; ``"*"`` means every command.
+    * ``malformed_next``: each session's next outgoing frame is replaced by a broken one
+      (``"xml"`` bad body, ``"header"`` non-zero bytes 0-1, ``"length"`` length < 8, ``"id"``
+      non-digit id). Once per session for every assignment, sessions opened later included,
+      until it is set back to ``None``.
+    * ``refuse_logins``: every login gets ``loginFailed``.
+    """
+
+    reply_delay: float = attrs.field(default=0.0, converter=float)
+    no_reply: NoReply = attrs.field(default=frozenset(), converter=_no_reply)
+    malformed_next: MalformedKind | None = attrs.field(
+        default=None, on_setattr=_arm_malformed)
+    refuse_logins: bool = attrs.field(default=False,
+                                      validator=attrs.validators.instance_of(bool))
+    malformed_round: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        _arm_malformed(self, None, self.malformed_next)
+
+    @reply_delay.validator
+    def _check_delay(self, _attribute: Any, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"reply_delay must be >= 0, got {value}")
+
+    def silences(self, name: str) -> bool:
+        return self.no_reply == ALL or name in self.no_reply
+
+
+@attrs.define
+class Variants:
+    """Choices where the real MX behaviour is unknown (mx-protocol.md §7.5).
+
+    ``call_log_end``: ``"short"`` ends a call log only by a block of fewer than 21 entries
+    (nothing at all for an empty log); ``"empty-terminator"`` additionally sends an empty
+    ``<callloginfo/>`` when the last block was full or the log is empty.
+    """
+
+    call_log_end: CallLogEnd = attrs.field(
+        default="short", validator=attrs.validators.in_(CALL_LOG_ENDS))

@@ -1,0 +1,219 @@
+"""XML the simulated MX sends, built from the model records (shapes of mx-protocol.md §2-3).
+
+One function per message shape so the session code and the PBX never assemble markup
+themselves; ``corrupt`` turns a good frame into each kind of broken one for fault injection.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Iterable
+
+from mxproxy.csta.frame import HEADER_SIZE
+from mxproxy.csta.xml import Element, build, sub
+from mxproxy.testing.mxsim.model import Call, CallRecord, Contact, MalformedKind, Voicemail
+
+API_VERSION = "11"
+CALL_TYPE_FLAGS = "170917889"  # the only value documented; its bits are not
+CMDS_ALLOWED = "0"
+
+
+def csta_error(operation: str = "", private: str = "") -> Element:
+    """``CSTAErrorCode`` with an ECMA ``operation`` value and/or an MX ``privateErrorCode``."""
+    root = build("CSTAErrorCode")
+    if operation:
+        sub(root, "operation", operation)
+    if private:
+        sub(root, "privateErrorCode", private)
+    return root
+
+
+def empty(name: str) -> Element:
+    return build(name)
+
+
+def login_ok(sn: str, extension: str, jid: str, soft_phone_pwd: str) -> Element:
+    root = build("loginResponce", {"Code": "0", "sn": sn, "ext": extension, "userId": jid,
+                                   "softPhonePwd": soft_phone_pwd, "apiversion": API_VERSION})
+    root.text = "Login OK"
+    return root
+
+
+def login_failed(code: int, sn: str, reason: str) -> Element:
+    root = build("loginFailed", {"Code": str(code), "sn": sn, "apiversion": API_VERSION})
+    root.text = reason
+    return root
+
+
+def own_presence() -> Element:
+    return build("presence", {"from": "0", "status": "Available", "mxStatus": ""})
+
+
+def logout(mode: str) -> Element:
+    return build("Logout", {"mode": mode})
+
+
+def abentry(parent: Element, contact: Contact) -> Element:
+    entry = sub(parent, "abentry", jid=contact.jid, presence=contact.presence,
+                presenceNote=contact.presence_note)
+    for tag, value in (("firstName", contact.first_name), ("lastName", contact.last_name),
+                       ("businessPhone", contact.business_phone),
+                       ("homePhone", contact.home_phone), ("cellPhone", contact.cell_phone),
+                       ("email", contact.email), ("homeSystem", contact.home_system),
+                       ("did", contact.did), ("exchangeId", contact.exchange_id)):
+        sub(entry, tag, value)
+    return entry
+
+
+def ablist(total: int, index: int, contacts: Iterable[Contact]) -> Element:
+    root = build("ablist", {"size": str(total), "index": str(index)})
+    for contact in contacts:
+        abentry(root, contact)
+    return root
+
+
+def ab_event(name: str, contact: Contact) -> Element:
+    """``AbAddUserEvent`` / ``AbUpdateUserEvent`` carrying the entry."""
+    root = build(name)
+    abentry(root, contact)
+    return root
+
+
+def ab_delete_event(jid: str) -> Element:
+    return build("AbDeleteUserEvent", children={"userId": jid})
+
+
+def callloginfo(records: Iterable[CallRecord]) -> Element:
+    root = build("callloginfo")
+    for record in records:
+        info = sub(root, "callinfo", direction=record.direction)
+        if record.missed:
+            info.set("missed", "true")
+        sub(info, "record_id", str(record.record_id))
+        sub(info, "gcid", record.gcid)
+        if record.connect is not None:
+            sub(info, "connectTimestamp", str(record.connect))
+        sub(info, "disconnectTimestamp", str(record.disconnect))
+        for tag, value in (("callingPartyNo", record.calling_party),
+                           ("originalCalledPartyNo", record.original_called_party),
+                           ("firstName", record.first_name), ("lastName", record.last_name),
+                           ("extension", record.extension), ("serviceName", record.service_name),
+                           ("serviceExtension", record.service_extension),
+                           ("callType", str(record.call_type)), ("legType", str(record.leg_type)),
+                           ("selfLegType", str(record.self_leg_type)),
+                           ("monitorType", str(record.monitor_type))):
+            sub(info, tag, value)
+    return root
+
+
+def make_call_response(call: Call) -> Element:
+    root = build("MakeCallResponse")
+    calling = sub(root, "callingDevice")
+    sub(calling, "callID", str(call.call_id))
+    sub(calling, "deviceID", call.calling)
+    sub(root, "calledDevice", call.called)
+    return root
+
+
+def monitor_start_response(cross_ref: int) -> Element:
+    root = build("MonitorStartResponse", children={"monitorCrossRefID": str(cross_ref)})
+    media = sub(root, "actualMonitorMediaClass")
+    sub(media, "voice", "true")
+    return root
+
+
+def _connection(parent: Element, tag: str, call: Call, device: str, with_global: bool) -> None:
+    connection = sub(parent, tag)
+    sub(connection, "callID", str(call.call_id))
+    sub(connection, "deviceID", device)
+    if with_global:
+        sub(connection, "globalCallID", call.global_call_id)
+
+
+def _device(parent: Element, tag: str, device: str) -> None:
+    sub(sub(parent, tag), "deviceIdentifier", device)
+
+
+def delivered_event(cross_ref: int, call: Call) -> Element:
+    """The alerting connection of ``call``, identical for the callee's and the caller's monitors."""
+    root = build("DeliveredEvent", children={"monitorCrossRefID": str(cross_ref)})
+    _connection(root, "connection", call, call.called, with_global=True)
+    _device(root, "alertingDevice", call.called)
+    sub(root, "alertingDisplayName", call.called_name)
+    _device(root, "callingDevice", call.calling)
+    sub(root, "callingDisplayName", call.calling_name)
+    _device(root, "calledDevice", call.called)
+    _device(root, "lastRedirectionDevice", call.calling)
+    sub(root, "localConnectionInfo", "alerting")
+    sub(root, "cause", "normal")
+    sub(root, "cmdsAllowed", CMDS_ALLOWED)
+    sub(root, "callTypeFlags", CALL_TYPE_FLAGS)
+    return root
+
+
+def established_event(cross_ref: int, call: Call, answering_name: str) -> Element:
+    root = build("EstablishedEvent", children={"monitorCrossRefID": str(cross_ref)})
+    _connection(root, "establishedConnection", call, call.answered_by, with_global=True)
+    _device(root, "answeringDevice", call.answered_by)
+    sub(root, "answeringDisplayName", answering_name)
+    _device(root, "callingDevice", call.calling)
+    sub(root, "callingDisplayName", call.calling_name)
+    _device(root, "calledDevice", call.called)
+    _device(root, "lastRedirectionDevice", call.calling)
+    sub(root, "cause", "normal")
+    sub(root, "cmdsAllowed", CMDS_ALLOWED)
+    sub(root, "callTypeFlags", CALL_TYPE_FLAGS)
+    return root
+
+
+def connection_cleared_event(cross_ref: int, call: Call, releasing: str) -> Element:
+    root = build("ConnectionClearedEvent", children={"monitorCrossRefID": str(cross_ref)})
+    _connection(root, "droppedConnection", call, releasing, with_global=False)
+    _device(root, "releasingDevice", releasing)
+    sub(root, "cause", "normalClearing")
+    return root
+
+
+def mail_list(voicemails: Iterable[Voicemail]) -> Element:
+    items = list(voicemails)
+    root = build("MailGetListIncomingResponse", {"rowCount": str(len(items))})
+    for mail in items:
+        item = sub(root, "mail", **{"from": mail.from_number, "fromName": mail.from_name,
+                                    "callerName": mail.caller_name, "to": mail.to,
+                                    "ownerType": mail.owner_type})
+        for tag, value in (("mailId", str(mail.mail_id)), ("mediaType", mail.media_type),
+                           ("received", str(mail.received)), ("duration", str(mail.duration)),
+                           ("read", "true" if mail.read else "false"), ("note", mail.note)):
+            sub(item, tag, value)
+    return root
+
+
+def document_name(owner_jid: str, mail: Voicemail) -> str:
+    return f"u{int(owner_jid):020d}/m{mail.mail_id:04d}.{mail.file_format}"
+
+
+def mail_chunk(mail: Voicemail, owner_jid: str, number: int, total: int, chunk_size: int
+               ) -> Element:
+    """Chunk ``number`` (1-based) of ``total``: ``chunk_size`` raw bytes, base64 with padding."""
+    data = mail.content[(number - 1) * chunk_size:number * chunk_size]
+    root = build("MailReceiveIncomingResponse", {
+        "mailId": str(mail.mail_id), "chunkNumber": str(number), "totalChunks": str(total),
+        "chunkSize": str(chunk_size)})
+    sub(root, "fileFormat", mail.file_format)
+    sub(root, "documentName", document_name(owner_jid, mail))
+    sub(root, "mediaContent", base64.b64encode(data).decode("ascii"))
+    return root
+
+
+def corrupt(frame: bytes, kind: MalformedKind) -> bytes:
+    """``frame`` broken in the way ``kind`` names (see ``Faults.malformed_next``)."""
+    header, body = frame[:HEADER_SIZE], frame[HEADER_SIZE:]
+    if kind == "xml":
+        broken = body[:max(1, len(body) // 2)]  # a cut-off document never parses
+        return b"\0\0" + struct.pack(">H", len(broken) + HEADER_SIZE) + header[4:] + broken
+    if kind == "header":
+        return b"\x01\x00" + frame[2:]
+    if kind == "length":
+        return header[:2] + struct.pack(">H", 4) + frame[4:]
+    return header[:4] + b"00x1" + body
