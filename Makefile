@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TRIAL_ARGS ?= --jobs=2
 
-.PHONY: venv test demo bench typecheck clean
+.PHONY: venv test check demo bench clean
 
 # The editable install in "compat" mode puts the checkout on sys.path, which is what lets twistd
 # find twisted/plugins/mxproxy_plugin.py in the working tree.
@@ -21,7 +21,8 @@ test: venv
 	set -o pipefail; $(PY) -m twisted.trial $(TRIAL_ARGS) tests 2>&1 | tee .trial.log; \
 	status=$$?; $(PY) scripts/trial_summary.py .trial.log; exit $$status
 
-typecheck: venv
+check: venv
+	$(VENV)/bin/ruff check mxproxy tests bench scripts twisted
 	$(VENV)/bin/mypy mxproxy
 
 demo: venv

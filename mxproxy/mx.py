@@ -12,21 +12,23 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from mxproxy.config import MXConfig
 from mxproxy.csta import commands
-from mxproxy.csta.client import CSTAFactory, MXAddress, endpoint, login
-from mxproxy.csta.errors import MXError, MXTimeout
+from mxproxy.csta.client import CSTAFactory, MXAddress, connect, login
+from mxproxy.csta.errors import LoggedOut, MXError, MXTimeout
 from mxproxy.csta.messages import AbDelete, AbUpdate, AddressBookPage, Contact, LoginResponse
 from mxproxy.csta.protocol import CSTAProtocol, Message, Trace
 from mxproxy.logs import Logger
 
 RECONNECT_INITIAL = 1.0
 RECONNECT_MAX = 30.0
+AB_EVENTS = ("AbAddUserEvent", "AbUpdateUserEvent", "AbDeleteUserEvent")
 
 
 class DuplicateSerial(MXError):
@@ -78,6 +80,8 @@ class LinkState:
     since: float | None = None
     last_error: str | None = None
     reconnects: int = 0
+    next_attempt: float | None = None
+    """When the next connection attempt is due (clock seconds), while one is scheduled."""
 
 
 async def load_address_book(protocol: CSTAProtocol) -> dict[str, Contact]:
@@ -105,7 +109,11 @@ def _page_matcher(index: str) -> Callable[[Message], bool]:
 
 
 class MXServer(Service):
-    """The long-lived link to one MX and what it keeps up to date."""
+    """The long-lived link to one MX and what it keeps up to date.
+
+    One connection attempt at a time: connect, log in, load; on failure or loss, the next
+    attempt after a capped exponential backoff (1 s doubling to 30 s, plus jitter).
+    """
 
     log = Logger()
 
@@ -117,24 +125,28 @@ class MXServer(Service):
         trace: Trace | None = None,
         on_fatal: Callable[[Exception], None] | None = None,
         jitter: Callable[[], float] = random.random,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.setName(config.name)
         self.config = config
         self.address = MXAddress(config.host, config.port, config.tls, config.fingerprint,
                                  config.ca)
         self._reactor = reactor
-        self._clock: IReactorTime = reactor
+        self._clock: IReactorTime = reactor if clock is None else clock
         self._serials = serials
         self._on_fatal = on_fatal
-        self._factory = CSTAFactory(reactor, trace)
-        self._retry = backoffPolicy(RECONNECT_INITIAL, RECONNECT_MAX, 2.0, jitter)
-        self._client: ClientService | None = None
+        self._factory = CSTAFactory(self._clock, trace)
+        self._backoff = backoffPolicy(RECONNECT_INITIAL, RECONNECT_MAX, 2.0, jitter)
+        self._jitter = jitter
+        self._retries = 0
+        """Consecutive retries without success; the n-th waits ``backoff(n)``."""
+        self._attempt: Deferred[None] | None = None
+        self._retry: IDelayedCall | None = None
+        self._ready_waiters: list[Deferred[None]] = []
         self.protocol: CSTAProtocol | None = None
         self.info: LoginResponse | None = None
         self.address_book = AddressBook()
         self.state = LinkState()
-        self._connected_once = False
-        self._ready_waiters: list[Deferred[None]] = []
 
     @property
     def sn(self) -> str | None:
@@ -142,79 +154,94 @@ class MXServer(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._client = ClientService(
-            endpoint(self._reactor, self.address), self._factory, retryPolicy=self._retry,
-            clock=self._clock, prepareConnection=self._prepare)
-        self._client.startService()
+        self._connect()
 
     def stopService(self) -> Deferred[None]:
+        """Stop retrying, abandon an attempt in progress, log out of a live link."""
         super().stopService()
-        if self.protocol is not None:
-            self.protocol.logout()
-        client, self._client = self._client, None
-        return client.stopService() if client is not None else succeed(None)
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._attempt is not None:
+            self._attempt.cancel()
+        protocol = self.protocol
+        if protocol is None:
+            return succeed(None)
+        closed = protocol.when_closed()
+        protocol.logout()
+        return closed.addCallback(lambda _: None)
 
     def when_ready(self) -> Deferred[None]:
         """Fires once the link is logged in and the address book is loaded."""
-        deferred: Deferred[None] = Deferred()
         if self.state.connected:
-            deferred.callback(None)
-        else:
-            self._ready_waiters.append(deferred)
+            return succeed(None)
+        deferred: Deferred[None] = Deferred()
+        self._ready_waiters.append(deferred)
         return deferred
 
     # -- one connection's life --------------------------------------------------------------
 
-    def _prepare(self, protocol: Any) -> Deferred[None]:
-        """ClientService hands over a transparent proxy of the CSTAProtocol."""
-        deferred = Deferred.fromCoroutine(self._establish(protocol))
-        deferred.addErrback(self._failed, protocol)
-        return deferred
+    def _connect(self) -> None:
+        self._retry = None
+        self.state.next_attempt = None
+        self._attempt = Deferred.fromCoroutine(self._establish())
+        self._attempt.addBoth(self._attempt_ended)
 
-    async def _establish(self, protocol: CSTAProtocol) -> None:
-        info = await login(protocol, self.config.login, self.config.password, kind="Server",
-                           clear_text_retry=self.config.clear_text_retry)
-        self._serials.claim(info.sn, self.config.name)
+    async def _establish(self) -> None:
+        protocol = await connect(self._reactor, self.address, self._factory)
+        try:
+            info = await login(protocol, self.config.login, self.config.password,
+                               kind="Server", clear_text_retry=self.config.clear_text_retry)
+            self._serials.claim(info.sn, self.config.name)
+            book = await self._load(protocol)
+        except BaseException:
+            protocol.close()
+            raise
+        self.address_book, self.info, self.protocol = book, info, protocol
+        protocol.when_closed().addCallback(self._lost, protocol)
+        self.log.info("mx.{name}: connected to MX {sn}, address book of {size} contacts",
+                      name=self.name, sn=info.sn, size=len(book))
+
+    async def _load(self, protocol: CSTAProtocol) -> AddressBook:
+        """The whole address book, kept current by the events that arrive while it loads."""
         pending: list[Message] = []
-        unsubscribes = [protocol.subscribe(name, pending.append)
-                        for name in ("AbAddUserEvent", "AbUpdateUserEvent", "AbDeleteUserEvent")]
+        unsubscribes = [protocol.subscribe(name, pending.append) for name in AB_EVENTS]
         try:
             await protocol.request(commands.monitor_start_ab())
         except MXTimeout:
             self.log.warn("mx.{name}: no reply to MonitorStartAb; expecting updates anyway",
                           name=self.name)
-        contacts = await load_address_book(protocol)
+        book = AddressBook(await load_address_book(protocol))
         for unsubscribe in unsubscribes:
             unsubscribe()
-        book = AddressBook(contacts)
         for message in pending:
             _apply(book, message)
-        for name in ("AbAddUserEvent", "AbUpdateUserEvent", "AbDeleteUserEvent"):
+        for name in AB_EVENTS:
             protocol.subscribe(name, lambda message: _apply(self.address_book, message))
-        self.address_book, self.info, self.protocol = book, info, protocol
-        if self._connected_once:
-            self.state.reconnects += 1
-        self._connected_once = True
-        self.state.connected, self.state.since = True, self._clock.seconds()
-        self.state.last_error = None
-        protocol.when_closed().addCallback(self._lost, protocol)
-        self.log.info("mx.{name}: connected to MX {sn}, address book of {size} contacts",
-                      name=self.name, sn=info.sn, size=len(book))
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+        return book
 
-    def _failed(self, failure: Any, protocol: CSTAProtocol) -> Any:
-        self.state.last_error = failure.getErrorMessage()
-        if failure.check(DuplicateSerial):
-            self.log.critical("mx.{name}: {error}", name=self.name, error=failure.value)
+    def _attempt_ended(self, result: object) -> None:
+        self._attempt = None
+        if not isinstance(result, Failure):
+            if self.state.since is not None:
+                self.state.reconnects += 1
+            self._retries = 0
+            self.state.connected, self.state.since = True, self._clock.seconds()
+            self.state.last_error = None
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+            return
+        if not self.running:
+            return  # stopService abandoned the attempt
+        self.state.last_error = result.getErrorMessage()
+        if result.check(DuplicateSerial):
+            self.log.critical("mx.{name}: {error}", name=self.name, error=result.value)
             if self._on_fatal is not None:
-                self._on_fatal(failure.value)
-        else:
-            self.log.error("mx.{name}: cannot establish the MX link: {error}", name=self.name,
-                           error=failure.getErrorMessage())
-        protocol.close()
-        return failure
+                self._on_fatal(result.value)
+            return
+        delay = self._schedule_retry(self._backoff(self._retries))
+        self.log.error("mx.{name}: cannot establish the MX link: {error}; retrying in "
+                       "{delay:.1f} s", name=self.name, error=self.state.last_error, delay=delay)
 
     def _lost(self, reason: Exception, protocol: CSTAProtocol) -> None:
         if protocol is not self.protocol:
@@ -222,9 +249,21 @@ class MXServer(Service):
         self.protocol = None
         self.state.connected, self.state.since = False, self._clock.seconds()
         self.state.last_error = str(reason)
-        if self.running:
-            self.log.warn("mx.{name}: link lost ({reason}); reconnecting", name=self.name,
-                          reason=reason)
+        if not self.running:
+            return
+        # After a Logout from the MX (another session took over, an admin kicked us) wait the
+        # longest delay, so that two clients cannot keep displacing each other.
+        delay = self._schedule_retry(RECONNECT_MAX + self._jitter()
+                                     if isinstance(reason, LoggedOut)
+                                     else self._backoff(self._retries))
+        self.log.warn("mx.{name}: link lost ({reason}); reconnecting in {delay:.1f} s",
+                      name=self.name, reason=reason, delay=delay)
+
+    def _schedule_retry(self, delay: float) -> float:
+        self._retries += 1
+        self._retry = self._clock.callLater(delay, self._connect)
+        self.state.next_attempt = self._clock.seconds() + delay
+        return delay
 
 
 def _apply(book: AddressBook, message: Message) -> None:

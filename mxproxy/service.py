@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.server import Site
 
@@ -75,6 +76,7 @@ def _start_demo_mx(reactor: Any) -> Config:
     pbx = demo_pbx(clock=reactor)
     port = listen(pbx, port=0, interface="127.0.0.1", reactor=reactor)
     address = port.getHost()
+    assert isinstance(address, IPv4Address)
     log.info("demo: MX simulator {sn} on {host}:{port} (users alice, bob, carol)",
              sn=pbx.sn, host=address.host, port=address.port)
     return demo_config(address.host, address.port)

@@ -97,6 +97,8 @@ def _load_pem_chain(data: bytes) -> list[crypto.X509]:
 class CSTAFactory(Factory):
     """Builds one CSTAProtocol per connection with the shared clock and trace."""
 
+    noisy = False  # one per reconnect; MXServer logs what matters
+
     def __init__(self, clock: IReactorTime, trace: Trace | None = None,
                  reply_timeout: float = DEFAULT_REPLY_TIMEOUT) -> None:
         self.clock = clock
@@ -201,10 +203,13 @@ async def open_session(reactor: Any, address: MXAddress, factory: CSTAFactory, u
 
 
 def stdout_trace(label: str, out: IO[str] | None = None) -> Trace:
-    """The ``--csta`` sink: every frame both ways on stdout, passwords and audio redacted."""
+    """The ``--csta`` sink: every frame both ways on the process's real stdout (twistd turns
+    ``sys.stdout`` into log events), passwords and audio redacted."""
 
     def trace(direction: str, invoke_id: int, body: bytes) -> None:
-        stream = out if out is not None else sys.stdout
+        stream = out or sys.__stdout__
+        if stream is None:
+            return
         text = xml.redact(body).decode("utf-8", "replace")
         stream.write(f"{label} {direction} {invoke_id:04d} {text}\n")
         stream.flush()

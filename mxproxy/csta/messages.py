@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 import attrs
 

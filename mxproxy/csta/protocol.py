@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import NamedTuple
-from typing import Union
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -34,7 +33,7 @@ DEFAULT_REPLY_TIMEOUT = 7.0
 KEEPALIVE_INTERVAL = 60.0
 KEEPALIVE_FRAME = encode(KEEPALIVE_ID, b"<keepalive />")
 
-Body = Union[bytes, xml.Element]
+Body = bytes | xml.Element
 Trace = Callable[[str, int, bytes], None]
 """Receives (direction ``"->"`` or ``"<-"``, invoke id, raw XML) for every frame."""
 

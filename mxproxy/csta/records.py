@@ -10,7 +10,8 @@ element or attribute), a missing value is empty or zero, a value of the wrong ki
 
 from __future__ import annotations
 
-from typing import Any, Callable, Self
+from collections.abc import Callable
+from typing import Any, Self
 
 import attrs
 

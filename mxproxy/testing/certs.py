@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import functools
 import ipaddress
-from typing import Iterable
+from collections.abc import Iterable
 
 import attrs
 from cryptography import x509
@@ -140,7 +140,7 @@ def _name(common_name: str) -> x509.Name:
 
 def _base_builder(subject: x509.Name, issuer: x509.Name,
                   key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

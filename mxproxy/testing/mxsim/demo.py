@@ -15,7 +15,7 @@ import io
 import math
 import random
 import wave
-from typing import Sequence
+from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
 

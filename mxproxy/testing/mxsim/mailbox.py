@@ -8,7 +8,8 @@ and the transfer ends after the last chunk or on ``MailCancelReceive``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 

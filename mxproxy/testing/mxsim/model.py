@@ -6,7 +6,7 @@ directly; the PBX (``pbx.py``) owns them and turns changes into wire events.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -20,7 +20,7 @@ MALFORMED_KINDS: tuple[MalformedKind, ...] = ("xml", "header", "length", "id")
 CallLogEnd = Literal["short", "empty-terminator"]
 CALL_LOG_ENDS: tuple[CallLogEnd, ...] = ("short", "empty-terminator")
 ALL = "*"
-NoReply = Union[frozenset[str], Literal["*"]]
+NoReply = frozenset[str] | Literal["*"]
 
 
 @attrs.define

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import TYPE_CHECKING, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from mxproxy.csta.xml import Element, XMLError, attr, find, text, to_bool, to_int
 from mxproxy.testing.mxsim import wire

@@ -8,7 +8,8 @@ instead of an empty PBX). The control API always binds 127.0.0.1.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService

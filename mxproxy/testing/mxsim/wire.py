@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 from mxproxy.csta.frame import HEADER_SIZE
 from mxproxy.csta.xml import Element, build, sub

@@ -1,0 +1,214 @@
+"""MXServer against the simulator over real loopback sockets; reconnect timers on task.Clock."""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mxproxy.config import MXConfig
+from mxproxy.csta.client import MXAddress
+from mxproxy.mx import DuplicateSerial, MXServer, SerialRegistry
+from mxproxy.testing.mxsim import PBX
+from mxproxy.testing.mxsim.model import Contact
+from tests.support import drop_sessions, next_turn, serve
+
+JID_BASE = 43884850000000000
+
+
+def company(contacts: int, page_size: int = 50, sn: str = "TEST1") -> PBX:
+    pbx = PBX(sn=sn, page_size=page_size)
+    pbx.add_server_login("server", "server-secret")
+    for n in range(contacts):
+        pbx.add_contact(Contact(jid=str(JID_BASE + n), first_name=f"First{n}",
+                                last_name=f"Last{n}", business_phone=str(4000 + n)))
+    return pbx
+
+
+class Running:
+    """An MXServer for one test: started on a Clock for its timers, stopped at cleanup."""
+
+    def __init__(self, test: TestCase, address: MXAddress, name: str = "dev",
+                 serials: SerialRegistry | None = None) -> None:
+        self.clock = Clock()
+        self.fatal: list[Exception] = []
+        config = MXConfig(name=name, host=address.host, port=address.port, login="server",
+                          password="server-secret", tls=address.tls)
+        self.server = MXServer(config, reactor, serials or SerialRegistry(),
+                               on_fatal=self.fatal.append, jitter=lambda: 0.0, clock=self.clock)
+        self.server.startService()
+        test.addCleanup(self.server.stopService)
+
+    async def lose_link(self, pbx: PBX) -> None:
+        """Drop the link from the simulator's side and wait until the server noticed."""
+        assert self.server.protocol is not None
+        closed = self.server.protocol.when_closed()
+        await drop_sessions(pbx)
+        await closed
+        await next_turn()  # ClientService schedules its retry after the protocol saw the loss
+
+
+class AddressBookLoadTests(TestCase):
+    async def load(self, contacts: int, page_size: int = 50) -> MXServer:
+        pbx = company(contacts, page_size)
+        running = Running(self, serve(self, pbx))
+        await running.server.when_ready()
+        book = running.server.address_book
+        self.assertEqual(len(book), contacts)
+        self.assertEqual({c.jid for c in book}, {str(JID_BASE + n) for n in range(contacts)})
+        pages = [c for c in pbx.received if c.name == "iq:addressbook"]
+        self.assertEqual(len(pages), max(1, -(-contacts // page_size)))
+        return running.server
+
+    async def test_empty(self) -> None:
+        await self.load(0)
+
+    async def test_one(self) -> None:
+        server = await self.load(1)
+        contact = server.address_book.get(str(JID_BASE))
+        assert contact is not None
+        self.assertEqual((contact.first_name, contact.ext), ("First0", "4000"))
+
+    async def test_exactly_one_page(self) -> None:
+        await self.load(50)
+
+    async def test_one_more_than_a_page(self) -> None:
+        await self.load(51)
+
+    async def test_ten_thousand(self) -> None:
+        server = await self.load(10_000)
+        self.assertEqual(server.address_book.by_ext("13999").jid, str(JID_BASE + 9999))
+
+    async def test_page_size_is_the_mx_s_not_fifty(self) -> None:
+        await self.load(51, page_size=7)
+
+    async def test_state_reports_the_link(self) -> None:
+        server = await self.load(3)
+        self.assertTrue(server.state.connected)
+        self.assertIsNone(server.state.last_error)
+        self.assertEqual(server.sn, "TEST1")
+
+
+class LiveUpdateTests(TestCase):
+    async def ready(self, pbx: PBX) -> MXServer:
+        running = Running(self, serve(self, pbx))
+        await running.server.when_ready()
+        self.assertTrue(any(c.name == "MonitorStartAb" for c in pbx.received))
+        return running.server
+
+    async def change(self, server: MXServer, event: str, action: object) -> None:
+        assert server.protocol is not None
+        arrived = server.protocol.expect(event)
+        action()  # type: ignore[operator]
+        await arrived
+
+    async def test_add_update_delete(self) -> None:
+        pbx = company(2)
+        server = await self.ready(pbx)
+        new = Contact(jid="43884850000009999", first_name="New", business_phone="3101")
+        await self.change(server, "AbAddUserEvent", lambda: pbx.add_contact(new))
+        self.assertEqual(server.address_book.get(new.jid).ext, "3101")
+        await self.change(server, "AbUpdateUserEvent",
+                          lambda: pbx.update_contact(new.jid, business_phone="3102"))
+        self.assertEqual(server.address_book.get(new.jid).ext, "3102")
+        self.assertEqual(server.address_book.by_ext("3102").first_name, "New")
+        await self.change(server, "AbDeleteUserEvent", lambda: pbx.remove_contact(new.jid))
+        self.assertIsNone(server.address_book.get(new.jid))
+        self.assertEqual(len(server.address_book), 2)
+
+
+class ReconnectTests(TestCase):
+    async def test_reconnect_after_a_drop_reloads_the_address_book(self) -> None:
+        pbx = company(3)
+        running = Running(self, serve(self, pbx))
+        server = running.server
+        await server.when_ready()
+        await running.lose_link(pbx)
+        self.assertFalse(server.state.connected)
+        self.assertIsNotNone(server.state.last_error)
+        pbx.add_contact(Contact(jid="43884850000009999", first_name="Added while down"))
+        ready = server.when_ready()
+        running.clock.advance(0.99)
+        await next_turn()
+        self.assertNoResult(ready)
+        running.clock.advance(0.01)  # the first retry comes after 1 s
+        await ready
+        self.assertTrue(server.state.connected)
+        self.assertEqual(server.state.reconnects, 1)
+        self.assertEqual(len(server.address_book), 4)
+        self.assertEqual(pbx.logins["server"], 2)
+
+    async def test_logout_from_the_mx_waits_the_longest_delay(self) -> None:
+        pbx = company(1)
+        running = Running(self, serve(self, pbx))
+        server = running.server
+        await server.when_ready()
+        assert server.protocol is not None
+        closed = server.protocol.when_closed()
+        pbx.logout("server", mode="forced")
+        await closed
+        await next_turn()
+        self.assertIn("forced", server.state.last_error or "")
+        ready = server.when_ready()
+        running.clock.advance(29.9)
+        await next_turn()
+        self.assertNoResult(ready)
+        running.clock.advance(0.1)
+        await ready
+        self.assertEqual(server.state.reconnects, 1)
+
+    async def test_failed_attempts_back_off(self) -> None:
+        pbx = company(1)
+        running = Running(self, serve(self, pbx))
+        await running.server.when_ready()
+        pbx.faults.refuse_logins = True
+        await running.lose_link(pbx)
+        state = running.server.state
+        for delay in (1.0, 2.0, 4.0, 8.0):
+            self.assertEqual(state.next_attempt, running.clock.seconds() + delay)
+            running.clock.advance(delay)
+            while state.next_attempt is None:  # the attempt runs over real sockets
+                await next_turn()
+            self.assertIn("login failed", state.last_error or "")
+        self.assertEqual(pbx.failed_logins["server"], 4)
+        pbx.faults.refuse_logins = False
+        ready = running.server.when_ready()
+        running.clock.advance(16.0)
+        await ready
+        self.assertTrue(state.connected)
+        self.assertIsNone(state.next_attempt)
+
+    async def test_stop_logs_out(self) -> None:
+        pbx = company(1)
+        running = Running(self, serve(self, pbx))
+        await running.server.when_ready()
+        logout = pbx.wait_for("logout")
+        await running.server.stopService()
+        await logout
+
+
+class DuplicateSerialTests(TestCase):
+    async def test_two_entries_for_one_mx_are_fatal(self) -> None:
+        pbx = company(1)
+        address = serve(self, pbx)
+        serials = SerialRegistry()
+        first = Running(self, address, "first", serials)
+        await first.server.when_ready()
+        second = Running(self, address, "second", serials)
+        await pbx.wait_for("loginRequest")
+        while not second.fatal:
+            await next_turn()
+        self.assertIsInstance(second.fatal[0], DuplicateSerial)
+        self.assertIn("mx.second and mx.first", str(second.fatal[0]))
+        self.assertFalse(second.server.state.connected)
+        self.flushLoggedErrors()
+
+
+class SerialRegistryTests(SynchronousTestCase):
+    def test_same_name_may_claim_again(self) -> None:
+        serials = SerialRegistry()
+        serials.claim("ABC", "dev")
+        serials.claim("ABC", "dev")  # a reconnect of the same entry
+        self.assertRaises(DuplicateSerial, serials.claim, "ABC", "prod")
+
+
