@@ -67,6 +67,13 @@ class MXProxyOptions(usage.Options):
             64,
             "Integer accepted for compatibility with the Go binary's log flags; has no effect.",
         ],
+        [
+            "session-idle",
+            None,
+            60.0,
+            "Seconds a user's MX session is kept without requests before it is logged out.",
+            float,
+        ],
     ]
     optFlags = [
         ["debug", None, "Log extra debugging information."],
@@ -84,6 +91,8 @@ class MXProxyOptions(usage.Options):
         if not _INTEGER.fullmatch(logflag):
             raise usage.UsageError(f'--logflag: expected an integer, got "{logflag}"')
         self["logflag"] = int(logflag)
+        if not self["session-idle"] > 0:
+            raise usage.UsageError("--session-idle: expected a positive number of seconds")
         try:
             self["local_http"] = local_http_address(self["host"])
         except ValueError as error:

@@ -18,10 +18,12 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.server import Site
 
 from mxproxy import logs
-from mxproxy.api import root_resource
+from mxproxy.api.app import API, MXAccess
+from mxproxy.api.request import APIRequest
 from mxproxy.config import Config, ConfigError, demo_config, load_config
-from mxproxy.csta.client import stdout_trace
+from mxproxy.csta.client import CSTAFactory, stdout_trace
 from mxproxy.mx import MXServer, SerialRegistry
+from mxproxy.sessions import SessionPool
 
 log = logs.Logger(__name__)
 
@@ -44,18 +46,22 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
         config = _start_demo_mx(reactor)
     serials = SerialRegistry()
     abort = FatalStop(reactor)
-    servers = {}
+    access = {}
     for name, mx in config.mx.items():
         trace = stdout_trace(f"mx.{name}") if options["csta"] else None
         server = MXServer(mx, reactor, serials, trace=trace, on_fatal=abort)
         server.setServiceParent(root)
-        servers[name] = server
+        pool = SessionPool(reactor, server.address, CSTAFactory(reactor, trace),
+                           clear_text_retry=mx.clear_text_retry,
+                           idle_timeout=options["session-idle"])
+        access[name] = MXAccess(server, pool)
     interface, port = http
-    site = Site(root_resource(servers))
+    site = Site(API(access, reactor).resource())
+    site.requestFactory = APIRequest
     StreamServerEndpointService(
         TCP4ServerEndpoint(reactor, port, interface=interface), site).setServiceParent(root)
     log.info("mxproxy: serving HTTP on {interface}:{port} for {count} MX",
-             interface=interface, port=port, count=len(servers))
+             interface=interface, port=port, count=len(access))
     return root
 
 

@@ -1,0 +1,356 @@
+"""The routes of the original product under ``/mx/<mx-name>/`` (see docs/openapi.yaml).
+
+Each request: find the MX, read Basic credentials, refuse throttled clients, then either answer
+from the server link's cache (address book) or run MX commands on the user's pooled session.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+import attrs
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from mxproxy.api.errors import HTTPError, as_http_error, bad_request, not_found, write_error
+from mxproxy.api.voicemail import VoicemailStream, attachment, check_first, content_type
+from mxproxy.calllog import CallLogTiming, fetch_call_log
+from mxproxy.csta import commands
+from mxproxy.csta.errors import CSTAError, LoginError
+from mxproxy.csta.messages import Chunk, MakeCallResult, VoiceMailList
+from mxproxy.logs import Logger
+from mxproxy.mx import MXServer
+from mxproxy.sessions import AuthCache, Identity, LoginThrottle, SessionPool, UserSession
+
+T = TypeVar("T")
+log = Logger(__name__)
+
+RING_DELAY = (1, 0, 120)  # default, lowest, highest (seconds)
+VM_DELAY = (30, 0, 300)
+DEFAULT_TIMING = CallLogTiming()
+
+
+@attrs.frozen
+class MXAccess:
+    """What the API needs of one configured MX: its server link and its user sessions."""
+
+    server: MXServer
+    pool: SessionPool
+
+
+@attrs.frozen
+class Caller:
+    """An authenticated request's MX and credentials (the password only travels, never stays)."""
+
+    mx: str
+    access: MXAccess
+    login: str
+    password: str = attrs.field(repr=False)
+    address: str
+
+
+class API:
+    """The Klein application; one instance serves every configured MX."""
+
+    app = Klein()
+
+    def __init__(self, access: Mapping[str, MXAccess], clock: IReactorTime,
+                 call_log_timing: CallLogTiming = DEFAULT_TIMING) -> None:
+        self._access = dict(access)
+        self.auth = AuthCache(clock)
+        self.throttle = LoginThrottle(clock)
+        self._call_log_timing = call_log_timing
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # -- routes -------------------------------------------------------------------------------
+
+    @app.route("/mx/<mx>/addressbook", methods=["GET"])
+    async def addressbook(self, request: Request, mx: str) -> bytes:
+        caller = self._caller(request, mx)
+        await self._identify(caller)
+        book = caller.access.server.address_book
+        return _json(request, {"addressbook": {c.jid: c.to_json() for c in book}})
+
+    @app.route("/mx/<mx>/calllog", methods=["GET"])
+    async def calllog(self, request: Request, mx: str) -> bytes:
+        caller = self._caller(request, mx)
+        since = _timestamp(request)
+
+        async def fetch(session: UserSession) -> list[Any]:
+            return await fetch_call_log(session.protocol, since, self._call_log_timing)
+
+        entries = await self._on_session(caller, fetch)
+        return _json(request, {"callog": [entry.to_json() for entry in entries]})
+
+    @app.route("/mx/<mx>/call", methods=["POST"])
+    async def call(self, request: Request, mx: str) -> bytes:
+        caller = self._caller(request, mx)
+        fields = _fields(request)
+        source, target = _text(fields, "from"), _text(fields, "to")
+        ring_delay = _seconds(fields, "ringDelay", *RING_DELAY)
+        vm_delay = _seconds(fields, "vmDelay", *VM_DELAY)
+
+        async def make_call(session: UserSession) -> MakeCallResult:
+            session.protocol.send(commands.set_mode("remote", source, ring_delay, vm_delay))
+            reply = await session.protocol.request(
+                commands.make_call(session.identity.ext, target))
+            return MakeCallResult.from_xml(reply.element)
+
+        result = await self._on_session(caller, make_call, retry=False)
+        return _json(request, result.to_json())
+
+    @app.route("/mx/<mx>/token/<kind>/<bundle>", methods=["POST"])
+    async def token(self, request: Request, mx: str, kind: str, bundle: str) -> bytes:
+        await self._identify(self._caller(request, mx))
+        raise HTTPError(501, "device-token registration is not available in this version")
+
+    @app.route("/mx/<mx>/voicemail", methods=["GET"])
+    async def voicemail_list(self, request: Request, mx: str) -> bytes:
+        caller = self._caller(request, mx)
+
+        async def mails(session: UserSession) -> VoiceMailList:
+            await session.ensure_mail_monitor()
+            reply = await session.protocol.request(commands.mail_list(session.identity.ext))
+            return VoiceMailList.from_xml(reply.element)
+
+        listing = await self._on_session(caller, mails)
+        return _json(request, {"voicemails": [mail.to_json() for mail in listing.mails]})
+
+    @app.route("/mx/<mx>/voicemail/<mail_id>", methods=["GET"])
+    async def voicemail_download(self, request: Request, mx: str, mail_id: str) -> None:
+        caller = self._caller(request, mx)
+        pool = caller.access.pool
+        session = await self._guarded(caller, pool.acquire(caller.login, caller.password))
+        try:
+            await session.ensure_mail_monitor()
+            try:
+                reply = await session.protocol.request(commands.mail_receive(mail_id, False))
+            except CSTAError:
+                raise not_found(f"no voicemail {mail_id!r}") from None
+            first = Chunk.from_xml(reply.element)
+            check_first(first)
+        except BaseException:
+            pool.release(session)
+            raise
+        request.setHeader(b"Content-Type", content_type(first.file_format).encode())
+        request.setHeader(b"Content-Disposition",
+                          attachment(first.document_name, mail_id, first.file_format).encode())
+        request.write(first.content)
+        stream = VoicemailStream(request, session.protocol, mail_id, first)
+        stream.when_done().addCallback(lambda _: pool.release(session))
+        stream.start()
+        await stream.when_done()
+
+    @app.route("/mx/<mx>/voicemail/<mail_id>", methods=["PATCH"])
+    async def voicemail_update(self, request: Request, mx: str, mail_id: str) -> bytes:
+        caller = self._caller(request, mx)
+        fields = _fields(request)
+        note = fields.get("note")
+        read = _flag(fields.get("readed", fields.get("read")))
+        if note is None and read is None:
+            raise bad_request('give "note", "readed" (or "read"), or both')
+        if note is not None and not isinstance(note, str):
+            raise bad_request('"note" must be a string')
+        if read is not None and not isinstance(read, bool):
+            raise bad_request('"readed" must be true or false')
+
+        async def update(session: UserSession) -> None:
+            await session.ensure_mail_monitor()
+            try:
+                if read is not None:
+                    await session.protocol.request(commands.mail_set_status(mail_id, read))
+                if note is not None:
+                    await session.protocol.request(commands.update_vm_note(mail_id, note))
+            except CSTAError:
+                raise not_found(f"no voicemail {mail_id!r}") from None
+
+        await self._on_session(caller, update)
+        return _no_content(request)
+
+    @app.route("/mx/<mx>/voicemail/<mail_id>", methods=["DELETE"])
+    async def voicemail_delete(self, request: Request, mx: str, mail_id: str) -> bytes:
+        caller = self._caller(request, mx)
+
+        async def delete(session: UserSession) -> None:
+            await session.ensure_mail_monitor()
+            try:
+                await session.protocol.request(commands.mail_delete(mail_id))
+            except CSTAError as error:  # unknown or foreign ids succeed, as in the original
+                log.info("voicemail {id}: delete refused by the MX: {error}", id=mail_id,
+                         error=error)
+
+        await self._on_session(caller, delete)
+        return _no_content(request)
+
+    # -- errors -------------------------------------------------------------------------------
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request: Any, failure: Failure) -> bytes:
+        return write_error(request, not_found())
+
+    @app.handle_errors(MethodNotAllowed)
+    def _wrong_method(self, request: Any, failure: Failure) -> bytes:
+        allowed = ", ".join(sorted(failure.value.valid_methods or ()))
+        return write_error(request, HTTPError(405, "method not allowed", {"Allow": allowed}))
+
+    @app.handle_errors(Exception)
+    def _failed(self, request: Any, failure: Failure) -> bytes:
+        error = as_http_error(failure.value)
+        if error.status == 500:
+            log.failure("unexpected failure serving {path}", failure,
+                        path=request.path.decode("utf-8", "replace"))
+        return write_error(request, error)
+
+    # -- authentication -----------------------------------------------------------------------
+
+    def _caller(self, request: Request, mx: str) -> Caller:
+        access = self._access.get(mx)
+        if access is None:
+            raise not_found(f"unknown MX {mx!r}")
+        login, password = _basic_credentials(request)
+        address = getattr(request.getClientAddress(), "host", "unknown")
+        wait = self.throttle.retry_after((mx, login), address)
+        if wait is not None:
+            raise HTTPError(429, "too many failed logins; try again later",
+                            {"Retry-After": str(math.ceil(wait))})
+        return Caller(mx, access, login, password, address)
+
+    async def _identify(self, caller: Caller) -> Identity:
+        """Who the caller is: from the auth cache, else by a login (which pools the session)."""
+        identity = self.auth.check(caller.mx, caller.login, caller.password)
+        if identity is None:
+            session = await self._guarded(
+                caller, caller.access.pool.session(caller.login, caller.password))
+            identity = session.identity
+        return identity
+
+    async def _on_session(self, caller: Caller, work: Callable[[UserSession], Awaitable[T]],
+                          retry: bool = True) -> T:
+        return await self._guarded(
+            caller, caller.access.pool.use(caller.login, caller.password, work, retry))
+
+    async def _guarded(self, caller: Caller, step: Awaitable[T]) -> T:
+        """Await a step that may log in: record the outcome in the cache and the throttle."""
+        try:
+            result = await step
+        except LoginError:
+            self.auth.evict(caller.mx, caller.login)
+            self.throttle.failed((caller.mx, caller.login), caller.address)
+            raise
+        session = caller.access.pool.logged_in(caller.login, caller.password)
+        if session is not None:
+            self.auth.store(caller.mx, caller.login, caller.password, session.identity)
+            self.throttle.succeeded((caller.mx, caller.login))
+        return result
+
+
+# -- request reading ---------------------------------------------------------------------------
+
+
+def _basic_credentials(request: Request) -> tuple[str, str]:
+    header = request.getHeader(b"Authorization") or b""
+    scheme, _, encoded = header.partition(b" ")
+    try:
+        if scheme.lower() != b"basic":
+            raise ValueError
+        login, colon, password = base64.b64decode(encoded.strip(), validate=True).decode(
+            "utf-8").partition(":")
+        if not colon or not login:
+            raise ValueError
+    except (ValueError, binascii.Error):
+        raise HTTPError(401, "HTTP Basic credentials of an MX user are required",
+                        {"WWW-Authenticate": 'Basic realm="mxproxy"'}) from None
+    return login, password
+
+
+def _fields(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, or as an HTML form. A body that is a JSON object counts as
+    JSON whatever its label (``curl -d '{...}'`` calls it a form)."""
+    body = b""
+    if request.content is not None:
+        request.content.seek(0)  # twisted.web has read a POSTed form already
+        body = request.content.read()
+    if not body.strip():
+        return {}
+    if body.lstrip().startswith(b"{") or _media_type(request) == b"application/json":
+        try:
+            fields = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise bad_request(f"malformed JSON: {error}") from None
+        if not isinstance(fields, dict):
+            raise bad_request("the JSON body must be an object")
+        return fields
+    form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {key: values[-1] for key, values in form.items()}
+
+
+def _media_type(request: Request) -> bytes:
+    return (request.getHeader(b"Content-Type") or b"").split(b";")[0].strip().lower()
+
+
+def _flag(value: Any) -> Any:
+    """Booleans as JSON gives them, or as a form spells them."""
+    spelled = {"true": True, "1": True, "false": False, "0": False}
+    return spelled.get(value.lower(), value) if isinstance(value, str) else value
+
+
+def _text(fields: Mapping[str, Any], name: str) -> str:
+    value = fields.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f'"{name}" is required (a non-empty string)')
+    return value.strip()
+
+
+def _seconds(fields: Mapping[str, Any], name: str, default: int, lowest: int,
+             highest: int) -> int:
+    value = fields.get(name, default)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
+        raise bad_request(f'"{name}" must be a whole number of seconds from {lowest} to '
+                          f"{highest}")
+    return value
+
+
+def _timestamp(request: Request) -> int | None:
+    """``timestamp`` as Unix seconds or RFC 3339 (with a zone); absent means the whole log."""
+    values = _args(request).get(b"timestamp")
+    if not values:
+        return None
+    raw = values[-1].decode("utf-8", "replace").strip()
+    if raw.isdigit():
+        return int(raw)
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise bad_request(f"timestamp {raw[:40]!r}: expected Unix seconds or RFC 3339 with a "
+                          "time zone, e.g. 2017-07-28T14:31:47Z")
+    return int(moment.timestamp())
+
+
+def _args(request: Request) -> dict[bytes, list[bytes]]:
+    return request.args or {}
+
+
+def _json(request: Request, value: object) -> bytes:
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+def _no_content(request: Request) -> bytes:
+    request.setResponseCode(204)
+    return b""

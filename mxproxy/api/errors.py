@@ -1,0 +1,76 @@
+"""The one place where failures become HTTP statuses and ``{"error": "..."}`` bodies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from twisted.web.server import Request
+
+from mxproxy.csta.errors import (
+    CSTAError,
+    LoginError,
+    MXTimeout,
+    MXUnavailable,
+    ProtocolViolation,
+)
+from mxproxy.csta.frame import FrameTooLarge
+from mxproxy.csta.xml import XMLError
+from mxproxy.logs import Logger
+
+log = Logger(__name__)
+
+
+class HTTPError(Exception):
+    """A failure whose status and message the API chose itself."""
+
+    def __init__(self, status: int, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def bad_request(message: str) -> HTTPError:
+    return HTTPError(400, message)
+
+
+def not_found(message: str = "not found") -> HTTPError:
+    return HTTPError(404, message)
+
+
+def as_http_error(error: BaseException) -> HTTPError:
+    """The status for a failure; unknown failures are 500 and logged with their traceback."""
+    if isinstance(error, HTTPError):
+        return error
+    if isinstance(error, LoginError):
+        return HTTPError(403, f"the MX refused the login: {error.message or 'no reason given'}")
+    if isinstance(error, CSTAError):
+        return HTTPError(400, f"the MX refused the command: {error.text}")
+    if isinstance(error, MXTimeout):
+        return HTTPError(504, "the MX did not answer in time")
+    if isinstance(error, (ProtocolViolation, XMLError)):
+        return HTTPError(502, f"unexpected reply from the MX: {error}")
+    if isinstance(error, MXUnavailable):
+        return HTTPError(503, f"the MX is unavailable: {error}")
+    if isinstance(error, FrameTooLarge):
+        return HTTPError(400, "the request does not fit in one MX command")
+    return HTTPError(500, "internal error")
+
+
+def write_error(request: Request, error: HTTPError) -> bytes:
+    """Status, headers and JSON body of ``error``; logged once, at a level by its status."""
+    request.setResponseCode(error.status)
+    for name, value in error.headers.items():
+        request.setHeader(name, value)
+    request.setHeader(b"Content-Type", b"application/json")
+    method = request.method.decode("ascii", "replace")
+    path = request.path.decode("utf-8", "replace")
+    if error.status >= 500:
+        log.warn("{status} {method} {path}: {message}", status=error.status, method=method,
+                 path=path, message=error.message)
+    else:
+        log.info("{status} {method} {path}: {message}", status=error.status, method=method,
+                 path=path, message=error.message)
+    return json.dumps({"error": error.message}).encode()

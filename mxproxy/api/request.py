@@ -1,0 +1,50 @@
+"""The site's Request: a bounded body and the headers every response of the original carried.
+
+twisted.web buffers a whole request body before dispatching it, so the limit is enforced while
+the body arrives: past 64 KiB nothing more is stored and the request is answered 413 without
+reaching a route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.server import Request
+
+from mxproxy import __version__
+from mxproxy.api.errors import HTTPError, write_error
+
+MAX_BODY = 64 * 1024
+API_VERSION = "1.0"
+
+
+class APIRequest(Request):
+    """A Request that refuses bodies over :data:`MAX_BODY` and stamps the common headers."""
+
+    body_too_large = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > MAX_BODY:
+            self.body_too_large = True
+            length = 0  # do not let twisted.web pick a temp file for what we will not keep
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self.body_too_large = True
+        if not self.body_too_large:
+            super().handleContentChunk(data)
+
+    def render(self, resource: Any) -> None:
+        """After twisted.web's own defaults (it stamps ``Server: TwistedWeb``), before routing."""
+        self.setHeader(b"Server", f"MXProxy/{__version__}".encode())
+        self.setHeader(b"X-API-Version", API_VERSION.encode())
+        self.setHeader(b"X-Service-Version", __version__.encode())
+        if self.body_too_large:
+            self.write(write_error(self, HTTPError(
+                413, f"request body over {MAX_BODY // 1024} KiB")))
+            self.finish()
+            return
+        super().render(resource)

@@ -1,0 +1,297 @@
+"""User sessions on an MX: pooled links, the auth cache, and failed-login throttling.
+
+The original opened a TLS connection and logged in for every request. Here a user's link is kept
+for later requests and logged out after a quiet minute; a request that only needs to know who
+the user is (the address book) is answered from a 30-minute cache of successful logins, which
+holds a keyed hash of the password, never the password. Repeated failures are throttled per
+login and per client address, so the proxy can neither be used to guess passwords nor to get
+accounts locked on the MX.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from mxproxy.csta import commands
+from mxproxy.csta.client import CSTAFactory, MXAddress, open_session
+from mxproxy.csta.errors import MXUnavailable
+from mxproxy.csta.messages import LoginResponse, MonitorStarted
+from mxproxy.csta.protocol import CSTAProtocol
+from mxproxy.logs import Logger
+
+T = TypeVar("T")
+
+AUTH_TTL = 30 * 60.0
+IDLE_TIMEOUT = 60.0
+FAILURE_LIMIT = 5
+FAILURE_WINDOW = 60.0
+BLOCK_FIRST = 60.0
+BLOCK_MAX = 3600.0
+
+_KEY = os.urandom(32)  # per process: hashes in memory are useless anywhere else
+
+
+def password_hash(login: str, password: str) -> bytes:
+    """A keyed hash standing in for the password in caches and pool keys."""
+    return hmac.digest(_KEY, f"{login}\0{password}".encode(), hashlib.sha256)
+
+
+# -- auth cache --------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Identity:
+    """Who a login is on an MX."""
+
+    login: str
+    jid: str
+    ext: str
+
+
+@attrs.frozen
+class _Cached:
+    identity: Identity
+    digest: bytes = attrs.field(repr=False)
+    expires: float
+
+
+class AuthCache:
+    """Successful logins per (MX, login) for :data:`AUTH_TTL`; another password is a miss."""
+
+    def __init__(self, clock: IReactorTime, ttl: float = AUTH_TTL) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._entries: dict[tuple[str, str], _Cached] = {}
+
+    def check(self, mx: str, login: str, password: str) -> Identity | None:
+        entry = self._entries.get((mx, login))
+        if entry is None:
+            return None
+        if entry.expires <= self._clock.seconds():
+            del self._entries[(mx, login)]
+            return None
+        if not hmac.compare_digest(entry.digest, password_hash(login, password)):
+            return None
+        return entry.identity
+
+    def store(self, mx: str, login: str, password: str, identity: Identity) -> None:
+        self._entries[(mx, login)] = _Cached(identity, password_hash(login, password),
+                                             self._clock.seconds() + self._ttl)
+
+    def evict(self, mx: str, login: str) -> None:
+        self._entries.pop((mx, login), None)
+
+
+# -- throttling --------------------------------------------------------------------------------
+
+
+@attrs.define
+class _Failures:
+    times: deque[float] = attrs.Factory(deque)
+    blocked_until: float = 0.0
+    blocks: int = 0
+
+
+class LoginThrottle:
+    """After :data:`FAILURE_LIMIT` failed logins within :data:`FAILURE_WINDOW` for one key (a
+    login on an MX, or a client address), refuse that key for a while: 60 s, doubling with
+    every further block up to an hour. A success clears the key."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._records: dict[object, _Failures] = {}
+
+    def retry_after(self, *keys: object) -> float | None:
+        """Seconds until the most blocked of ``keys`` may try again; None if none is."""
+        now = self._clock.seconds()
+        waits = [record.blocked_until - now for key in keys
+                 if (record := self._records.get(key)) and record.blocked_until > now]
+        return max(waits) if waits else None
+
+    def failed(self, *keys: object) -> None:
+        now = self._clock.seconds()
+        self._forget_stale(now)
+        for key in keys:
+            record = self._records.setdefault(key, _Failures())
+            record.times.append(now)
+            while record.times and record.times[0] <= now - FAILURE_WINDOW:
+                record.times.popleft()
+            if len(record.times) >= FAILURE_LIMIT:
+                record.times.clear()
+                record.blocked_until = now + min(BLOCK_FIRST * 2 ** record.blocks, BLOCK_MAX)
+                record.blocks += 1
+
+    def succeeded(self, key: object) -> None:
+        self._records.pop(key, None)
+
+    def _forget_stale(self, now: float) -> None:
+        """Keys with no recent failure and no block in force (bounded memory under attack)."""
+        stale = [key for key, record in self._records.items()
+                 if record.blocked_until + BLOCK_MAX <= now
+                 and (not record.times or record.times[-1] <= now - FAILURE_WINDOW)]
+        for key in stale:
+            del self._records[key]
+
+
+# -- pooled sessions ---------------------------------------------------------------------------
+
+
+class UserSession:
+    """One logged-in user link, shared by that user's requests one command at a time."""
+
+    def __init__(self, protocol: CSTAProtocol, info: LoginResponse, login: str) -> None:
+        self.protocol = protocol
+        self.identity = Identity(login, info.user_id, info.ext)
+        self.lock = DeferredLock()
+        self.idle_timer: IDelayedCall | None = None
+        self._mail_monitor = False
+
+    @property
+    def up(self) -> bool:
+        return self.protocol.up
+
+    async def ensure_mail_monitor(self) -> None:
+        """The MX refuses ``Mail*`` commands unless the session monitors its own extension."""
+        if not self._mail_monitor:
+            reply = await self.protocol.request(commands.monitor_start(self.identity.ext))
+            MonitorStarted.from_xml(reply.element)
+            self._mail_monitor = True
+
+
+class SessionPool:
+    """The user sessions of one MX, keyed by (login, password hash)."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, address: MXAddress, factory: CSTAFactory,
+                 clear_text_retry: bool = False, idle_timeout: float = IDLE_TIMEOUT,
+                 clock: IReactorTime | None = None) -> None:
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor if clock is None else clock
+        self._address = address
+        self._factory = factory
+        self._clear_text_retry = clear_text_retry
+        self.idle_timeout = idle_timeout
+        self._sessions: dict[tuple[str, bytes], UserSession] = {}
+        self._opening: dict[tuple[str, bytes], list[Deferred[UserSession]]] = {}
+        self.logins = 0
+        """Logins made, for tests and benchmarks that show the reuse."""
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    async def session(self, login: str, password: str) -> UserSession:
+        """A live session for these credentials: the pooled one, or a fresh login.
+
+        Concurrent first requests of one user share one login. ``LoginError`` when the MX
+        refuses the credentials.
+        """
+        key = (login, password_hash(login, password))
+        session = self._sessions.get(key)
+        if session is not None and session.up:
+            return session
+        if session is not None:
+            self._discard(key, session)
+        waiters = self._opening.get(key)
+        if waiters is None:
+            waiters = self._opening[key] = []
+            Deferred.fromCoroutine(self._open(key, login, password)).addBoth(self._opened, key)
+        waiter: Deferred[UserSession] = Deferred()
+        waiters.append(waiter)
+        return await waiter
+
+    def logged_in(self, login: str, password: str) -> UserSession | None:
+        """The live pooled session for these credentials, if any."""
+        session = self._sessions.get((login, password_hash(login, password)))
+        return session if session is not None and session.up else None
+
+    async def acquire(self, login: str, password: str) -> UserSession:
+        """The session, held for this caller alone until :meth:`release`."""
+        session = await self.session(login, password)
+        await session.lock.acquire()
+        if not session.up:  # it died while we waited for our turn
+            session.lock.release()
+            session = await self.session(login, password)
+            await session.lock.acquire()
+        return session
+
+    def release(self, session: UserSession) -> None:
+        session.lock.release()
+        if session.up:
+            self._touch(session)
+
+    async def use(self, login: str, password: str,
+                  work: Callable[[UserSession], Awaitable[T]], retry: bool = True) -> T:
+        """Run ``work`` holding the session alone.
+
+        ``retry`` only for commands that are safe to repeat: when the link died under them,
+        the work runs once more on a fresh login.
+        """
+        for attempt in (1, 2):
+            session = await self.acquire(login, password)
+            try:
+                return await work(session)
+            except MXUnavailable:
+                if attempt == 2 or not retry or session.up:
+                    raise
+                self.log.info("user session of {login} dropped; logging in again", login=login)
+            finally:
+                self.release(session)
+        raise AssertionError("unreachable")
+
+    def close_all(self) -> None:
+        for key, session in list(self._sessions.items()):
+            self._discard(key, session)
+
+    async def _open(self, key: tuple[str, bytes], login: str, password: str) -> UserSession:
+        protocol, info = await open_session(self._reactor, self._address, self._factory, login,
+                                            password, clear_text_retry=self._clear_text_retry)
+        self.logins += 1
+        session = UserSession(protocol, info, login)
+        self._sessions[key] = session
+        protocol.when_closed().addCallback(lambda _: self._forget(key, session))
+        self._touch(session)
+        return session
+
+    def _opened(self, result: UserSession | Failure, key: tuple[str, bytes]) -> None:
+        for waiter in self._opening.pop(key):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    def _touch(self, session: UserSession) -> None:
+        """(Re)start the idle timer; a session with work in progress is never closed."""
+        if session.idle_timer is not None and session.idle_timer.active():
+            session.idle_timer.reset(self.idle_timeout)
+        else:
+            session.idle_timer = self._clock.callLater(self.idle_timeout, self._idle, session)
+
+    def _idle(self, session: UserSession) -> None:
+        if session.lock.locked:
+            self._touch(session)
+            return
+        for key, pooled in list(self._sessions.items()):
+            if pooled is session:
+                self._discard(key, session)
+
+    def _discard(self, key: tuple[str, bytes], session: UserSession) -> None:
+        self._forget(key, session)
+        if session.up:
+            session.protocol.logout()
+
+    def _forget(self, key: tuple[str, bytes], session: UserSession) -> None:
+        if self._sessions.get(key) is session:
+            del self._sessions[key]
+        if session.idle_timer is not None and session.idle_timer.active():
+            session.idle_timer.cancel()

@@ -1,0 +1,571 @@
+"""docs/openapi.yaml: sane on its own, and describing exactly the routes the Klein app serves.
+
+The route comparison reads the app's werkzeug URL map (``API.app.url_map``), so a route added
+to ``mxproxy.api.app`` without documentation, or documented without being served, fails here.
+Examples in the document are checked against their schemas by a small validator for the JSON
+Schema keywords the document uses; it refuses keywords it does not know instead of ignoring them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import yaml
+from klein import Klein
+from twisted.trial.unittest import SynchronousTestCase
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPENAPI = os.path.join(REPO, "docs", "openapi.yaml")
+
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+# werkzeug adds HEAD to every GET rule (and OPTIONS when asked); the document leaves them out.
+IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
+# What a rule without a method list (werkzeug: every method) turns into; never documented.
+ANY_METHOD = "*"
+COMMON_HEADERS = ("Server", "X-API-Version", "X-Service-Version")
+# Statuses any route can answer, because every route authenticates against its MX.
+EVERY_OPERATION_STATUSES = frozenset({"401", "403", "404", "429", "503", "504"})
+CONTRACT_STATUSES = frozenset(
+    {"400", "401", "403", "404", "405", "413", "429", "501", "503", "504"})
+STATUS_KEY = re.compile(r"[1-5](?:[0-9]{2}|XX)|default")
+TEMPLATE_VARIABLE = re.compile(r"\{([^{}]+)\}")
+# <name>, <converter:name>, <converter(arguments):name>
+RULE_VARIABLE = re.compile(r"<(?:[^<>]*:)?([A-Za-z_][A-Za-z0-9_]*)>")
+# A werkzeug "path" converter matches across slashes: Klein's branch sub-rules
+# (".../<path:__rest__>") and catch-all fallbacks (e.g. a JSON 404 for every other path). No
+# OpenAPI path template can express them, and they are not API routes.
+CATCH_ALL = re.compile(r"<path[:(]")
+
+
+@functools.cache
+def load_document() -> dict[str, Any]:
+    with open(OPENAPI, encoding="utf-8") as stream:
+        document = yaml.safe_load(stream)
+    if not isinstance(document, dict):
+        raise AssertionError(f"{OPENAPI}: not a YAML mapping")
+    return document
+
+
+# --- the two sets of (path, method) ---------------------------------------------------------
+
+
+def rule_to_template(rule: str) -> str:
+    """A werkzeug rule as an OpenAPI path template: ``/a/<int:b>`` -> ``/a/{b}``."""
+    return RULE_VARIABLE.sub(r"{\1}", rule)
+
+
+def app_operations(app: Klein) -> set[tuple[str, str]]:
+    """(path template, lower-case method) for every rule of a Klein app, catch-alls excluded."""
+    operations = set()
+    for rule in app.url_map.iter_rules():
+        if CATCH_ALL.search(rule.rule):
+            continue
+        path = rule_to_template(rule.rule)
+        if rule.methods is None:
+            operations.add((path, ANY_METHOD))
+            continue
+        operations.update((path, method.lower()) for method in rule.methods - IGNORED_METHODS)
+    return operations
+
+
+def document_operations(document: Mapping[str, Any]) -> set[tuple[str, str]]:
+    return {(path, method)
+            for path, item in document.get("paths", {}).items()
+            for method in item if method in HTTP_METHODS}
+
+
+# --- walking the document -------------------------------------------------------------------
+
+
+def resolve_pointer(document: Mapping[str, Any], reference: str) -> Any:
+    """The target of a local ``$ref`` (``#/a/b~1c``); KeyError/ValueError when there is none."""
+    if not reference.startswith("#/"):
+        raise ValueError(f"not a local reference: {reference!r}")
+    node: Any = document
+    for token in reference[2:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, list):
+            node = node[int(token)]
+        elif isinstance(node, dict):
+            node = node[token]
+        else:
+            raise KeyError(token)
+    return node
+
+
+def resolved(document: Mapping[str, Any], node: Any) -> Any:
+    """A Reference Object's target (following chains), or the node itself."""
+    seen = set()
+    while isinstance(node, dict) and "$ref" in node:
+        reference = node["$ref"]
+        if reference in seen:
+            raise AssertionError(f"reference loop at {reference}")
+        seen.add(reference)
+        node = resolve_pointer(document, reference)
+    return node
+
+
+def walk(node: Any, where: str = "#") -> Iterator[tuple[str, Any]]:
+    """Every node of a parsed YAML tree with a JSON-pointer-like location."""
+    yield where, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from walk(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from walk(value, f"{where}/{index}")
+
+
+def operations(document: Mapping[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, operation
+
+
+def parameters_of(document: Mapping[str, Any], path: str, operation: Mapping[str, Any]
+                  ) -> list[dict[str, Any]]:
+    """Path-level and operation-level parameters, references resolved."""
+    item = document["paths"][path]
+    return [resolved(document, parameter)
+            for parameter in [*item.get("parameters", []), *operation.get("parameters", [])]]
+
+
+def responses(document: Mapping[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, status, resolved response) for every operation's responses and the components."""
+    for path, method, operation in operations(document):
+        for status, response in operation.get("responses", {}).items():
+            yield f"{method.upper()} {path} {status}", str(status), resolved(document, response)
+    for name, response in document.get("components", {}).get("responses", {}).items():
+        yield f"components/responses/{name}", "", response
+
+
+# --- a small JSON Schema (2020-12 subset) validator for the examples -------------------------
+
+ANNOTATIONS = frozenset({
+    "description", "title", "summary", "examples", "default", "format", "deprecated",
+    "readOnly", "writeOnly", "contentMediaType", "contentEncoding", "$comment",
+})
+ASSERTIONS = frozenset({
+    "$ref", "type", "const", "enum", "pattern", "minLength", "maxLength", "minimum", "maximum",
+    "required", "properties", "additionalProperties", "propertyNames", "items", "not", "anyOf",
+    "oneOf", "allOf",
+})
+
+
+def _is_type(instance: Any, name: str) -> bool:
+    if name == "integer":
+        return isinstance(instance, int) and not isinstance(instance, bool)
+    if name == "number":
+        return isinstance(instance, int | float) and not isinstance(instance, bool)
+    python = {"string": str, "boolean": bool, "object": dict, "array": list,
+              "null": type(None)}[name]
+    return isinstance(instance, python)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return bool(a == b)
+
+
+def schema_errors(document: Mapping[str, Any], instance: Any, schema: Mapping[str, Any],
+                  where: str = "$") -> list[str]:
+    """Why ``instance`` does not match ``schema``; empty when it does.
+
+    Stricter than JSON Schema in one way: an object whose schema lists ``properties`` and says
+    nothing about ``additionalProperties`` may not have other properties, so an example with a
+    misspelt field name fails.
+    """
+    unknown = set(schema) - ANNOTATIONS - ASSERTIONS
+    if unknown:
+        raise AssertionError(f"{where}: the validator does not know {sorted(unknown)}")
+    errors: list[str] = []
+    if "$ref" in schema:
+        target = resolve_pointer(document, schema["$ref"])
+        errors += schema_errors(document, instance, target, where)
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(_is_type(instance, name) for name in types):
+            return [*errors, f"{where}: {instance!r} is not of type {schema['type']}"]
+    if "const" in schema and not _same(instance, schema["const"]):
+        errors.append(f"{where}: {instance!r} is not {schema['const']!r}")
+    if "enum" in schema and not any(_same(instance, value) for value in schema["enum"]):
+        errors.append(f"{where}: {instance!r} is not one of {schema['enum']}")
+    if isinstance(instance, str):
+        if "pattern" in schema and not re.search(schema["pattern"], instance):
+            errors.append(f"{where}: {instance!r} does not match {schema['pattern']!r}")
+        if len(instance) < schema.get("minLength", 0):
+            errors.append(f"{where}: {instance!r} is shorter than {schema['minLength']}")
+        if "maxLength" in schema and len(instance) > schema["maxLength"]:
+            errors.append(f"{where}: {instance!r} is longer than {schema['maxLength']}")
+    if _is_type(instance, "number"):
+        if "minimum" in schema and instance < schema["minimum"]:
+            errors.append(f"{where}: {instance!r} < {schema['minimum']}")
+        if "maximum" in schema and instance > schema["maximum"]:
+            errors.append(f"{where}: {instance!r} > {schema['maximum']}")
+    if isinstance(instance, dict):
+        errors += _object_errors(document, instance, schema, where)
+    if isinstance(instance, list) and "items" in schema:
+        for index, item in enumerate(instance):
+            errors += schema_errors(document, item, schema["items"], f"{where}[{index}]")
+    if "not" in schema and not schema_errors(document, instance, schema["not"], where):
+        errors.append(f"{where}: {instance!r} matches the schema under 'not'")
+    branches = {keyword: [schema_errors(document, instance, branch, where)
+                          for branch in schema[keyword]]
+                for keyword in ("anyOf", "oneOf", "allOf") if keyword in schema}
+    if "anyOf" in branches and all(branches["anyOf"]):
+        errors.append(f"{where}: matches no anyOf branch: {branches['anyOf']}")
+    if "oneOf" in branches and sum(not found for found in branches["oneOf"]) != 1:
+        errors.append(f"{where}: matches {sum(not f for f in branches['oneOf'])} oneOf branches")
+    for found in branches.get("allOf", []):
+        errors += found
+    return errors
+
+
+def _object_errors(document: Mapping[str, Any], instance: dict[str, Any],
+                   schema: Mapping[str, Any], where: str) -> list[str]:
+    errors = [f"{where}: missing {name!r}" for name in schema.get("required", [])
+              if name not in instance]
+    properties = schema.get("properties", {})
+    additional = schema.get("additionalProperties")
+    for name, value in instance.items():
+        if "propertyNames" in schema:
+            errors += schema_errors(document, name, schema["propertyNames"], f"{where} key")
+        if name in properties:
+            errors += schema_errors(document, value, properties[name], f"{where}.{name}")
+        elif isinstance(additional, dict):
+            errors += schema_errors(document, value, additional, f"{where}.{name}")
+        elif additional is False or (additional is None and "properties" in schema):
+            errors.append(f"{where}: undocumented property {name!r}")
+    return errors
+
+
+def _subschemas(schema: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    yield from schema.get("properties", {}).values()
+    for single in ("items", "additionalProperties", "propertyNames", "not"):
+        if isinstance(schema.get(single), dict):
+            yield schema[single]
+    for many in ("anyOf", "oneOf", "allOf"):
+        yield from schema.get(many, [])
+
+
+def _examples_of(document: Mapping[str, Any], node: Mapping[str, Any]
+                 ) -> Iterator[tuple[str, Any]]:
+    """``example`` and the values of ``examples`` (a map of Example Objects)."""
+    if "example" in node:
+        yield "example", node["example"]
+    for name, example in node.get("examples", {}).items():
+        example = resolved(document, example)
+        if "value" in example:
+            yield f"examples/{name}", example["value"]
+
+
+def documented_examples(document: Mapping[str, Any]
+                        ) -> Iterator[tuple[str, Any, Mapping[str, Any]]]:
+    """(where, example value, schema) for every example of the document."""
+    schemas: list[tuple[str, Mapping[str, Any]]] = []
+
+    def with_schema(where: str, node: Mapping[str, Any]
+                    ) -> Iterator[tuple[str, Any, Mapping[str, Any]]]:
+        schema = node.get("schema")
+        if schema is None:
+            return
+        schemas.append((f"{where}/schema", schema))
+        for label, value in _examples_of(document, node):
+            yield f"{where}/{label}", value, schema
+
+    def content(where: str, node: Mapping[str, Any]
+                ) -> Iterator[tuple[str, Any, Mapping[str, Any]]]:
+        for media_type, media in node.get("content", {}).items():
+            yield from with_schema(f"{where}/content/{media_type}", media)
+        for name, header in node.get("headers", {}).items():
+            yield from with_schema(f"{where}/headers/{name}", resolved(document, header))
+
+    for path, method, operation in operations(document):
+        where = f"{method.upper()} {path}"
+        for parameter in parameters_of(document, path, operation):
+            yield from with_schema(f"{where} parameter {parameter['name']}", parameter)
+        if "requestBody" in operation:
+            yield from content(f"{where} requestBody", resolved(document, operation["requestBody"]))
+    for where, _, response in responses(document):
+        yield from content(where, response)
+    components = document.get("components", {})
+    for kind in ("parameters", "headers"):
+        for name, node in components.get(kind, {}).items():
+            yield from with_schema(f"components/{kind}/{name}", resolved(document, node))
+    for name, schema in components.get("schemas", {}).items():
+        schemas.append((f"components/schemas/{name}", schema))
+    while schemas:
+        where, schema = schemas.pop()
+        for index, value in enumerate(schema.get("examples", [])):
+            yield f"{where}/examples/{index}", value, schema
+        if "default" in schema:
+            yield f"{where}/default", schema["default"], schema
+        schemas.extend((f"{where}/*", sub) for sub in _subschemas(schema))
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+class DocumentTests(SynchronousTestCase):
+    """The document on its own."""
+
+    def setUp(self) -> None:
+        self.document = load_document()
+
+    def test_version(self) -> None:
+        self.assertIsInstance(self.document.get("openapi"), str)
+        self.assertRegex(self.document["openapi"], r"^3\.1\.[0-9]+$")
+        info = self.document.get("info", {})
+        self.assertIsInstance(info.get("title"), str)
+        self.assertEqual(info.get("version"), "1.0")
+
+    def test_keys_are_strings(self) -> None:
+        """Unquoted ``200:`` or ``yes:`` would be YAML numbers and booleans, not JSON keys."""
+        bad = [f"{where}/{key!r}" for where, node in walk(self.document)
+               if isinstance(node, dict) for key in node if not isinstance(key, str)]
+        self.assertEqual(bad, [])
+
+    def test_references_resolve(self) -> None:
+        bad = []
+        for where, node in walk(self.document):
+            if isinstance(node, dict) and "$ref" in node:
+                try:
+                    resolve_pointer(self.document, node["$ref"])
+                except (KeyError, IndexError, ValueError, TypeError):
+                    bad.append(f"{where}: {node['$ref']}")
+        self.assertEqual(bad, [])
+
+    def test_paths(self) -> None:
+        """Every route lives under ``/mx/{mx}/`` and has at least one operation."""
+        paths = self.document.get("paths")
+        self.assertTrue(paths)
+        for path, item in paths.items():
+            self.assertTrue(path.startswith("/mx/{mx}/"), path)
+            self.assertTrue(HTTP_METHODS & set(item), f"{path}: no operation")
+
+    def test_operations_have_responses(self) -> None:
+        for path, method, operation in operations(self.document):
+            where = f"{method.upper()} {path}"
+            self.assertTrue(operation.get("responses"), f"{where}: no responses")
+            for status, response in operation["responses"].items():
+                self.assertRegex(str(status), STATUS_KEY, where)
+                self.assertIn("description", resolved(self.document, response), where)
+
+    def test_operation_ids_unique(self) -> None:
+        ids = [operation.get("operationId") for _, _, operation in operations(self.document)]
+        self.assertNotIn(None, ids)
+        self.assertEqual(len(ids), len(set(ids)), ids)
+
+    def test_path_parameters_declared(self) -> None:
+        """Template variables and ``in: path`` parameters are the same names, all required."""
+        for path, method, operation in operations(self.document):
+            where = f"{method.upper()} {path}"
+            parameters = parameters_of(self.document, path, operation)
+            keys = [(parameter["name"], parameter["in"]) for parameter in parameters]
+            self.assertEqual(len(keys), len(set(keys)), f"{where}: duplicate parameter")
+            in_path = [parameter for parameter in parameters if parameter["in"] == "path"]
+            self.assertEqual(sorted(parameter["name"] for parameter in in_path),
+                             sorted(TEMPLATE_VARIABLE.findall(path)), where)
+            for parameter in in_path:
+                self.assertIs(parameter.get("required"), True, f"{where} {parameter['name']}")
+            for parameter in parameters:
+                self.assertIn("schema", parameter, f"{where} {parameter['name']}")
+
+    def test_security(self) -> None:
+        """Every operation needs HTTP Basic authentication."""
+        schemes = self.document["components"]["securitySchemes"]
+        for path, method, operation in operations(self.document):
+            security = operation.get("security", self.document.get("security"))
+            self.assertTrue(security, f"{method.upper()} {path}")
+            for requirement in security:
+                for name in requirement:
+                    self.assertEqual((schemes[name]["type"], schemes[name]["scheme"]),
+                                     ("http", "basic"))
+
+    def test_common_headers(self) -> None:
+        """Every response, errors included, declares Server and the two version headers."""
+        for where, _, response in responses(self.document):
+            headers = response.get("headers", {})
+            for name in COMMON_HEADERS:
+                self.assertIn(name, headers, where)
+
+    def test_errors_are_json(self) -> None:
+        """4xx and 5xx bodies are ``{"error": ...}``; 401, 405, 429 carry their headers."""
+        method_not_allowed = self.document["components"]["responses"]["MethodNotAllowed"]
+        errors = [(where, status, response) for where, status, response
+                  in responses(self.document) if status[:1] in ("4", "5")]
+        errors.append(("components/responses/MethodNotAllowed", "405", method_not_allowed))
+        special = {"401": "WWW-Authenticate", "405": "Allow", "429": "Retry-After"}
+        for where, status, response in errors:
+            self.assertEqual(set(response.get("content", {})), {"application/json"}, where)
+            self.assertEqual(response["content"]["application/json"].get("schema"),
+                             {"$ref": "#/components/schemas/Error"}, where)
+            if status in special:
+                self.assertIn(special[status], response.get("headers", {}), where)
+
+    def test_contract_statuses(self) -> None:
+        """Every error status of the contract is documented; each route has the common ones."""
+        documented = set()
+        for path, method, operation in operations(self.document):
+            statuses = {str(status) for status in operation["responses"]}
+            documented |= statuses
+            missing = EVERY_OPERATION_STATUSES - statuses
+            self.assertEqual(missing, set(), f"{method.upper()} {path}")
+        if "MethodNotAllowed" in self.document["components"]["responses"]:
+            documented.add("405")  # answers requests that match no operation
+        self.assertEqual(CONTRACT_STATUSES - documented, set())
+
+    def test_json_bodies_have_examples(self) -> None:
+        for where, _, response in responses(self.document):
+            media = response.get("content", {}).get("application/json")
+            if media is not None:
+                self.assertTrue("example" in media or "examples" in media, where)
+
+    def test_examples_match_schemas(self) -> None:
+        checked = 0
+        errors = []
+        for where, value, schema in documented_examples(self.document):
+            checked += 1
+            errors += [f"{where}: {error}" for error in schema_errors(self.document, value,
+                                                                      schema)]
+        self.assertEqual(errors, [])
+        self.assertGreater(checked, 40)  # the walk found them
+
+
+class SchemaTests(SynchronousTestCase):
+    """The validator, on contract points the schemas must enforce."""
+
+    def setUp(self) -> None:
+        self.document = load_document()
+
+    def errors(self, instance: Any, name: str) -> list[str]:
+        return schema_errors(self.document, instance, {"$ref": f"#/components/schemas/{name}"})
+
+    def test_jids_are_strings(self) -> None:
+        contact = {"firstName": "A", "lastName": "B", "ext": "3001"}
+        self.assertEqual(self.errors({"addressbook": {"43884850000000001": contact}},
+                                     "AddressBook"), [])
+        self.assertTrue(self.errors({"addressbook": {"1234": contact}}, "AddressBook"))
+        self.assertTrue(self.errors({"addressbook": {"43884850000000001": {
+            **contact, "homeSystem": 43884850000099999}}}, "AddressBook"))
+
+    def test_call_log_entry(self) -> None:
+        entry = {"direction": "incoming", "recordId": 1, "gcid": "X", "callingPartyNo": "1",
+                 "originalCalledPartyNo": "2"}
+        self.assertEqual(self.errors({"callog": [entry]}, "CallLog"), [])
+        self.assertTrue(self.errors({"calllog": [entry]}, "CallLog"))
+        self.assertTrue(self.errors({"callog": [{**entry, "direction": "sideways"}]}, "CallLog"))
+        self.assertTrue(self.errors({"callog": [{**entry, "missed": False}]}, "CallLog"))
+        self.assertTrue(self.errors({"callog": [{**entry, "legType": 0}]}, "CallLog"))
+        self.assertTrue(self.errors({"callog": [{**entry, "recordId": "1"}]}, "CallLog"))
+
+    def test_call_request(self) -> None:
+        self.assertEqual(self.errors({"from": "+1", "to": "3002"}, "CallRequest"), [])
+        self.assertTrue(self.errors({"from": "+1"}, "CallRequest"))
+        self.assertTrue(self.errors({"from": "+1", "to": "2", "ringDelay": 121}, "CallRequest"))
+        self.assertTrue(self.errors({"from": "+1", "to": "2", "vmDelay": True}, "CallRequest"))
+
+    def test_voicemail_patch_needs_a_field(self) -> None:
+        for body in ({"note": ""}, {"readed": True}, {"read": False}):
+            self.assertEqual(self.errors(body, "VoicemailPatch"), [], body)
+        self.assertTrue(self.errors({}, "VoicemailPatch"))
+        self.assertTrue(self.errors({"readed": "yes"}, "VoicemailPatch"))
+
+    def test_voicemail_id_is_a_string(self) -> None:
+        mail = {"id": "1", "from": "3111", "to": "3001", "received": 1, "duration": 5,
+                "read": False}
+        self.assertEqual(self.errors({"voicemails": [mail]}, "VoicemailList"), [])
+        self.assertTrue(self.errors({"voicemails": [{**mail, "id": 1}]}, "VoicemailList"))
+
+    def test_unknown_keyword_is_refused(self) -> None:
+        self.assertRaises(AssertionError, schema_errors, self.document, 1, {"multipleOf": 2})
+
+
+class RoutesTests(SynchronousTestCase):
+    """The document against the app's URL map."""
+
+    def test_document_matches_app(self) -> None:
+        from mxproxy.api.app import API
+
+        served = app_operations(API.app)
+        documented = document_operations(load_document())
+        self.assertEqual(sorted(served - documented), [], "served but not documented")
+        self.assertEqual(sorted(documented - served), [], "documented but not served")
+
+    def test_rule_to_template(self) -> None:
+        self.assertEqual(rule_to_template("/mx/<mx>/voicemail/<mail_id>"),
+                         "/mx/{mx}/voicemail/{mail_id}")
+        self.assertEqual(rule_to_template("/mx/<string:mx>/voicemail/<int(min=1):mail_id>"),
+                         "/mx/{mx}/voicemail/{mail_id}")
+        self.assertEqual(rule_to_template("/mx/<string(length=2):mx>/token/<kind>/<bundle>"),
+                         "/mx/{mx}/token/{kind}/{bundle}")
+        self.assertEqual(rule_to_template("/mx/<mx>/addressbook"), "/mx/{mx}/addressbook")
+
+    def test_app_operations(self) -> None:
+        """A throwaway Klein app: converters stripped, HEAD dropped, catch-alls skipped."""
+        app = Klein()
+
+        @app.route("/mx/<string:mx>/addressbook", methods=["GET"])
+        def addressbook(request: object, mx: str) -> None: ...
+
+        @app.route("/mx/<mx>/voicemail/<int(min=1):mail_id>",
+                   methods=["GET", "PATCH", "DELETE"])
+        def voicemail(request: object, mx: str, mail_id: int) -> None: ...
+
+        @app.route("/mx/<mx>/static", methods=["GET"], branch=True)
+        def static(request: object, mx: str) -> None: ...
+
+        @app.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+        def fallback(request: object, rest: str) -> None: ...
+
+        @app.route("/mx/<mx>/anything")
+        def anything(request: object, mx: str) -> None: ...
+
+        self.assertEqual(app_operations(app), {
+            ("/mx/{mx}/addressbook", "get"),
+            ("/mx/{mx}/voicemail/{mail_id}", "get"),
+            ("/mx/{mx}/voicemail/{mail_id}", "patch"),
+            ("/mx/{mx}/voicemail/{mail_id}", "delete"),
+            ("/mx/{mx}/static", "get"),
+            ("/mx/{mx}/anything", ANY_METHOD),
+        })
+
+    def test_app_operations_on_a_class(self) -> None:
+        """``API.app`` on the class is the Klein instance itself (the descriptor's class case)."""
+
+        class Routes:
+            app = Klein()
+
+            @app.route("/mx/<mx>/calllog", methods=["GET"])
+            def calllog(self, request: object, mx: str) -> None: ...
+
+        self.assertEqual(app_operations(Routes.app), {("/mx/{mx}/calllog", "get")})
+        self.assertEqual(app_operations(Routes().app), {("/mx/{mx}/calllog", "get")})
+
+    def test_document_operations(self) -> None:
+        document = {"paths": {"/mx/{mx}/voicemail/{mail_id}": {
+            "summary": "s", "parameters": [], "get": {}, "delete": {}, "x-note": {}}}}
+        self.assertEqual(document_operations(document), {
+            ("/mx/{mx}/voicemail/{mail_id}", "get"),
+            ("/mx/{mx}/voicemail/{mail_id}", "delete"),
+        })
+
+    def test_real_document_operations(self) -> None:
+        """What the document describes today (a change here is a change of the API)."""
+        self.assertEqual(document_operations(load_document()), set(_expected_operations()))
+
+
+def _expected_operations() -> Iterable[tuple[str, str]]:
+    yield "/mx/{mx}/addressbook", "get"
+    yield "/mx/{mx}/calllog", "get"
+    yield "/mx/{mx}/call", "post"
+    yield "/mx/{mx}/token/{kind}/{bundle}", "post"
+    yield "/mx/{mx}/voicemail", "get"
+    for method in ("get", "patch", "delete"):
+        yield "/mx/{mx}/voicemail/{mail_id}", method
