@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from twisted.internet import reactor
@@ -46,3 +47,72 @@ def close_on_cleanup(test: TestCase, protocol: CSTAProtocol) -> None:
 def next_turn() -> Deferred[None]:
     """Let the reactor run the callbacks already due (no waiting on the wall clock)."""
     return deferLater(reactor, 0, lambda: None)
+
+
+class Daemon:
+    """The HTTP API on a loopback port in front of a simulated MX, as the daemon wires it.
+
+    ``clock`` drives the API's timers (auth cache, throttle, idle sessions) and the user
+    sessions' protocol timers; the call-log timing is short real time so that the quiet period
+    after a full block is exercised for real.
+    """
+
+    def __init__(self, test: TestCase, pbx: PBX, clock: Any = None,
+                 idle_timeout: float = 60.0, user_address: MXAddress | None = None) -> None:
+        self.test = test
+        self.user_address = user_address
+        self.pbx = pbx
+        self.clock = reactor if clock is None else clock
+        self.idle_timeout = idle_timeout
+
+    async def start(self) -> Daemon:
+        from twisted.web.client import Agent, HTTPConnectionPool
+        from twisted.web.server import Site
+
+        from mxproxy.api.app import API, MXAccess
+        from mxproxy.api.request import APIRequest
+        from mxproxy.calllog import CallLogTiming
+        from mxproxy.config import MXConfig
+        from mxproxy.csta.client import CSTAFactory
+        from mxproxy.mx import MXServer, SerialRegistry
+        from mxproxy.sessions import SessionPool
+
+        self.address = serve(self.test, self.pbx)
+        config = MXConfig(name="dev", host=self.address.host, port=self.address.port,
+                          login="server", password="server-secret", tls=False)
+        self.server = MXServer(config, reactor, SerialRegistry())
+        self.server.startService()
+        self.test.addCleanup(self.server.stopService)
+        await self.server.when_ready()
+        self.pool = SessionPool(reactor, self.user_address or self.address,
+                                CSTAFactory(self.clock),
+                                idle_timeout=self.idle_timeout, clock=self.clock)
+        self.test.addCleanup(self.pool.close_all)
+        self.api = API({"dev": MXAccess(self.server, self.pool)}, self.clock,
+                       CallLogTiming(first_block=0.3, quiet=0.1))
+        site = Site(self.api.resource())
+        site.requestFactory = APIRequest
+        self.site = site
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.test.addCleanup(port.stopListening)
+        self.base = f"http://127.0.0.1:{port.getHost().port}/mx/dev"
+        self.agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        return self
+
+    async def request(self, method: str, path: str, auth: tuple[str, str] | None = None,
+                      body: bytes | None = None, headers: dict[str, str] | None = None,
+                      base: str | None = None) -> tuple[Any, bytes]:
+        """One HTTP request; returns (response, body)."""
+        import base64
+
+        from twisted.web.client import FileBodyProducer, readBody
+        from twisted.web.http_headers import Headers
+
+        raw = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode())
+            raw.setRawHeaders(b"Authorization", [b"Basic " + token])
+        producer = None if body is None else FileBodyProducer(io.BytesIO(body))
+        response = await self.agent.request(method.encode(),
+                                            ((base or self.base) + path).encode(), raw, producer)
+        return response, await readBody(response)

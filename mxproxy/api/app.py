@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
@@ -38,6 +39,9 @@ log = Logger(__name__)
 RING_DELAY = (1, 0, 120)  # default, lowest, highest (seconds)
 VM_DELAY = (30, 0, 300)
 DEFAULT_TIMING = CallLogTiming()
+_DIGITS = re.compile(r"[0-9]+")
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                      r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
 
 
 @attrs.frozen
@@ -80,7 +84,10 @@ class API:
     async def addressbook(self, request: Request, mx: str) -> bytes:
         caller = self._caller(request, mx)
         await self._identify(caller)
-        book = caller.access.server.address_book
+        server = caller.access.server
+        if server.info is None:
+            raise HTTPError(503, "the address book of this MX has not been loaded yet")
+        book = server.address_book
         return _json(request, {"addressbook": {c.jid: c.to_json() for c in book}})
 
     @app.route("/mx/<mx>/calllog", methods=["GET"])
@@ -316,7 +323,7 @@ def _text(fields: Mapping[str, Any], name: str) -> str:
 def _seconds(fields: Mapping[str, Any], name: str, default: int, lowest: int,
              highest: int) -> int:
     value = fields.get(name, default)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
         raise bad_request(f'"{name}" must be a whole number of seconds from {lowest} to '
@@ -330,13 +337,15 @@ def _timestamp(request: Request) -> int | None:
     if not values:
         return None
     raw = values[-1].decode("utf-8", "replace").strip()
-    if raw.isdigit():
+    if _DIGITS.fullmatch(raw):
         return int(raw)
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    moment = None
+    if _RFC3339.fullmatch(raw):
+        try:
+            moment = datetime.fromisoformat(raw.upper())
+        except ValueError:
+            pass
+    if moment is None:
         raise bad_request(f"timestamp {raw[:40]!r}: expected Unix seconds or RFC 3339 with a "
                           "time zone, e.g. 2017-07-28T14:31:47Z")
     return int(moment.timestamp())

@@ -20,6 +20,8 @@ from mxproxy.logs import Logger
 
 log = Logger(__name__)
 
+_PHRASES = {429: b"Too Many Requests"}  # twisted.web knows no phrase for it
+
 
 class HTTPError(Exception):
     """A failure whose status and message the API chose itself."""
@@ -61,7 +63,7 @@ def as_http_error(error: BaseException) -> HTTPError:
 
 def write_error(request: Request, error: HTTPError) -> bytes:
     """Status, headers and JSON body of ``error``; logged once, at a level by its status."""
-    request.setResponseCode(error.status)
+    request.setResponseCode(error.status, _PHRASES.get(error.status))
     for name, value in error.headers.items():
         request.setHeader(name, value)
     request.setHeader(b"Content-Type", b"application/json")

@@ -1,0 +1,470 @@
+"""Shared plumbing of the HTTP benchmarks: server processes, load generator, fetch client, RSS.
+
+Not a benchmark itself: run without arguments it only says so (``make bench`` runs every
+``bench/*.py``). The benchmarks start their servers as subprocesses of their own script (each
+prints one ``READY {json}`` line to stdout once it listens on an ephemeral loopback port) and
+their clients as subprocesses of this module, so that server and client never share a process
+or an event loop:
+
+  python bench/_harness.py load URL --seconds S --connections C [--auth VALUE ...]
+      keep-alive HTTP/1.1 GET load (asyncio, raw sockets); used when ``wrk`` is not installed
+  python bench/_harness.py fetch URL [--auth VALUE]
+      one GET read as fast as possible; prints size, SHA-256 and seconds as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYTHON = sys.executable
+SERVER_LOGIN, SERVER_PASSWORD = "server", "server-secret"
+CHILD_LIFETIME = 600.0  # a server subprocess stops itself after this long, whatever happens
+READY_TIMEOUT = 60.0
+
+
+def basic(login: str, password: str) -> str:
+    """The ``Authorization`` header value for HTTP Basic."""
+    return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+# -- server subprocesses (the child side) ------------------------------------------------------
+
+
+def serve(setup: Callable[[Any], Awaitable[dict[str, Any]]]) -> None:
+    """Run the real reactor in this (child) process: ``await setup(reactor)``, print its result
+    as the ``READY`` line, serve until SIGTERM, the parent's death or :data:`CHILD_LIFETIME`."""
+    _die_with_parent()
+    _log_warnings_to_stderr()
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    failed: list[bool] = []
+
+    def started(info: dict[str, Any]) -> None:
+        print("READY " + json.dumps(info), flush=True)
+
+    def broken(failure: Any) -> None:
+        failed.append(True)
+        failure.printTraceback(file=sys.stderr)
+        reactor.stop()
+
+    def begin() -> None:
+        Deferred.fromCoroutine(setup(reactor)).addCallbacks(started, broken)
+
+    reactor.callWhenRunning(begin)
+    reactor.callLater(CHILD_LIFETIME, reactor.stop)
+    reactor.run()
+    sys.exit(1 if failed else 0)
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this process when the benchmark that started it dies (Linux prctl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _log_warnings_to_stderr() -> None:
+    """Warnings and errors to stderr; info events (one access-log line per request) dropped, as
+    with a production log level. Beginning to log also stops Twisted buffering early events."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
+                                    [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def listen_mx(reactor: Any, pbx: Any, tls: bool = False) -> int:
+    """Serve the simulator on an ephemeral loopback port (TLS with a self-signed certificate
+    if ``tls``); its server login is the bench one."""
+    from mxproxy.testing.mxsim import listen
+
+    pbx.add_server_login(SERVER_LOGIN, SERVER_PASSWORD)
+    port = listen(pbx, port=0, interface="127.0.0.1", tls=tls or None, reactor=reactor)
+    return int(port.getHost().port)
+
+
+async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
+                      call_log_timing: Any = None, mx_tls: bool = False) -> dict[str, Any]:
+    """mxproxy as ``service.makeService`` wires it, for one MX named ``bench`` at ``mx_port``:
+    MXServer (address book loaded before this returns), SessionPool, API, APIRequest site.
+    ``mx_tls``: the MX link is TLS, unverified (the default of an MX entry without pinning)."""
+    from twisted.web.server import Site
+
+    from mxproxy.api.app import API, MXAccess
+    from mxproxy.api.request import APIRequest
+    from mxproxy.config import MXConfig
+    from mxproxy.csta.client import CSTAFactory
+    from mxproxy.mx import MXServer, SerialRegistry
+    from mxproxy.sessions import SessionPool
+
+    config = MXConfig(name="bench", host="127.0.0.1", port=mx_port, login=SERVER_LOGIN,
+                      password=SERVER_PASSWORD, tls=mx_tls)
+    server = MXServer(config, reactor, SerialRegistry())
+    server.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    await server.when_ready()
+    pool = (pool_class or SessionPool)(reactor, server.address, CSTAFactory(reactor))
+    reactor.addSystemEventTrigger("before", "shutdown", pool.close_all)
+    extra = () if call_log_timing is None else (call_log_timing,)
+    site = Site(API({"bench": MXAccess(server, pool)}, reactor, *extra).resource())
+    site.requestFactory = APIRequest
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    return {"port": port.getHost().port, "contacts": len(server.address_book)}
+
+
+# -- server subprocesses (the parent side) -----------------------------------------------------
+
+
+class Children:
+    """Subprocesses started by a benchmark, terminated (then killed) when the block exits."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[str]] = []
+
+    def __enter__(self) -> Children:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Newest first, one at a time: a proxy goes before the simulator it is linked to.
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def start(self, script: str, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+        """Start ``python bench/<script> args...`` and wait for its ``READY`` line."""
+        proc = subprocess.Popen([PYTHON, os.path.join(HERE, script), *args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        self._procs.append(proc)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        while (remaining := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([proc.stdout], [], [], remaining)
+            if not readable:
+                break
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{script} {' '.join(args)}: exited with status "
+                                   f"{proc.wait()} before it was ready")
+            if line.startswith("READY "):
+                return proc, json.loads(line[len("READY "):])
+            sys.stderr.write(line)
+        raise RuntimeError(f"{script} {' '.join(args)}: not ready within {READY_TIMEOUT:g} s")
+
+
+def memory(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM... of a process, in bytes, from ``/proc/<pid>/status``."""
+    values = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("Vm") and line.rstrip().endswith("kB"):
+                name, value = line.split(":", 1)
+                values[name] = int(value.split()[0]) * 1024
+    return values
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def get(url: str, auth: str | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
+    """One GET from the parent (setup and sanity checks only, never measured)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+# -- load generation -------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """One load run: completed requests, over how long, failures and latency."""
+
+    tool: str
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+
+def load_tool(choice: str) -> str:
+    """``wrk`` when asked for or (``auto``) installed, else the Python client of this module."""
+    if choice == "wrk" and shutil.which("wrk") is None:
+        raise SystemExit("--client wrk: wrk is not installed (apt-get install wrk)")
+    if choice == "auto":
+        return "wrk" if shutil.which("wrk") else "python"
+    return choice
+
+
+_WRK_SCRIPT = """
+local auths = {%(auths)s}
+local count = 0
+function setup(thread)
+  count = count + 1
+  thread:set("auth", auths[(count - 1) %% #auths + 1])
+end
+function init(args)
+  wrk.headers["Authorization"] = auth
+  request_text = wrk.format()
+end
+function request()
+  return request_text
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"errors\\": %%d, " ..
+    "\\"p50_us\\": %%d, \\"p99_us\\": %%d}\\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def load(tool: str, url: str, seconds: float, connections: int,
+         auths: Sequence[str]) -> Load:
+    """Keep-alive GETs of ``url`` on ``connections`` connections for ``seconds``; connection
+    ``i`` authenticates with ``auths[i % len(auths)]``. Runs in a separate process."""
+    if tool == "wrk":
+        return _wrk(url, seconds, connections, auths)
+    command = [PYTHON, os.path.abspath(__file__), "load", url, "--seconds", str(seconds),
+               "--connections", str(connections)]
+    for auth in auths:
+        command += ["--auth", auth]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
+                         check=True).stdout
+    result = json.loads(out)
+    return Load("python", result["requests"], result["seconds"], result["errors"],
+                result["p50_ms"], result["p99_ms"])
+
+
+def _wrk(url: str, seconds: float, connections: int, auths: Sequence[str]) -> Load:
+    # One wrk thread per credential, so each connection keeps one user (wrk has no
+    # per-connection state); connections are shared out among the threads.
+    threads = min(len(auths), connections)
+    script = _WRK_SCRIPT % {"auths": ", ".join(json.dumps(auth) for auth in auths)}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        lua.write(script)
+        lua.flush()
+        out = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+             "--timeout", "10s", "-s", lua.name, url],
+            capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    line = next((line for line in out.splitlines() if line.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    result = json.loads(line[len("WRKJSON "):])
+    return Load("wrk", result["requests"], result["duration_us"] / 1e6, result["errors"],
+                result["p50_us"] / 1e3, result["p99_us"] / 1e3)
+
+
+# -- the client processes ----------------------------------------------------------------------
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int, bool]:
+    """(status, body bytes, keep-alive) of one response; chunked or Content-Length."""
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("connection closed by the server")
+    status = int(status_line.split(b" ", 2)[1])
+    length, chunked, keep_alive = None, False, True
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = value == b"chunked"
+        elif name == b"connection":
+            keep_alive = value != b"close"
+    size = 0
+    if chunked:
+        while (chunk := int((await reader.readline()).split(b";")[0], 16)) > 0:
+            await reader.readexactly(chunk + 2)
+            size += chunk
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # trailers
+    elif length is not None:
+        await reader.readexactly(length)
+        size = length
+    return status, size, keep_alive
+
+
+async def _connection(host: str, port: int, request: bytes, deadline: float,
+                      latencies: list[float], errors: list[int]) -> None:
+    clock = asyncio.get_running_loop().time
+    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    try:
+        while clock() < deadline:
+            start = clock()
+            writer.write(request)
+            status, _, keep_alive = await asyncio.wait_for(_read_response(reader), 30)
+            if clock() > deadline:
+                break  # finished after the end: not counted, as wrk does
+            if status >= 400:
+                errors[0] += 1
+            latencies.append(clock() - start)
+            if not keep_alive:
+                raise ConnectionError(f"the server closed a keep-alive connection ({status})")
+    finally:
+        writer.close()
+
+
+async def _load(url: str, seconds: float, connections: int,
+                auths: Sequence[str]) -> dict[str, Any]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    latencies: list[float] = []
+    errors = [0]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = start + seconds
+    tasks = []
+    for index in range(connections):
+        auth = f"Authorization: {auths[index % len(auths)]}\r\n" if auths else ""
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode()
+        tasks.append(_connection(host, port, request, deadline, latencies, errors))
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    errors[0] += sum(isinstance(outcome, BaseException) for outcome in outcomes)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            print(f"load: a connection failed: {outcome!r}", file=sys.stderr)
+    ordered = sorted(latencies) or [0.0]
+    return {"requests": len(latencies), "seconds": seconds, "errors": errors[0],
+            "p50_ms": ordered[len(ordered) // 2] * 1e3,
+            "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3}
+
+
+def fetch(url: str, auth: str | None, timeout: float = 120.0) -> dict[str, Any]:
+    """One GET on a fresh connection, body read as fast as possible and hashed."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    header = f"Authorization: {auth}\r\n" if auth else ""
+    digest = hashlib.sha256()
+    size = 0
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        stream = sock.makefile("rb", buffering=1 << 20)
+        start = time.perf_counter()
+        sock.sendall(f"GET {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\n{header}"
+                     "Connection: close\r\n\r\n".encode())
+        status = int(stream.readline().split(b" ", 2)[1])
+        length, chunked = None, False
+        while (line := stream.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+            elif name.strip().lower() == b"transfer-encoding":
+                chunked = value.strip().lower() == b"chunked"
+        if chunked:
+            while (chunk := int(stream.readline().split(b";")[0], 16)) > 0:
+                data = stream.read(chunk)
+                if len(data) != chunk or stream.read(2) != b"\r\n":
+                    raise ConnectionError(f"response cut off after {size} bytes")
+                digest.update(data)
+                size += chunk
+        else:
+            remaining = length
+            while remaining is None or remaining > 0:
+                data = stream.read(1 << 20 if remaining is None else min(remaining, 1 << 20))
+                if not data:
+                    if remaining is not None:
+                        raise ConnectionError(f"response cut off after {size} bytes")
+                    break
+                digest.update(data)
+                size += len(data)
+                if remaining is not None:
+                    remaining -= len(data)
+        seconds = time.perf_counter() - start
+    return {"status": status, "bytes": size, "sha256": digest.hexdigest(), "seconds": seconds}
+
+
+def fetch_in_child(url: str, auth: str | None) -> subprocess.Popen[str]:
+    """Start the fetch client process; its stdout is :func:`fetch`'s result as JSON."""
+    command = [PYTHON, os.path.abspath(__file__), "fetch", url]
+    if auth:
+        command += ["--auth", auth]
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            text=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command")
+    load_parser = commands.add_parser("load")
+    load_parser.add_argument("url")
+    load_parser.add_argument("--seconds", type=float, default=5.0)
+    load_parser.add_argument("--connections", type=int, default=32)
+    load_parser.add_argument("--auth", action="append", default=[])
+    fetch_parser = commands.add_parser("fetch")
+    fetch_parser.add_argument("url")
+    fetch_parser.add_argument("--auth")
+    args = parser.parse_args()
+    if args.command == "load":
+        print(json.dumps(asyncio.run(_load(args.url, args.seconds, args.connections,
+                                           args.auth))))
+    elif args.command == "fetch":
+        print(json.dumps(fetch(args.url, args.auth)))
+    else:
+        print("bench/_harness.py: shared code of the HTTP benchmarks, nothing to measure")
+
+
+if __name__ == "__main__":
+    main()

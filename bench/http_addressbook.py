@@ -1,0 +1,140 @@
+"""GET /mx/<mx>/addressbook requests per second vs a bare twisted.web Resource serving its bytes.
+
+Three processes besides the load generator, all on loopback with ephemeral ports and the real
+reactor: the MX simulator with ``--contacts`` address-book entries (the bench user among them),
+mxproxy's HTTP API wired as ``service.makeService`` does (MXServer with the address book loaded,
+SessionPool, API, APIRequest), and the baseline, a bare ``twisted.web.resource.Resource`` on a
+plain ``Site`` returning the exact JSON body the API answered once (fetched before measuring,
+which also warms the auth cache: every measured API request is answered from the cache and the
+server link's address book, without a word to the MX).
+
+The load generator runs in its own process: ``wrk`` (one thread, HTTP/1.1 keep-alive, Basic
+auth header) when installed, else this repository's asyncio client (``bench/_harness.py load``).
+Rounds alternate api/bare to even out machine noise; the best and median of each are printed
+with the api/bare ratio.
+
+Usage: python bench/http_addressbook.py [--contacts N] [--seconds S] [--rounds R]
+                                        [--connections C] [--client auto|wrk|python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+import _harness as h
+
+LOGIN, PASSWORD, EXTENSION = "bench", "bench-secret", "2000"
+TARGET = 0.8
+
+
+async def serve_mx(reactor: Any, contacts: int) -> dict[str, Any]:
+    from mxproxy.testing.mxsim import PBX, Contact
+
+    pbx = PBX(sn="BENCH1", clock=reactor)
+    pbx.add_user(LOGIN, PASSWORD, EXTENSION, first_name="Bench", last_name="User")
+    for number in range(contacts - 1):  # the user is an entry of the address book too
+        pbx.add_contact(Contact(
+            jid="", first_name=f"First{number}", last_name=f"Last{number}",
+            business_phone=str(3000 + number), cell_phone=f"+1555010{number:04d}",
+            email=f"user{number}@example.invalid", home_system="43884850000099999",
+            did=f"+1212555{number:04d}"))
+    return {"port": h.listen_mx(reactor, pbx), "contacts": len(pbx.contacts)}
+
+
+async def serve_bare(reactor: Any, body_file: str) -> dict[str, Any]:
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    with open(body_file, "rb") as file:
+        body = file.read()
+
+    class Body(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            request.setHeader(b"Content-Type", b"application/json")
+            return body
+
+    port = reactor.listenTCP(0, Site(Body()), interface="127.0.0.1")
+    return {"port": port.getHost().port, "bytes": len(body)}
+
+
+def measure(args: argparse.Namespace) -> None:
+    tool = h.load_tool(args.client)
+    auth = h.basic(LOGIN, PASSWORD)
+    with h.Children() as children, tempfile.TemporaryDirectory() as scratch:
+        script = os.path.basename(__file__)
+        _, mx = children.start(script, "--serve", "mx", "--contacts", str(args.contacts))
+        _, api = children.start(script, "--serve", "api", "--mx-port", str(mx["port"]))
+        api_url = f"http://127.0.0.1:{api['port']}/mx/bench/addressbook"
+        status, body = h.get(api_url, auth)
+        if status != 200:
+            raise SystemExit(f"GET {api_url}: HTTP {status}: {body[:200]!r}")
+        entries = len(json.loads(body)["addressbook"])
+        if entries != args.contacts:
+            raise SystemExit(f"the API returned {entries} contacts, expected {args.contacts}")
+        body_file = os.path.join(scratch, "addressbook.json")
+        with open(body_file, "wb") as file:
+            file.write(body)
+        _, bare = children.start(script, "--serve", "bare", "--body-file", body_file)
+        urls = {"api": api_url, "bare": f"http://127.0.0.1:{bare['port']}/mx/bench/addressbook"}
+        for url in urls.values():  # warm-up, not counted
+            h.load(tool, url, args.warmup, args.connections, [auth])
+        rates: dict[str, list[float]] = {name: [] for name in urls}
+        for _ in range(args.rounds):
+            for name, url in urls.items():
+                run = h.load(tool, url, args.seconds, args.connections, [auth])
+                if run.errors or not run.requests:
+                    raise SystemExit(f"{name}: {run.errors} failed requests out of "
+                                     f"{run.requests}")
+                rates[name].append(run.rate)
+                print(f"  round: {name:4s} {run.rate:>8,.0f} req/s  (p50 {run.p50_ms:.1f} ms, "
+                      f"p99 {run.p99_ms:.1f} ms)", flush=True)
+    print(f"GET /mx/bench/addressbook: {entries} contacts, {len(body):,} bytes of JSON; "
+          f"{tool}, {args.connections} keep-alive connections, {args.rounds} alternating "
+          f"rounds of {args.seconds:g} s")
+    best = {name: max(values) for name, values in rates.items()}
+    middle = {name: h.median(values) for name, values in rates.items()}
+    for name, label in (("bare", "bare twisted.web Resource"), ("api", "mxproxy API")):
+        print(f"  {label:28s} best {best[name]:>8,.0f} req/s   median {middle[name]:>8,.0f} "
+              f"req/s   ratio {best[name] / best['bare']:.2f}")
+    ratio = best["api"] / best["bare"]
+    print(f"api / bare ratio: {ratio:.2f} best, {middle['api'] / middle['bare']:.2f} median "
+          f"(target >= {TARGET:.2f}: {h.verdict(ratio >= TARGET)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measured round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds per server")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--serve", choices=("mx", "api", "bare"), help=argparse.SUPPRESS)
+    parser.add_argument("--mx-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--body-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve == "mx":
+        h.serve(lambda reactor: serve_mx(reactor, args.contacts))
+    elif args.serve == "api":
+        h.serve(lambda reactor: h.start_proxy(reactor, args.mx_port))
+    elif args.serve == "bare":
+        h.serve(lambda reactor: serve_bare(reactor, args.body_file))
+    else:
+        if args.contacts < 1 or args.rounds < 1 or args.seconds <= 0:
+            parser.error("--contacts, --rounds and --seconds must be positive")
+        try:
+            measure(args)
+        except (RuntimeError, OSError, ValueError) as error:
+            print(f"http_addressbook: {error}", file=sys.stderr)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,444 @@
+"""The HTTP API end to end: HTTP client → API → pooled sessions → simulator, on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from mxproxy import __version__
+from mxproxy.csta.client import MXAddress
+from mxproxy.testing.mxsim import PBX
+from mxproxy.testing.mxsim.model import Contact
+from tests.support import Daemon, next_turn
+
+ALICE = ("alice", "alice-secret")
+DAY = 86_400
+
+
+def company(clock: Any = None, chunk_size: int = 32768) -> PBX:
+    pbx = PBX(sn="TEST1", clock=clock, chunk_size=chunk_size)
+    pbx.add_server_login("server", "server-secret")
+    pbx.add_user("alice", "alice-secret", "3001", first_name="Alice", last_name="Able")
+    pbx.add_user("bob", "bob-secret", "3002", first_name="Bob")
+    pbx.add_contact(Contact(jid="43884850000099999", first_name="Big", business_phone="4000",
+                            home_system="43884850000000077", email="big@example.invalid"))
+    return pbx
+
+
+def add_calls(pbx: PBX, count: int, start: int = 1_700_000_000) -> None:
+    for n in range(count):
+        pbx.add_call_record("alice", direction="incoming", disconnect=start + n * 60,
+                            calling_party=f"+1555{n:07d}", original_called_party="3001")
+
+
+def loads(body: bytes) -> Any:
+    return json.loads(body.decode("utf-8"))
+
+
+class APITestCase(TestCase):
+    async def daemon(self, pbx: PBX | None = None, **kwargs: Any) -> Daemon:
+        self.pbx = pbx if pbx is not None else company()
+        self.d = await Daemon(self, self.pbx, **kwargs).start()
+        return self.d
+
+    async def get(self, path: str, auth: tuple[str, str] | None = ALICE,
+                  **kwargs: Any) -> tuple[Any, bytes]:
+        return await self.d.request("GET", path, auth, **kwargs)
+
+    async def send(self, method: str, path: str, fields: Any = None, raw: bytes | None = None,
+                   auth: tuple[str, str] | None = ALICE,
+                   content_type: str = "application/json") -> tuple[Any, bytes]:
+        body = raw if raw is not None else json.dumps(fields).encode()
+        return await self.d.request(method, path, auth, body=body,
+                                    headers={"Content-Type": content_type})
+
+    def assertError(self, result: tuple[Any, bytes], status: int, text: str = "") -> Any:
+        response, body = result
+        self.assertEqual(response.code, status, body)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
+        error = loads(body)["error"]
+        self.assertIn(text, error)
+        return response
+
+
+class AuthTests(APITestCase):
+    async def test_missing_credentials(self) -> None:
+        await self.daemon()
+        response = self.assertError(await self.get("/addressbook", auth=None), 401)
+        self.assertEqual(response.headers.getRawHeaders(b"www-authenticate"),
+                         [b'Basic realm="mxproxy"'])
+
+    async def test_malformed_credentials(self) -> None:
+        await self.daemon()
+        for header in ("Basic !!!", "Bearer abc", "Basic " + "bm9jb2xvbg=="):  # "nocolon"
+            self.assertError(await self.get("/addressbook", auth=None,
+                                            headers={"Authorization": header}), 401)
+
+    async def test_wrong_password_is_403(self) -> None:
+        await self.daemon()
+        self.assertError(await self.get("/addressbook", auth=("alice", "nope")), 403,
+                         "refused the login")
+
+    async def test_wrong_password_after_a_cached_success_is_403(self) -> None:
+        await self.daemon()
+        response, _ = await self.get("/addressbook")
+        self.assertEqual(response.code, 200)
+        self.assertError(await self.get("/addressbook", auth=("alice", "nope")), 403)
+        response, _ = await self.get("/addressbook")
+        self.assertEqual(response.code, 200)
+
+    async def test_mx_unreachable_is_503(self) -> None:
+        await self.daemon(user_address=MXAddress("127.0.0.1", await _closed_port(), tls=False))
+        self.assertError(await self.get("/voicemail"), 503, "unavailable")
+
+    async def test_mx_timeout_is_504(self) -> None:
+        clock = Clock()
+        await self.daemon(clock=clock)
+        self.pbx.faults.no_reply = frozenset({"loginRequest"})
+        pending = Deferred.fromCoroutine(self.get("/calllog"))
+        await self.pbx.wait_for("loginRequest")
+        clock.advance(7)
+        self.assertError(await pending, 504)
+
+    async def test_throttle_after_five_failures_per_login(self) -> None:
+        clock = Clock()
+        await self.daemon(clock=clock)
+        for _ in range(5):
+            self.assertError(await self.get("/addressbook", auth=("alice", "nope")), 403)
+        response = self.assertError(await self.get("/addressbook"), 429)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"60"])
+        self.assertEqual(self.pbx.failed_logins["alice"], 5, "the MX saw no sixth attempt")
+        clock.advance(60)
+        response, _ = await self.get("/addressbook")
+        self.assertEqual(response.code, 200)
+
+    async def test_blocks_grow(self) -> None:
+        clock = Clock()
+        await self.daemon(clock=clock)
+        for expected in (b"60", b"120"):
+            for _ in range(5):
+                self.assertError(await self.get("/addressbook", auth=("alice", "nope")), 403)
+            response = self.assertError(await self.get("/addressbook"), 429)
+            self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [expected])
+            clock.advance(int(expected))
+
+    async def test_throttle_per_client_address_across_logins(self) -> None:
+        clock = Clock()
+        await self.daemon(clock=clock)
+        for n in range(5):
+            self.assertError(await self.get("/addressbook", auth=(f"guess{n}", "x")), 403)
+        self.assertError(await self.get("/addressbook", auth=("bob", "bob-secret")), 429)
+
+    async def test_common_headers(self) -> None:
+        await self.daemon()
+        for path, auth in (("/addressbook", ALICE), ("/addressbook", None), ("/nowhere", ALICE)):
+            response, _ = await self.get(path, auth=auth)
+            headers = response.headers
+            self.assertEqual(headers.getRawHeaders(b"server"), [f"MXProxy/{__version__}".encode()])
+            self.assertEqual(headers.getRawHeaders(b"x-api-version"), [b"1.0"])
+            self.assertEqual(headers.getRawHeaders(b"x-service-version"), [__version__.encode()])
+
+    async def test_access_log_has_no_credentials(self) -> None:
+        await self.daemon()
+        path = self.mktemp()
+        self.d.site.logPath = path
+        self.d.site.startFactory()
+        self.addCleanup(self.d.site.stopFactory)
+        await self.get("/addressbook")
+        self.d.site._logFile.flush()
+        with open(path, "rb") as log:
+            text = log.read()
+        self.assertIn(b"GET /mx/dev/addressbook", text)
+        self.assertNotIn(b"Basic", text)
+        self.assertNotIn(b"alice-secret", text)
+        self.assertNotIn(b"YWxpY2U6YWxpY2Utc2VjcmV0", text)  # base64 of alice:alice-secret
+
+
+class RoutingErrorTests(APITestCase):
+    async def test_unknown_mx_route_method_body(self) -> None:
+        await self.daemon()
+        self.assertError(await self.get("/addressbook", base=self.d.base.replace("/dev", "/x")),
+                         404, "unknown MX")
+        self.assertError(await self.get("/nowhere"), 404)
+        response = self.assertError(await self.send("PUT", "/call", {}), 405)
+        self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"POST"])
+        self.assertError(await self.send("POST", "/call", raw=b"x" * (64 * 1024 + 1)), 413)
+        self.assertError(await self.send("POST", "/call", raw=b'{"from": '), 400, "malformed JSON")
+        self.assertError(await self.send("POST", "/call", raw=b"[1, 2]"), 400, "object")
+
+    async def test_token_registration_is_reserved(self) -> None:
+        await self.daemon()
+        self.assertError(await self.send("POST", "/token/apns/com.example", {"token": "x"},
+                                         auth=None), 401)
+        self.assertError(await self.send("POST", "/token/apns/com.example", {"token": "x"}),
+                         501)
+
+
+class AddressBookTests(APITestCase):
+    async def test_contacts_with_jids_as_strings_and_one_login_for_many_requests(self) -> None:
+        await self.daemon()
+        for _ in range(5):
+            response, body = await self.get("/addressbook")
+            self.assertEqual(response.code, 200)
+        book = loads(body)["addressbook"]
+        self.assertEqual(len(book), 3)
+        big = book["43884850000099999"]
+        self.assertEqual(big, {"firstName": "Big", "lastName": "", "ext": "4000",
+                               "email": "big@example.invalid", "homeSystem": "43884850000000077"})
+        self.assertIsInstance(big["homeSystem"], str)
+        self.assertEqual(self.pbx.logins["alice"], 1)
+
+
+class CallLogTests(APITestCase):
+    async def call_log(self, query: str = "") -> list[dict[str, Any]]:
+        response, body = await self.get("/calllog" + query)
+        self.assertEqual(response.code, 200, body)
+        entries: list[dict[str, Any]] = loads(body)["callog"]
+        return entries
+
+    async def test_lengths_around_the_block_size(self) -> None:
+        await self.daemon()
+        total = 0
+        for count in (0, 20, 1, 1, 500 - 22):  # 0, 20, 21, 22, 500 entries
+            add_calls(self.pbx, count, start=1_700_000_000 + total * 60)
+            total += count
+            entries = await self.call_log()
+            self.assertEqual(len(entries), total)
+            ids = [entry["recordId"] for entry in entries]
+            self.assertEqual(ids, sorted(ids))
+        self.assertEqual(self.pbx.logins["alice"], 1)
+
+    async def test_fields_of_an_entry(self) -> None:
+        await self.daemon()
+        add_calls(self.pbx, 1)
+        [entry] = await self.call_log()
+        self.assertEqual(entry["direction"], "incoming")
+        self.assertEqual(entry["callingPartyNo"], "+15550000000")
+        self.assertEqual(entry["disconnect"], 1_700_000_000)
+        self.assertNotIn("missed", entry)
+
+    async def test_timestamp_in_both_formats(self) -> None:
+        await self.daemon()
+        add_calls(self.pbx, 10, start=1_700_000_000)  # one per minute
+        since = 1_700_000_000 + 5 * 60
+        unix = await self.call_log(f"?timestamp={since}")
+        rfc = await self.call_log("?timestamp=2023-11-14T22:18:20Z")
+        self.assertEqual(len(unix), 5)
+        self.assertEqual(unix, rfc)
+        offset = await self.call_log("?timestamp=2023-11-14T23:18:20%2B01:00")
+        self.assertEqual(offset, unix)
+
+    async def test_bad_timestamps(self) -> None:
+        await self.daemon()
+        for bad in ("yesterday", "2023-11-14T22:18:20", "-5", "1e9", "%C2%B2",
+                    "20231114T221820Z", "2023-11-14"):
+            self.assertError(await self.get(f"/calllog?timestamp={bad}"), 400, "timestamp")
+
+
+class CallTests(APITestCase):
+    async def test_json_call_sets_remote_mode_then_calls(self) -> None:
+        await self.daemon()
+        response, body = await self.send("POST", "/call", {"from": "+15555550100", "to": "3002",
+                                                           "ringDelay": 2, "vmDelay": 28})
+        self.assertEqual(response.code, 200, body)
+        result = loads(body)
+        self.assertEqual((result["called"], result["deviceId"]), ("3002", "3001"))
+        self.assertIsInstance(result["callId"], int)
+        [mode] = [c.element for c in self.pbx.received if c.name == "iq:mode"]
+        self.assertEqual((mode.get("mode"), mode.get("ringdelay"), mode.get("vmdelay")),
+                         ("remote", "2", "28"))
+        self.assertEqual(mode.findtext("address"), "+15555550100")
+
+    async def test_form_call_with_defaults(self) -> None:
+        await self.daemon()
+        response, body = await self.send("POST", "/call", raw=b"from=%2B15555550100&to=3002",
+                                         content_type="application/x-www-form-urlencoded")
+        self.assertEqual(response.code, 200, body)
+        [mode] = [c.element for c in self.pbx.received if c.name == "iq:mode"]
+        self.assertEqual((mode.get("ringdelay"), mode.get("vmdelay")), ("1", "30"))
+
+    async def test_invalid_fields(self) -> None:
+        await self.daemon()
+        for fields, text in (({"to": "3002"}, '"from"'), ({"from": "1"}, '"to"'),
+                             ({"from": "1", "to": "2", "ringDelay": -1}, "ringDelay"),
+                             ({"from": "1", "to": "2", "vmDelay": 301}, "vmDelay"),
+                             ({"from": "1", "to": "2", "vmDelay": True}, "vmDelay"),
+                             ({"from": "1", "to": "2", "ringDelay": "\u00b2"}, "ringDelay"),
+                             ({"from": 5, "to": "2"}, '"from"')):
+            self.assertError(await self.send("POST", "/call", fields), 400, text)
+        self.assertEqual(self.pbx.logins["alice"], 0, "rejected before touching the MX")
+
+    async def test_mx_refusal_is_400_with_its_text(self) -> None:
+        await self.daemon()
+        self.assertError(await self.send("POST", "/call", {"from": "1", "to": "nowhere"}), 400,
+                         "refused the command")
+
+
+class VoicemailTests(APITestCase):
+    async def test_list(self) -> None:
+        await self.daemon()
+        mail = self.pbx.add_voicemail("alice", b"RIFF", from_number="3044", from_name="Other",
+                                      duration=7, received=1_502_210_275)
+        response, body = await self.get("/voicemail")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(loads(body)["voicemails"], [{
+            "id": str(mail.mail_id), "from": "3044", "fromName": "Other", "to": "3001",
+            "ownerType": "user", "received": 1_502_210_275, "duration": 7, "read": False}])
+
+    async def download(self, content: bytes, file_format: str = "wav") -> Any:
+        mail = self.pbx.add_voicemail("alice", content, file_format=file_format)
+        response, body = await self.get(f"/voicemail/{mail.mail_id}")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(body, content)
+        return response
+
+    async def test_download_sizes(self) -> None:
+        await self.daemon(company(chunk_size=1000))
+        for size in (0, 999, 1000, 100 * 1000):  # 0 bytes, one chunk, 100 chunks
+            response = await self.download(os.urandom(size))
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"audio/wave"])
+        [disposition] = response.headers.getRawHeaders(b"content-disposition")
+        self.assertRegex(disposition.decode(), r'^attachment; filename="m\d{4}\.wav"$')
+        requests = [c for c in self.pbx.received if c.name == "MailReceiveIncoming"]
+        self.assertEqual(len(requests), 1 + 1 + 1 + 100)
+        self.assertEqual(self.pbx.logins["alice"], 1)
+        self.assertEqual(len([c for c in self.pbx.received if c.name == "MonitorStart"]), 1)
+
+    async def test_unknown_format_is_octet_stream(self) -> None:
+        await self.daemon()
+        response = await self.download(b"data", file_format="xyz")
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"),
+                         [b"application/octet-stream"])
+
+    async def test_unknown_id_is_404(self) -> None:
+        await self.daemon()
+        self.assertError(await self.get("/voicemail/4242"), 404, "no voicemail")
+
+    async def test_client_leaving_cancels_and_the_session_stays_usable(self) -> None:
+        clock = Clock()
+        pbx = company(clock=clock, chunk_size=1000)
+        await self.daemon(pbx)
+        mail = pbx.add_voicemail("alice", os.urandom(50_000))
+        first = pbx.wait_for("MailReceiveIncoming")
+        client = await _raw_get(self.d.base + f"/voicemail/{mail.mail_id}", ALICE)
+        await first
+        pbx.faults.reply_delay = 1.0  # hold the second chunk while the client goes away
+        second = pbx.wait_for("MailReceiveIncoming")
+        await second
+        await client.headers_received
+        client.transport.abortConnection()
+        await client.closed
+        cancel = pbx.wait_for("MailCancelReceive")
+        pbx.faults.reply_delay = 0.0
+        clock.advance(1.0)
+        await cancel
+        while pbx.sessions_of("alice")[0].download is not None:
+            await next_turn()
+        response, body = await self.get("/voicemail")
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(pbx.logins["alice"], 1, "the same session served the next request")
+        self.assertEqual(len([c for c in pbx.received if c.name == "MailReceiveIncoming"]), 2)
+
+    async def test_patch_note_and_read(self) -> None:
+        await self.daemon()
+        mail = self.pbx.add_voicemail("alice", b"x")
+        response, _ = await self.send("PATCH", f"/voicemail/{mail.mail_id}",
+                                      {"note": "call back", "readed": True})
+        self.assertEqual(response.code, 204)
+        self.assertEqual((mail.note, mail.read), ("call back", True))
+        response, _ = await self.send("PATCH", f"/voicemail/{mail.mail_id}", {"read": False})
+        self.assertEqual(response.code, 204)
+        self.assertFalse(mail.read)
+        self.assertError(await self.send("PATCH", f"/voicemail/{mail.mail_id}", {}), 400)
+        self.assertError(await self.send("PATCH", f"/voicemail/{mail.mail_id}",
+                                         {"readed": "yes"}), 400)
+        self.assertError(await self.send("PATCH", "/voicemail/4242", {"note": "x"}), 404)
+
+    async def test_delete_even_unknown(self) -> None:
+        await self.daemon()
+        mail = self.pbx.add_voicemail("alice", b"x")
+        for mail_id in (mail.mail_id, 4242):
+            response, _ = await self.send("DELETE", f"/voicemail/{mail_id}", raw=b"")
+            self.assertEqual(response.code, 204)
+        self.assertEqual(self.pbx.user("alice").voicemails, {})
+
+
+class SessionTests(APITestCase):
+    async def test_idle_session_logs_out_and_the_next_request_logs_in(self) -> None:
+        clock = Clock()
+        await self.daemon(clock=clock, idle_timeout=60)
+        await self.get("/voicemail")
+        self.assertEqual(len(self.d.pool), 1)
+        logout = self.pbx.wait_for("logout")
+        clock.advance(59)
+        self.assertEqual(len(self.d.pool), 1)
+        clock.advance(1)
+        await logout
+        self.assertEqual(len(self.d.pool), 0)
+        response, _ = await self.get("/voicemail")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.pbx.logins["alice"], 2)
+
+    async def test_dropped_session_is_replaced_transparently(self) -> None:
+        await self.daemon()
+        await self.get("/voicemail")
+        [session] = self.pbx.sessions_of("alice")
+        closed = self.d.pool.logged_in(*ALICE).protocol.when_closed()
+        session.drop()
+        await closed
+        response, body = await self.get("/voicemail")
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(self.pbx.logins["alice"], 2)
+
+
+async def _closed_port() -> int:
+    port = reactor.listenTCP(0, ClientFactory(), interface="127.0.0.1")
+    number: int = port.getHost().port
+    await port.stopListening()
+    return number
+
+
+class _RawClient(Protocol):
+    """Sends one GET and reports when the response headers arrived and the socket closed."""
+
+    def __init__(self, request: bytes) -> None:
+        from twisted.internet.defer import Deferred
+
+        self._request = request
+        self.received = b""
+        self.headers_received: Deferred[None] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self._request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if b"\r\n\r\n" in self.received and not self.headers_received.called:
+            self.headers_received.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+
+async def _raw_get(url: str, auth: tuple[str, str]) -> _RawClient:
+    import base64
+    from urllib.parse import urlsplit
+
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    parts = urlsplit(url)
+    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    request = (f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+               f"Authorization: Basic {token}\r\n\r\n").encode()
+    client = _RawClient(request)
+    endpoint = TCP4ClientEndpoint(reactor, parts.hostname or "", parts.port or 80)
+    await connectProtocol(endpoint, client)
+    return client
