@@ -54,6 +54,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
         pool = SessionPool(reactor, server.address, CSTAFactory(reactor, trace),
                            clear_text_retry=mx.clear_text_retry,
                            idle_timeout=options["session-idle"])
+        pool.setServiceParent(root)
         access[name] = MXAccess(server, pool)
     interface, port = http
     site = Site(API(access, reactor).resource())

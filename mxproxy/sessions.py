@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
@@ -168,8 +169,9 @@ class UserSession:
             self._mail_monitor = True
 
 
-class SessionPool:
-    """The user sessions of one MX, keyed by (login, password hash)."""
+class SessionPool(Service):
+    """The user sessions of one MX, keyed by (login, password hash); stopping the service logs
+    them all out."""
 
     log = Logger()
 
@@ -252,6 +254,10 @@ class SessionPool:
     def close_all(self) -> None:
         for key, session in list(self._sessions.items()):
             self._discard(key, session)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.close_all()
 
     async def _open(self, key: tuple[str, bytes], login: str, password: str) -> UserSession:
         protocol, info = await open_session(self._reactor, self._address, self._factory, login,

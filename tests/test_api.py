@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -386,6 +386,22 @@ class SessionTests(APITestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(self.pbx.logins["alice"], 2)
 
+    async def test_concurrent_first_requests_share_one_login(self) -> None:
+        await self.daemon()
+        results = await DeferredList([Deferred.fromCoroutine(self.get("/voicemail"))
+                                      for _ in range(5)])
+        self.assertEqual([response.code for _, (response, _body) in results], [200] * 5)
+        self.assertEqual(self.pbx.logins["alice"], 1)
+
+    async def test_stopping_logs_sessions_out(self) -> None:
+        await self.daemon()
+        await self.get("/voicemail")
+        logout = self.pbx.wait_for("logout")
+        self.d.pool.startService()
+        self.d.pool.stopService()
+        await logout
+        self.assertEqual(len(self.d.pool), 0)
+
     async def test_dropped_session_is_replaced_transparently(self) -> None:
         await self.daemon()
         await self.get("/voicemail")
@@ -409,7 +425,7 @@ class _RawClient(Protocol):
     """Sends one GET and reports when the response headers arrived and the socket closed."""
 
     def __init__(self, request: bytes) -> None:
-        from twisted.internet.defer import Deferred
+        from twisted.internet.defer import Deferred, DeferredList
 
         self._request = request
         self.received = b""
