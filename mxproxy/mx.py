@@ -28,6 +28,7 @@ from mxproxy.logs import Logger
 
 RECONNECT_INITIAL = 1.0
 RECONNECT_MAX = 30.0
+ContactObserver = Callable[[Contact | None, Contact | None], None]
 AB_EVENTS = ("AbAddUserEvent", "AbUpdateUserEvent", "AbDeleteUserEvent")
 
 
@@ -143,6 +144,8 @@ class MXServer(Service):
         self._attempt: Deferred[None] | None = None
         self._retry: IDelayedCall | None = None
         self._ready_waiters: list[Deferred[None]] = []
+        self._link_observers: list[Callable[[CSTAProtocol], None]] = []
+        self._contact_observers: list[ContactObserver] = []
         self.protocol: CSTAProtocol | None = None
         self.info: LoginResponse | None = None
         self.address_book = AddressBook()
@@ -216,8 +219,22 @@ class MXServer(Service):
         for message in pending:
             _apply(book, message)
         for name in AB_EVENTS:
-            protocol.subscribe(name, lambda message: _apply(self.address_book, message))
+            protocol.subscribe(name, self._live_update)
         return book
+
+    def _live_update(self, message: Message) -> None:
+        jid, before = _apply(self.address_book, message)
+        after = self.address_book.get(jid)
+        for observer in tuple(self._contact_observers):
+            observer(before, after)
+
+    def on_link_up(self, observer: Callable[[CSTAProtocol], None]) -> None:
+        """Call ``observer`` with the protocol each time the link is up and loaded."""
+        self._link_observers.append(observer)
+
+    def on_contact_changed(self, observer: ContactObserver) -> None:
+        """Call ``observer(before, after)`` for every live address-book change."""
+        self._contact_observers.append(observer)
 
     def _attempt_ended(self, result: object) -> None:
         self._attempt = None
@@ -227,6 +244,9 @@ class MXServer(Service):
             self._retries = 0
             self.state.connected, self.state.since = True, self._clock.seconds()
             self.state.last_error = None
+            assert self.protocol is not None
+            for observer in tuple(self._link_observers):
+                observer(self.protocol)
             waiters, self._ready_waiters = self._ready_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
@@ -266,8 +286,14 @@ class MXServer(Service):
         return delay
 
 
-def _apply(book: AddressBook, message: Message) -> None:
+def _apply(book: AddressBook, message: Message) -> tuple[str, Contact | None]:
+    """Apply one Ab*UserEvent; returns the JID and the contact as it was before."""
     if message.name == "AbDeleteUserEvent":
-        book.delete(AbDelete.from_xml(message.element).jid)
-    else:
-        book.upsert(AbUpdate.from_xml(message.element).contact)
+        jid = AbDelete.from_xml(message.element).jid
+        before = book.get(jid)
+        book.delete(jid)
+        return jid, before
+    contact = AbUpdate.from_xml(message.element).contact
+    before = book.get(contact.jid)
+    book.upsert(contact)
+    return contact.jid, before

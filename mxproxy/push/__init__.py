@@ -1,0 +1,1 @@
+"""Push notifications of incoming calls: device tokens, call monitors, APNs and FCM senders."""
