@@ -26,6 +26,8 @@ DEFAULT_MX_PORT = 7778
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _TOP_KEYS = ("mx", "apns", "gfcm", "push")
+_APNS_KEY_KEYS = ("keyId", "teamId", "topics")
+_PUSH_KEYS = ("apnsHost", "apnsSandboxHost", "ca", "fcmUrl", "maxInFlight")
 _MX_KEYS = ("addr", "login", "password", "tls", "fingerprint", "ca", "clearTextRetry")
 _MX_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _PLAIN_PATH_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
@@ -67,13 +69,40 @@ class MXConfig:
 
 
 @attrs.frozen
+class APNsConfig:
+    """One APNs credential: a ``.p12`` certificate and its password (the original's form), or a
+    ``.p8`` token key with its key id, team id and the topics (bundle ids) it may push to."""
+
+    path: str  # absolute
+    password: str | None = attrs.field(default=None, repr=False)
+    key_id: str | None = None
+    team_id: str | None = None
+    topics: tuple[str, ...] = ()
+
+    @property
+    def is_token_key(self) -> bool:
+        return self.key_id is not None
+
+
+@attrs.frozen
+class PushConfig:
+    """Where the push providers are; overridden for tests and the demo."""
+
+    apns_host: str | None = None  # "host:port" instead of api.push.apple.com:443
+    apns_sandbox_host: str | None = None
+    ca: str | None = None  # absolute path of an extra trusted root for those hosts
+    fcm_url: str | None = None  # instead of https://fcm.googleapis.com
+    max_in_flight: int = 512
+
+
+@attrs.frozen
 class Config:
     """The whole validated configuration; the mappings are read-only and keep the file's order."""
 
     mx: Mapping[str, MXConfig]
-    apns: Mapping[str, str] = _EMPTY
-    gfcm: Mapping[str, str] = _EMPTY
-    push: Mapping[str, Any] = _EMPTY
+    apns: Mapping[str, APNsConfig] = _EMPTY
+    gfcm: Mapping[str, str] = _EMPTY  # app name -> absolute path of a service-account JSON
+    push: PushConfig = PushConfig()
     path: str | None = None  # None for the built-in demo configuration
 
 
@@ -160,9 +189,10 @@ class _Parser:
             raise self.error("mx", "required")
         return Config(
             mx=self.mx_section(top["mx"]),
-            apns=self.string_map(top, "apns"),
-            gfcm=self.string_map(top, "gfcm"),
-            push=MappingProxyType(self.optional_object(top, "push")),
+            apns=self.apns_section(top),
+            gfcm=MappingProxyType({app: self.relative(value) for app, value
+                                   in self.string_map(top, "gfcm").items()}),
+            push=self.push_section(top),
             path=self.source,
         )
 
@@ -208,6 +238,50 @@ class _Parser:
             if not isinstance(value, str):
                 raise self.error(_child(key, name), f"expected a string, got {_json_type(value)}")
         return MappingProxyType(dict(section))
+
+    def relative(self, name: str) -> str:
+        """A file named in the config, absolute: twistd may chdir before it is read."""
+        return os.path.abspath(os.path.join(os.path.dirname(self.source), name))
+
+    def apns_section(self, top: Mapping[str, Any]) -> Mapping[str, APNsConfig]:
+        section = self.optional_object(top, "apns")
+        entries = {}
+        for name, value in section.items():
+            path = _child("apns", name)
+            if isinstance(value, str):
+                entries[name] = APNsConfig(self.relative(name), password=value)
+                continue
+            entry = self.as_object(value, path)
+            self.warn_unknown_keys(entry, path, _APNS_KEY_KEYS)
+            topics = self.typed(entry, path, "topics", list)
+            if not topics or not all(isinstance(t, str) and t for t in topics):
+                raise self.error(_child(path, "topics"),
+                                 "expected a non-empty array of bundle ids")
+            entries[name] = APNsConfig(self.relative(name),
+                                       key_id=self.required_string(entry, path, "keyId"),
+                                       team_id=self.required_string(entry, path, "teamId"),
+                                       topics=tuple(topics))
+        return MappingProxyType(entries)
+
+    def push_section(self, top: Mapping[str, Any]) -> PushConfig:
+        section = self.optional_object(top, "push")
+        self.warn_unknown_keys(section, "push", _PUSH_KEYS)
+        hosts = {}
+        for key in ("apnsHost", "apnsSandboxHost"):
+            value = self.typed(section, "push", key, str)
+            if value is not None and not _ADDR.fullmatch(value):
+                raise self.error(_child("push", key), f'expected "host:port", got {_quote(value)}')
+            hosts[key] = value
+        ca = self.typed(section, "push", "ca", str)
+        fcm_url = self.typed(section, "push", "fcmUrl", str)
+        if fcm_url is not None and not fcm_url.startswith(("https://", "http://")):
+            raise self.error("push.fcmUrl", f"expected an http(s) URL, got {_quote(fcm_url)}")
+        limit = self.typed(section, "push", "maxInFlight", int)
+        if limit is not None and (isinstance(limit, bool) or limit < 1):
+            raise self.error("push.maxInFlight", "expected a positive whole number")
+        return PushConfig(apns_host=hosts["apnsHost"], apns_sandbox_host=hosts["apnsSandboxHost"],
+                          ca=None if ca is None else self.ca_file(ca, "push.ca"),
+                          fcm_url=fcm_url, max_in_flight=limit or 512)
 
     def mx_section(self, value: object) -> Mapping[str, MXConfig]:
         section = self.as_object(value, "mx")
@@ -279,7 +353,7 @@ class _Parser:
 
     def ca_file(self, name: str, path: str) -> str:
         """Check the CA file now; return it absolute, since twistd may chdir before it is read."""
-        ca_path = os.path.abspath(os.path.join(os.path.dirname(self.source), name))
+        ca_path = self.relative(name)
         try:
             with open(ca_path, "rb") as file:
                 pem = file.read()

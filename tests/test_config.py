@@ -15,9 +15,11 @@ from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxproxy.config import (
+    APNsConfig,
     Config,
     ConfigError,
     MXConfig,
+    PushConfig,
     demo_config,
     load_config,
     parse_config,
@@ -273,7 +275,7 @@ class PushSectionTests(ConfigTestCase):
     def test_valuesMustBeStringsAndAreNeverEchoed(self) -> None:
         error = self.assertConfigError(
             {**with_mx(), "apns": {"push-cert.p12": 12345}},
-            'apns["push-cert.p12"]: expected a string, got a number',
+            'apns["push-cert.p12"]: expected an object, got a number',
         )
         self.assertNotIn("12345", str(error))
         self.assertConfigError(
@@ -282,7 +284,32 @@ class PushSectionTests(ConfigTestCase):
 
     def test_absentIsEmpty(self) -> None:
         config, _ = parse_config(with_mx(), "test.json")
-        self.assertEqual((dict(config.apns), dict(config.gfcm), dict(config.push)), ({}, {}, {}))
+        self.assertEqual((dict(config.apns), dict(config.gfcm), config.push),
+                         ({}, {}, PushConfig()))
+
+    def test_apns_token_key(self) -> None:
+        config, _ = parse_config({**with_mx(), "apns": {"AuthKey_K1.p8": {
+            "keyId": "K1", "teamId": "T1", "topics": ["com.x.app", "com.x.app.voip"]}}},
+            "/etc/mxproxy/mxproxy.json")
+        entry = config.apns["AuthKey_K1.p8"]
+        self.assertEqual((entry.path, entry.key_id, entry.team_id, entry.topics),
+                         ("/etc/mxproxy/AuthKey_K1.p8", "K1", "T1",
+                          ("com.x.app", "com.x.app.voip")))
+        self.assertTrue(entry.is_token_key)
+        self.assertConfigError({**with_mx(), "apns": {"k.p8": {"keyId": "K", "teamId": "T"}}},
+                               'apns["k.p8"].topics: expected a non-empty array of bundle ids')
+
+    def test_push_overrides(self) -> None:
+        config, _ = parse_config({**with_mx(), "push": {
+            "apnsHost": "127.0.0.1:2197", "fcmUrl": "https://127.0.0.1:8443",
+            "maxInFlight": 64}}, "test.json")
+        self.assertEqual(config.push, PushConfig(apns_host="127.0.0.1:2197",
+                                                 fcm_url="https://127.0.0.1:8443",
+                                                 max_in_flight=64))
+        self.assertConfigError({**with_mx(), "push": {"fcmUrl": "ftp://x"}},
+                               'push.fcmUrl: expected an http(s) URL, got "ftp://x"')
+        self.assertConfigError({**with_mx(), "push": {"maxInFlight": 0}},
+                               "push.maxInFlight: expected a positive whole number")
 
 
 class ValidConfigTests(ConfigTestCase):
@@ -290,7 +317,7 @@ class ValidConfigTests(ConfigTestCase):
         ca_path = self.write(self_signed_pem(), "ca.pem")
         apns = {"push-cert.p12": "p12-password"}
         gfcm = {"com.example.app": "service-account.json"}
-        push = {"anything": [1, {"nested": None}]}
+        push = {"apnsSandboxHost": "127.0.0.1:2198"}
         data = {
             "mx": {
                 "b-first": mx_entry(addr="[2001:db8::7]:7777", tls=False, clearTextRetry=False),
@@ -317,9 +344,10 @@ class ValidConfigTests(ConfigTestCase):
                 ),
                 "c-third": MXConfig("c-third", "192.0.2.10", 7778, login, password, ca=ca_path),
             },
-            apns=apns,
-            gfcm=gfcm,
-            push=push,
+            apns={"push-cert.p12": APNsConfig(os.path.abspath("push-cert.p12"),
+                                              password="p12-password")},
+            gfcm={"com.example.app": os.path.abspath("service-account.json")},
+            push=PushConfig(apns_sandbox_host="127.0.0.1:2198"),
             path="test.json",
         )
         self.assertEqual(config, expected)
