@@ -565,7 +565,8 @@ def _expected_operations() -> Iterable[tuple[str, str]]:
     yield "/mx/{mx}/addressbook", "get"
     yield "/mx/{mx}/calllog", "get"
     yield "/mx/{mx}/call", "post"
-    yield "/mx/{mx}/token/{kind}/{bundle}", "post"
+    for method in ("post", "delete"):
+        yield "/mx/{mx}/token/{kind}/{bundle}", method
     yield "/mx/{mx}/voicemail", "get"
     for method in ("get", "patch", "delete"):
         yield "/mx/{mx}/voicemail/{mail_id}", method

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs
 
 import attrs
@@ -40,16 +40,31 @@ RING_DELAY = (1, 0, 120)  # default, lowest, highest (seconds)
 VM_DELAY = (30, 0, 300)
 DEFAULT_TIMING = CallLogTiming()
 _DIGITS = re.compile(r"[0-9]+")
+_TOKEN = re.compile(r"[A-Za-z0-9_:-]{20,4096}")
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
                       r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
 
 
+class Devices(Protocol):
+    """Device-token registration for one MX (the push side implements it)."""
+
+    def supports(self, provider: str, bundle: str, sandbox: bool) -> bool: ...
+
+    async def register(self, jid: str, provider: str, bundle: str, sandbox: bool,
+                       token: str) -> None: ...
+
+    async def unregister(self, jid: str, provider: str, bundle: str, sandbox: bool,
+                         token: str) -> None: ...
+
+
 @attrs.frozen
 class MXAccess:
-    """What the API needs of one configured MX: its server link and its user sessions."""
+    """What the API needs of one configured MX: its server link, its user sessions, and its
+    device registrations (None when no push provider is configured)."""
 
     server: MXServer
     pool: SessionPool
+    devices: Devices | None = None
 
 
 @attrs.frozen
@@ -118,10 +133,28 @@ class API:
         result = await self._on_session(caller, make_call, retry=False)
         return _json(request, result.to_json())
 
-    @app.route("/mx/<mx>/token/<kind>/<bundle>", methods=["POST"])
+    @app.route("/mx/<mx>/token/<kind>/<bundle>", methods=["POST", "DELETE"])
     async def token(self, request: Request, mx: str, kind: str, bundle: str) -> bytes:
-        await self._identify(self._caller(request, mx))
-        raise HTTPError(501, "device-token registration is not available in this version")
+        caller = self._caller(request, mx)
+        identity = await self._identify(caller)
+        devices = caller.access.devices
+        if devices is None:
+            raise HTTPError(501, "push notifications are not configured on this server")
+        sandbox = b"sandbox" in _args(request) and kind == "apns"
+        if kind not in ("apns", "gfcm"):
+            raise not_found(f"unsupported push type {kind!r}: use apns or gfcm")
+        if not devices.supports(kind, bundle, sandbox):
+            raise not_found(f"unsupported {kind} bundle {bundle!r}"
+                            + (" (sandbox)" if sandbox else ""))
+        token = _fields(request).get("token")
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            raise bad_request('"token" must be a device token: at least 20 characters of '
+                              "letters, digits, '-', '_' or ':'")
+        if request.method == b"DELETE":
+            await devices.unregister(identity.jid, kind, bundle, sandbox, token)
+        else:
+            await devices.register(identity.jid, kind, bundle, sandbox, token)
+        return _no_content(request)
 
     @app.route("/mx/<mx>/voicemail", methods=["GET"])
     async def voicemail_list(self, request: Request, mx: str) -> bytes:
