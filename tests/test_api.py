@@ -425,7 +425,7 @@ class _RawClient(Protocol):
     """Sends one GET and reports when the response headers arrived and the socket closed."""
 
     def __init__(self, request: bytes) -> None:
-        from twisted.internet.defer import Deferred, DeferredList
+        from twisted.internet.defer import Deferred
 
         self._request = request
         self.received = b""
