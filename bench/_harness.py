@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,7 +59,7 @@ def verdict(met: bool) -> str:
 # -- server subprocesses (the child side) ------------------------------------------------------
 
 
-def serve(setup: Callable[[Any], Awaitable[dict[str, Any]]]) -> None:
+def serve(setup: Callable[[Any], Coroutine[Any, Any, dict[str, Any]]]) -> None:
     """Run the real reactor in this (child) process: ``await setup(reactor)``, print its result
     as the ``READY`` line, serve until SIGTERM, the parent's death or :data:`CHILD_LIFETIME`."""
     _die_with_parent()
@@ -114,8 +114,9 @@ def listen_mx(reactor: Any, pbx: Any, tls: bool = False) -> int:
     from mxproxy.testing.mxsim import listen
 
     pbx.add_server_login(SERVER_LOGIN, SERVER_PASSWORD)
-    port = listen(pbx, port=0, interface="127.0.0.1", tls=tls or None, reactor=reactor)
-    return int(port.getHost().port)
+    address: Any = listen(pbx, port=0, interface="127.0.0.1", tls=tls or None,
+                          reactor=reactor).getHost()
+    return int(address.port)
 
 
 async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -131,7 +132,7 @@ def main() -> None:
             parser.error("--contacts, --rounds and --seconds must be positive")
         try:
             measure(args)
-        except (RuntimeError, OSError, ValueError) as error:
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as error:
             print(f"http_addressbook: {error}", file=sys.stderr)
             sys.exit(1)
 

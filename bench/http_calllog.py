@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -177,7 +178,7 @@ def main() -> None:
             parser.error("--entries and --delay-ms must not be negative")
         try:
             measure(args)
-        except (RuntimeError, OSError, ValueError) as error:
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as error:
             print(f"http_calllog: {error}", file=sys.stderr)
             sys.exit(1)
 

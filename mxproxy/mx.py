@@ -49,10 +49,12 @@ class SerialRegistry:
 
 
 class AddressBook:
-    """Contacts by JID, with a lookup by extension."""
+    """Contacts by JID, with a lookup by extension; ``version`` counts the changes, so that
+    whatever is derived from the book (its JSON) can be cached."""
 
     def __init__(self, contacts: dict[str, Contact] | None = None) -> None:
         self._by_jid: dict[str, Contact] = dict(contacts or {})
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._by_jid)
@@ -68,9 +70,11 @@ class AddressBook:
 
     def upsert(self, contact: Contact) -> None:
         self._by_jid[contact.jid] = contact
+        self.version += 1
 
     def delete(self, jid: str) -> None:
         self._by_jid.pop(jid, None)
+        self.version += 1
 
 
 @attrs.define
