@@ -38,6 +38,14 @@ Trace = Callable[[str, int, bytes], None]
 """Receives (direction ``"->"`` or ``"<-"``, invoke id, raw XML) for every frame."""
 
 
+def no_delay(transport: object) -> None:
+    """Send small frames at once: with Nagle's algorithm a request written right after another
+    waits for the peer's delayed ACK (~40 ms). TLS wrappers pass the call to the TCP socket."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
+
+
 class Message(NamedTuple):
     """A received frame whose body parsed as XML (a tuple: it is built once per frame)."""
 
@@ -81,6 +89,7 @@ class CSTAProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.up = True
+        no_delay(self.transport)
         self._keepalive = self._clock.callLater(self._keepalive_interval, self._send_keepalive)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

@@ -70,22 +70,62 @@ class XMLRecord:
 
     @classmethod
     def _read(cls, element: Element, connection: Element) -> Self:
-        source = Source(element)
-        other = source if connection is element else Source(connection)
-        return cls(**{name: read(other if in_connection else source)
-                      for name, read, in_connection in _plan(cls)})
+        plan = _plan(cls)
+        texts: dict[str, str | None] = {}
+        if plan.wanted:
+            wanted = plan.wanted
+            for child in element:
+                tag = child.tag
+                if isinstance(tag, str):
+                    name = tag.rpartition("}")[2]
+                    if name in wanted and name not in texts:
+                        texts[name] = child.text
+        attribute = element.get
+        values: dict[str, Any] = {}
+        for name, paths, convert in plan.direct:
+            text = None
+            for path in paths:
+                text = attribute(path[1:]) if path[0] == "@" else texts.get(path)
+                if text is not None:
+                    break
+            values[name] = convert(text, element, paths)
+        if plan.other:
+            source = Source(element)
+            other = source if connection is element else Source(connection)
+            for name, read, in_connection in plan.other:
+                values[name] = read(other if in_connection else source)
+        return cls(**values)
 
 
-_PLANS: dict[type, tuple[tuple[str, Read, bool], ...]] = {}
+Convert = Callable[[str | None, Element, tuple[str, ...]], object]
 
 
-def _plan(cls: type[XMLRecord]) -> tuple[tuple[str, Read, bool], ...]:
-    """The fields of ``cls`` with their readers, worked out once per class."""
+@attrs.frozen
+class _Plan:
+    """How to read a class: fields read straight from its own children and attributes in one
+    pass (``direct``), the element names that pass needs, and fields with their own reader."""
+
+    direct: tuple[tuple[str, tuple[str, ...], Convert], ...]
+    wanted: frozenset[str]
+    other: tuple[tuple[str, Read, bool], ...]
+
+
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls: type[XMLRecord]) -> _Plan:
+    """Worked out once per class."""
     plan = _PLANS.get(cls)
     if plan is None:
-        plan = _PLANS[cls] = tuple((field.name, field.metadata[_READ],
-                                    field.metadata[_IN_CONNECTION])
-                                   for field in attrs.fields(cls))
+        direct, other = [], []
+        for field in attrs.fields(cls):
+            simple = field.metadata.get(_DIRECT)
+            if simple is not None:
+                direct.append((field.name, *simple))
+            else:
+                other.append((field.name, field.metadata[_READ], field.metadata[_IN_CONNECTION]))
+        wanted = frozenset(path for _, paths, _ in direct for path in paths if path[0] != "@")
+        plan = _PLANS[cls] = _Plan(tuple(direct), wanted, tuple(other))
     return plan
 
 
@@ -94,25 +134,42 @@ def raw(element: Element, *paths: str) -> str:
     return Source(element).raw(*paths)
 
 
-def _what(source: Source, paths: tuple[str, ...]) -> str:
-    return f"{local_name(source.element)}/{paths[0]}"
+def _label(element: Element, paths: tuple[str, ...]) -> str:
+    return f"{local_name(element)}/{paths[0]}"
 
 
-def _boolean(source: Source, paths: tuple[str, ...]) -> bool:
-    text = source.raw(*paths)
-    if text in _PLAIN_BOOLEANS:
-        return _PLAIN_BOOLEANS[text]
-    return to_bool(text, _what(source, paths))
+def _to_string(text: str | None, element: Element, paths: tuple[str, ...]) -> str:
+    return "" if text is None else text.strip()
+
+
+def _to_integer(text: str | None, element: Element, paths: tuple[str, ...]) -> int:
+    text = "" if text is None else text.strip()
+    if text.isascii() and text.isdigit():
+        return int(text)  # the common case, without building an error label
+    return to_int(text, _label(element, paths))
+
+
+def _to_boolean(text: str | None, element: Element, paths: tuple[str, ...]) -> bool:
+    text = "" if text is None else text.strip()
+    plain = _PLAIN_BOOLEANS.get(text)
+    return plain if plain is not None else to_bool(text, _label(element, paths))
 
 
 _PLAIN_BOOLEANS = {"": False, "true": True, "false": False}
+_DIRECT = "mxproxy.direct"
 
 
-def _integer(source: Source, paths: tuple[str, ...]) -> int:
-    text = source.raw(*paths)
-    if text.isascii() and text.isdigit():
-        return int(text)  # the common case, without building an error label
-    return to_int(text, _what(source, paths))
+def _scalar(paths: tuple[str, ...], convert: Convert, default: object, in_connection: bool,
+            shown: bool = True) -> Any:
+    """A field holding one value converted from the text at the first present of ``paths``."""
+    simple = not in_connection and all("/" not in p and p != "." for p in paths)
+    metadata: dict[str, object] = {
+        _READ: lambda source: convert(source.raw(*paths), source.element, paths),
+        _IN_CONNECTION: in_connection,
+    }
+    if simple:
+        metadata[_DIRECT] = (paths, convert)
+    return attrs.field(default=default, repr=shown, metadata=metadata)
 
 
 def _declare(read: Read, default: object, in_connection: bool = False, shown: bool = True) -> Any:
@@ -122,17 +179,17 @@ def _declare(read: Read, default: object, in_connection: bool = False, shown: bo
 
 def string(*paths: str, in_connection: bool = False, shown: bool = True) -> Any:
     """A text field; ``shown=False`` keeps secrets out of ``repr`` (and so out of logs)."""
-    return _declare(lambda source: source.raw(*paths), "", in_connection, shown)
+    return _scalar(paths, _to_string, "", in_connection, shown)
 
 
 def integer(*paths: str, in_connection: bool = False) -> Any:
     """An integer field; non-numeric text raises ``XMLError``."""
-    return _declare(lambda source: _integer(source, paths), 0, in_connection)
+    return _scalar(paths, _to_integer, 0, in_connection)
 
 
 def boolean(*paths: str) -> Any:
     """A boolean in Go ``ParseBool`` spellings; anything else raises ``XMLError``."""
-    return _declare(lambda source: _boolean(source, paths), False)
+    return _scalar(paths, _to_boolean, False, False)
 
 
 def record(path: str, kind: type[XMLRecord]) -> Any:

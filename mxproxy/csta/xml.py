@@ -123,8 +123,10 @@ def build(
 
 def sub(parent: Element, tag: str, value: str | None = None, **attrs: str) -> Element:
     """Append a child in the parent's namespace."""
-    namespace = etree.QName(parent).namespace
-    child = etree.SubElement(parent, tag if namespace is None else f"{{{namespace}}}{tag}", attrs)
+    parent_tag = parent.tag
+    if isinstance(parent_tag, str) and parent_tag.startswith("{"):
+        tag = parent_tag[:parent_tag.index("}") + 1] + tag
+    child = etree.SubElement(parent, tag, attrs)
     child.text = value
     return child
 

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mxproxy.csta.frame import EVENT_ID, Frame, FrameDecoder, encode
+from mxproxy.csta.protocol import no_delay
 from mxproxy.csta.xml import Element, XMLError, attr, local_name, parse, serialize
 from mxproxy.testing.certs import self_signed
 from mxproxy.testing.mxsim import wire
@@ -74,6 +75,7 @@ class Session(Protocol):
     # -- incoming ----------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.pbx.attach(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

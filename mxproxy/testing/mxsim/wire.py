@@ -10,6 +10,8 @@ import base64
 import struct
 from collections.abc import Iterable
 
+from lxml.etree import SubElement
+
 from mxproxy.csta.frame import HEADER_SIZE
 from mxproxy.csta.xml import Element, build, sub
 from mxproxy.testing.mxsim.model import Call, CallRecord, Contact, MalformedKind, Voicemail
@@ -85,25 +87,26 @@ def ab_delete_event(jid: str) -> Element:
 
 
 def callloginfo(records: Iterable[CallRecord]) -> Element:
+    """Built with lxml's SubElement directly: this runs per entry for every call-log request."""
     root = build("callloginfo")
     for record in records:
-        info = sub(root, "callinfo", direction=record.direction)
+        info = SubElement(root, "callinfo", direction=record.direction)
         if record.missed:
             info.set("missed", "true")
-        sub(info, "record_id", str(record.record_id))
-        sub(info, "gcid", record.gcid)
+        fields = [("record_id", str(record.record_id)), ("gcid", record.gcid)]
         if record.connect is not None:
-            sub(info, "connectTimestamp", str(record.connect))
-        sub(info, "disconnectTimestamp", str(record.disconnect))
-        for tag, value in (("callingPartyNo", record.calling_party),
-                           ("originalCalledPartyNo", record.original_called_party),
-                           ("firstName", record.first_name), ("lastName", record.last_name),
-                           ("extension", record.extension), ("serviceName", record.service_name),
-                           ("serviceExtension", record.service_extension),
-                           ("callType", str(record.call_type)), ("legType", str(record.leg_type)),
-                           ("selfLegType", str(record.self_leg_type)),
-                           ("monitorType", str(record.monitor_type))):
-            sub(info, tag, value)
+            fields.append(("connectTimestamp", str(record.connect)))
+        fields += (("disconnectTimestamp", str(record.disconnect)),
+                   ("callingPartyNo", record.calling_party),
+                   ("originalCalledPartyNo", record.original_called_party),
+                   ("firstName", record.first_name), ("lastName", record.last_name),
+                   ("extension", record.extension), ("serviceName", record.service_name),
+                   ("serviceExtension", record.service_extension),
+                   ("callType", str(record.call_type)), ("legType", str(record.leg_type)),
+                   ("selfLegType", str(record.self_leg_type)),
+                   ("monitorType", str(record.monitor_type)))
+        for tag, value in fields:
+            SubElement(info, tag).text = value
     return root
 
 

@@ -1,0 +1,240 @@
+"""From a call event to one push per device: fan-out, de-duplication, limits, retries, pruning.
+
+The MX reader hands events over and moves on; every delivery runs on its own, so a slow or dead
+provider never delays the next call. A device is told about a call once, retried on transient
+failures only while the phone could still ring, and forgotten only when the provider says its
+token is dead. When a pushed call ends before this user answered, or someone else answered it,
+one follow-up tells the app to stop ringing (never as a VoIP push: iOS would expect a new call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+
+from mxproxy.csta.events import ConnectionCleared, Delivered, Established
+from mxproxy.csta.records import XMLRecord
+from mxproxy.logs import Logger
+from mxproxy.push.tokens import Device, TokenStore
+
+RING_WINDOW = 30.0
+MAX_IN_FLIGHT = 512
+RETRY_FIRST = 1.0
+CREDENTIAL_ALARM_INTERVAL = 600.0
+FORGET_CALLS_AFTER = 3600.0
+
+
+@attrs.frozen
+class Notification:
+    """What to tell a user's devices: an incoming call, or that a pushed call ended."""
+
+    kind: str  # "call" or "callEnded"
+    call_key: str
+    payload: Mapping[str, Any]
+    caller: str = ""  # name or number, for alert texts
+
+
+@attrs.frozen
+class Outcome:
+    """A provider's verdict on one delivery."""
+
+    delivered: bool
+    prune: bool = False
+    prune_unless_registered_after: float | None = None
+    retry_after: float | None = None  # set for transient failures worth retrying
+    credential_error: bool = False
+    reason: str = ""
+
+
+class Sender(Protocol):
+    """One push provider (APNs or FCM) seen from the dispatcher."""
+
+    provider: str
+
+    def deliver(self, device: Device, notification: Notification) -> Awaitable[Outcome]: ...
+
+    def accepts(self, device: Device, notification: Notification) -> bool: ...
+
+
+@attrs.define
+class _Call:
+    """A call this user's devices were told about, until it is answered or ends."""
+
+    user: str
+    ext: str
+    devices: list[Device]
+    started: float
+
+
+class PushDispatcher:
+    """Turns monitored call events of one user into notifications on every device."""
+
+    log = Logger()
+
+    def __init__(self, store: TokenStore, senders: Mapping[str, Sender], clock: IReactorTime,
+                 max_in_flight: int = MAX_IN_FLIGHT, ring_window: float = RING_WINDOW) -> None:
+        self._store = store
+        self._senders = dict(senders)
+        self._clock = clock
+        self._max_in_flight = max_in_flight
+        self._ring_window = ring_window
+        self.in_flight = {provider: 0 for provider in self._senders}
+        self._calls: dict[tuple[str, int], _Call] = {}
+        self._told: dict[tuple[str, int], set[tuple[str, str, bool, str]]] = {}
+        self._alarms: dict[str, float] = {}
+        self.delivered = 0
+        self.failed = 0
+
+    def call_event(self, user: str, ext: str, event: XMLRecord,
+                   calling_name: Callable[[str], str]) -> Deferred[None]:
+        """React to one event on ``user``'s monitor; ``ext`` is the user's extension."""
+        if isinstance(event, Delivered):
+            return Deferred.fromCoroutine(self._incoming(user, ext, event, calling_name))
+        if isinstance(event, (Established, ConnectionCleared)):
+            return Deferred.fromCoroutine(self._progress(user, ext, event))
+        return Deferred.fromCoroutine(_nothing())
+
+    # -- incoming call ------------------------------------------------------------------------
+
+    async def _incoming(self, user: str, ext: str, event: Delivered,
+                        calling_name: Callable[[str], str]) -> None:
+        if ext not in (event.called_device, event.alerting_device):
+            return  # the far end of this user's own outgoing call
+        key = (user, event.call_id)
+        self._forget_old_calls()
+        payload = dict(event.push_payload(int(self._clock.seconds())))
+        name = event.calling_display_name or calling_name(event.calling_device)
+        if name:
+            payload["callingName"] = name
+        notification = Notification("call", _call_key(event), payload,
+                                    caller=name or event.calling_device)
+        devices = await self._store.devices(user)
+        told = self._told.setdefault(key, set())
+        fresh = [device for device in devices if _identity(device) not in told]
+        told.update(_identity(device) for device in fresh)
+        call = self._calls.setdefault(key, _Call(user, ext, [], self._clock.seconds()))
+        call.devices.extend(fresh)
+        await self._fan_out(fresh, notification, self._clock.seconds())
+
+    # -- call progress ------------------------------------------------------------------------
+
+    async def _progress(self, user: str, ext: str, event: Established | ConnectionCleared) -> None:
+        key = (user, event.call_id)
+        call = self._calls.get(key)
+        if call is None:
+            return
+        if isinstance(event, Established):
+            if event.answering_device == ext:
+                del self._calls[key]  # answered by this user: the app knows
+                return
+            reason = "answeredElsewhere"
+        else:
+            reason = "ended"
+        del self._calls[key]
+        payload = {"event": "callEnded", "reason": reason, "callId": event.call_id}
+        notification = Notification("callEnded", str(event.call_id), payload)
+        await self._fan_out(call.devices, notification, self._clock.seconds())
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    async def _fan_out(self, devices: list[Device], notification: Notification,
+                       started: float) -> None:
+        deliveries = []
+        for device in devices:
+            sender = self._senders.get(device.provider)
+            if sender is None or not sender.accepts(device, notification):
+                continue
+            deliveries.append(Deferred.fromCoroutine(
+                self._deliver(sender, device, notification, started)))
+        for delivery in deliveries:
+            await delivery
+
+    async def _deliver(self, sender: Sender, device: Device, notification: Notification,
+                       started: float) -> None:
+        provider = sender.provider
+        delay = RETRY_FIRST
+        while True:
+            if self.in_flight[provider] >= self._max_in_flight:
+                self.failed += 1
+                self.log.error("push: {provider} has {count} pushes in flight; dropping the "
+                               "{kind} push to {device}", provider=provider,
+                               count=self.in_flight[provider], kind=notification.kind,
+                               device=device)
+                return
+            self.in_flight[provider] += 1
+            try:
+                outcome = await sender.deliver(device, notification)
+            except Exception as error:  # a bug in a sender must not take the others down
+                self.log.failure("push: {provider} sender failed", provider=provider)
+                outcome = Outcome(False, reason=str(error))
+            finally:
+                self.in_flight[provider] -= 1
+            await self._record(device, outcome, notification)
+            if outcome.delivered or outcome.retry_after is None:
+                return
+            wait = max(outcome.retry_after, delay)
+            if self._clock.seconds() + wait > started + self._ring_window:
+                self.log.warn("push: giving up on {device} ({reason}): past the ring window",
+                              device=device, reason=outcome.reason)
+                return
+            await deferLater(self._clock, wait, lambda: None)
+            delay *= 2
+
+    async def _record(self, device: Device, outcome: Outcome,
+                      notification: Notification) -> None:
+        now = self._clock.seconds()
+        try:
+            if outcome.delivered:
+                self.delivered += 1
+                await self._store.record_success(device, now)
+                return
+            self.failed += 1
+            if outcome.credential_error:
+                self._alarm(device.provider, outcome.reason)
+            if outcome.prune:
+                pruned = await self._store.prune(device, outcome.prune_unless_registered_after)
+                if pruned:
+                    self.log.info("push: pruned {device}: {reason}", device=device,
+                                  reason=outcome.reason)
+                    return
+            else:
+                self.log.warn("push: {kind} push to {device} failed: {reason}",
+                              kind=notification.kind, device=device, reason=outcome.reason)
+            await self._store.record_error(device, now, outcome.reason)
+        except Exception:
+            self.log.failure("push: cannot record the outcome for {device}", device=device)
+
+    def _alarm(self, provider: str, reason: str) -> None:
+        """Credential problems are loud, but once per interval, not once per push."""
+        now = self._clock.seconds()
+        if now - self._alarms.get(provider, -CREDENTIAL_ALARM_INTERVAL) >= \
+                CREDENTIAL_ALARM_INTERVAL:
+            self._alarms[provider] = now
+            self.log.critical("push: {provider} rejects our credentials: {reason}; pushes fail "
+                              "until the configuration is fixed", provider=provider,
+                              reason=reason)
+
+    def _forget_old_calls(self) -> None:
+        horizon = self._clock.seconds() - FORGET_CALLS_AFTER
+        for key in [key for key, call in self._calls.items() if call.started < horizon]:
+            del self._calls[key]
+            self._told.pop(key, None)
+        for key in [key for key in self._told if key not in self._calls]:
+            del self._told[key]
+
+
+def _identity(device: Device) -> tuple[str, str, bool, str]:
+    return (device.provider, device.bundle, device.sandbox, device.token)
+
+
+def _call_key(event: Delivered) -> str:
+    return event.global_call_id or str(event.call_id)
+
+
+async def _nothing() -> None:
+    return None

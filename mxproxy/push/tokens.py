@@ -1,0 +1,385 @@
+"""The token store: which devices each user registered, kept durably in one SQLite file.
+
+A token belongs to exactly one user per (provider, bundle, sandbox) — registering it for another
+user moves it (mx-protocol.md §6.6). SQLite runs in WAL mode with ``synchronous=FULL``, so a
+registration is acknowledged only once its commit is on disk, and the daemon may be killed at any
+time. The one connection lives on one dedicated thread: SQL never runs on the reactor thread, and
+a single writer needs no locking of our own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from mxproxy.logs import Logger
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+"""How long a statement waits for another process's lock (an admin's sqlite3 shell)."""
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # v1: one row per registered device.
+    (
+        """CREATE TABLE devices (
+            provider TEXT NOT NULL CHECK (provider IN ('apns', 'gfcm')),
+            bundle TEXT NOT NULL,
+            sandbox INTEGER NOT NULL CHECK (sandbox IN (0, 1)),
+            token TEXT NOT NULL,
+            user TEXT NOT NULL,
+            created REAL NOT NULL,
+            registered REAL NOT NULL,
+            last_success REAL,
+            last_error REAL,
+            last_error_reason TEXT,
+            PRIMARY KEY (provider, bundle, sandbox, token)
+        )""",
+        "CREATE INDEX devices_by_user ON devices (user)",
+    ),
+)
+"""Migration N+1 is ``MIGRATIONS[N]``; a new version is a new entry, never an edited one."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_KEY = "provider = ? AND bundle = ? AND sandbox = ? AND token = ?"
+_COLUMNS = ("provider, bundle, sandbox, token, user, created, registered, last_success,"
+            " last_error, last_error_reason")
+
+
+class TokenStoreError(Exception):
+    """The store cannot be opened or a statement failed; the message names the file."""
+
+
+class StoreClosed(TokenStoreError):
+    """A call came after :meth:`TokenStore.close`."""
+
+
+def mask_token(token: str) -> str:
+    """The first 6 and last 4 characters, or nothing for a token too short to hide anything."""
+    if len(token) < 20:
+        return "…"
+    return f"{token[:6]}…{token[-4:]}"
+
+
+@attrs.frozen
+class Device:
+    """One registered device: where to push (provider, bundle, sandbox, token) and for whom."""
+
+    provider: str
+    """``apns`` or ``gfcm``."""
+    bundle: str
+    """The APNs topic or the FCM app name."""
+    sandbox: bool
+    """APNs development environment (always False for FCM)."""
+    token: str = attrs.field(repr=mask_token)
+    user: str
+    """``<sn>:<jid>``."""
+    created: float
+    """First registration by this user, Unix seconds."""
+    registered: float
+    """Last (re-)registration, Unix seconds."""
+    last_success: float | None = None
+    last_error: float | None = None
+    last_error_reason: str | None = None
+
+
+class TokenStore:
+    """Devices per user in one SQLite file; every method returns a Deferred and runs its SQL on
+    the store's own thread, in call order."""
+
+    log = Logger()
+
+    def __init__(self, path: str, connection: sqlite3.Connection, pool: ThreadPool,
+                 reactor: Any, clock: IReactorTime) -> None:
+        self.path = path
+        self._connection = connection
+        self._pool = pool
+        self._reactor = reactor
+        self._clock = clock
+        self._closing: list[Deferred[None]] | None = None
+        self._closed = False
+        self._shutdown: Any = reactor.addSystemEventTrigger("before", "shutdown",
+                                                            self._close_at_shutdown)
+
+    @classmethod
+    def open(cls, path: str, clock: IReactorTime | None = None,
+             reactor: Any = None) -> TokenStore:
+        """Open (creating and migrating as needed) the store at ``path``.
+
+        Blocks until the file is checked, so the daemon exits on a bad ``--db`` before anything
+        listens. ``clock`` stamps registrations; ``reactor`` receives the results and closes the
+        store at shutdown. Raises :class:`TokenStoreError`.
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        pool = ThreadPool(1, 1, name="mxproxy-tokens")
+        pool.threadFactory = _StoreThread
+        pool.start()
+        opened: Future[tuple[sqlite3.Connection, int]] = Future()
+
+        def settle(ok: bool, result: Any) -> None:
+            if ok:
+                opened.set_result(result)
+            else:
+                opened.set_exception(result.value)
+
+        pool.callInThreadWithCallback(settle, _connect, path)
+        try:
+            connection, found = opened.result()
+        except BaseException:
+            pool.stop()
+            raise
+        store = cls(path, connection, pool, reactor, reactor if clock is None else clock)
+        if found == 0:
+            cls.log.info("token store {path} created (schema v{version})",
+                         path=path, version=SCHEMA_VERSION)
+        elif found < SCHEMA_VERSION:
+            cls.log.info("token store {path}: schema v{found} migrated to v{version}",
+                         path=path, found=found, version=SCHEMA_VERSION)
+        return store
+
+    def register(self, user: str, provider: str, bundle: str, sandbox: bool,
+                 token: str) -> Deferred[str | None]:
+        """Store the device for ``user``, or refresh its registration time; fires with the
+        previous owner when the token moved from another user, else None."""
+        row = (provider, bundle, int(sandbox), token)
+        now = self._clock.seconds()
+
+        def moved(previous: str | None) -> str | None:
+            if previous is not None:
+                self.log.info("token {token} ({provider}/{bundle}) moved from {previous} to {user}",
+                              token=mask_token(token), provider=provider, bundle=bundle,
+                              previous=previous, user=user)
+            return previous
+
+        return self._run(_register, row, user, now).addCallback(moved)
+
+    def remove(self, provider: str, bundle: str, sandbox: bool, token: str,
+               user: str | None = None) -> Deferred[bool]:
+        """Forget the device (only if ``user`` owns it, when given); fires with whether it was
+        there."""
+        return self._run(_write, f"DELETE FROM devices WHERE {_KEY} AND (? IS NULL OR user = ?)",
+                         (provider, bundle, int(sandbox), token, user, user))
+
+    def devices(self, user: str) -> Deferred[list[Device]]:
+        """Every device of ``user``."""
+        return self._run(_devices, user)
+
+    def has_devices(self, user: str) -> Deferred[bool]:
+        """Whether ``user`` has any device left (the last one gone, the monitor can stop)."""
+        return self._run(_has_devices, user)
+
+    def users(self, sn: str) -> Deferred[list[str]]:
+        """Every user id (``<sn>:<jid>``) with a device on the MX ``sn``, to restart monitors."""
+        return self._run(_users, sn)
+
+    def record_success(self, device: Device, when: float) -> Deferred[bool]:
+        """Note a delivery; fires with False if the device is gone meanwhile."""
+        return self._run(_write, f"UPDATE devices SET last_success = ? WHERE {_KEY}",
+                         (when, *_key(device)))
+
+    def record_error(self, device: Device, when: float, reason: str) -> Deferred[bool]:
+        """Note a failed delivery; fires with False if the device is gone meanwhile."""
+        return self._run(
+            _write, f"UPDATE devices SET last_error = ?, last_error_reason = ? WHERE {_KEY}",
+            (when, reason, *_key(device)))
+
+    def prune(self, device: Device,
+              unless_registered_after: float | None = None) -> Deferred[bool]:
+        """Delete a token the provider rejected, unless it was registered again after
+        ``unless_registered_after`` (APNs 410 gives the time the token became invalid; pass the
+        send time for other rejections, so a registration racing the push survives)."""
+        pruned = self._run(
+            _write, f"DELETE FROM devices WHERE {_KEY} AND (? IS NULL OR registered <= ?)",
+            (*_key(device), unless_registered_after, unless_registered_after))
+
+        def report(deleted: bool) -> bool:
+            if deleted:
+                self.log.info("token {token} ({provider}/{bundle}) of {user} pruned",
+                              token=mask_token(device.token), provider=device.provider,
+                              bundle=device.bundle, user=device.user)
+            return deleted
+
+        return pruned.addCallback(report)
+
+    def close(self) -> Deferred[None]:
+        """Finish the calls already made, close the file and stop the thread; later calls fail
+        with :class:`StoreClosed`. Safe to call more than once."""
+        waiter: Deferred[None] = Deferred()
+        if self._closed:
+            waiter.callback(None)
+            return waiter
+        if self._closing is None:
+            self._closing = []
+            closed: Deferred[None] = deferToThreadPool(self._reactor, self._pool, self._call,
+                                                       sqlite3.Connection.close)
+            closed.addBoth(self._stopped)
+        self._closing.append(waiter)
+        return waiter
+
+    def _close_at_shutdown(self) -> Deferred[None]:
+        """Let queued calls finish and the WAL be checkpointed even if the owner never closes."""
+        self._shutdown = None  # fired: removing it now would only earn a warning
+        return self.close()
+
+    def _stopped(self, result: None | Failure) -> None:
+        self._pool.stop()  # the thread is idle: the close was its last job
+        self._closed = True
+        if self._shutdown is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdown)
+        waiters, self._closing = self._closing or [], []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+
+    def _run(self, query: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self._closing is not None:
+            return fail(StoreClosed(f"token store {self.path} is closed"))
+        return deferToThreadPool(self._reactor, self._pool, self._call, query, *args)
+
+    def _call(self, query: Callable[..., T], *args: Any) -> T:
+        """On the store thread: one query, its SQLite errors turned into ours."""
+        try:
+            return query(self._connection, *args)
+        except sqlite3.Error as error:
+            raise TokenStoreError(f"token store {self.path}: {error}") from error
+
+
+class _StoreThread(threading.Thread):
+    """Daemonic, so a store nobody closed cannot keep the process from exiting; SQLite makes
+    that as safe as a crash (and the shutdown trigger normally closes the store first)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, daemon=True, **kwargs)
+
+
+def _key(device: Device) -> tuple[str, str, int, str]:
+    return (device.provider, device.bundle, int(device.sandbox), device.token)
+
+
+# Everything below runs on the store thread.
+
+def _connect(path: str) -> tuple[sqlite3.Connection, int]:
+    """Open, configure, check and migrate; fires with the connection and the version found."""
+    try:
+        connection = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as error:
+        raise TokenStoreError(f"token store {path}: cannot open: {error}") from error
+    try:
+        return connection, _prepare(connection, path)
+    except BaseException:
+        connection.close()
+        raise
+
+
+def _prepare(connection: sqlite3.Connection, path: str) -> int:
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode != "wal":
+            raise TokenStoreError(f"token store {path}: WAL mode unavailable (got {mode!r})")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise TokenStoreError(f"token store {path} is corrupt: {'; '.join(problems[:3])}")
+        return _migrate(connection, path)
+    except sqlite3.Error as error:
+        raise TokenStoreError(f"token store {path} is unusable: {error}") from error
+
+
+def _migrate(connection: sqlite3.Connection, path: str) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION` in one transaction; the version found."""
+    with _transaction(connection):
+        tables = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "schema_version" not in tables:
+            raise TokenStoreError(f"{path} is an SQLite file but not an mxproxy token store")
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_version"
+                           " (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
+        (found,) = connection.execute(
+            "SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        if found > SCHEMA_VERSION:
+            raise TokenStoreError(
+                f"token store {path} has schema version {found}, newer than this mxproxy"
+                f" supports ({SCHEMA_VERSION}): upgrade mxproxy or use another --db")
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                connection.execute(statement)
+            connection.execute("INSERT INTO schema_version VALUES (?, datetime('now'))",
+                               (version,))
+    return int(found)
+
+
+@contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error (unless SQLite already did)."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _register(connection: sqlite3.Connection, key: tuple[str, str, int, str], user: str,
+              now: float) -> str | None:
+    with _transaction(connection):
+        row = connection.execute(f"SELECT user FROM devices WHERE {_KEY}", key).fetchone()
+        if row is None:
+            connection.execute(
+                "INSERT INTO devices (provider, bundle, sandbox, token, user, created, registered)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)", (*key, user, now, now))
+            return None
+        if row[0] == user:
+            connection.execute(f"UPDATE devices SET registered = ? WHERE {_KEY}", (now, *key))
+            return None
+        # A new owner starts a new record: the old owner's delivery history is not theirs.
+        connection.execute(
+            "UPDATE devices SET user = ?, created = ?, registered = ?, last_success = NULL,"
+            f" last_error = NULL, last_error_reason = NULL WHERE {_KEY}", (user, now, now, *key))
+        return str(row[0])
+
+
+def _write(connection: sqlite3.Connection, statement: str, parameters: tuple[Any, ...]) -> bool:
+    """One autocommitted statement; whether it touched a row."""
+    return connection.execute(statement, parameters).rowcount > 0
+
+
+def _devices(connection: sqlite3.Connection, user: str) -> list[Device]:
+    rows = connection.execute(
+        f"SELECT {_COLUMNS} FROM devices WHERE user = ? ORDER BY provider, bundle, sandbox,"
+        " created, token", (user,))
+    return [Device(provider, bundle, bool(sandbox), *rest)
+            for provider, bundle, sandbox, *rest in rows]
+
+
+def _has_devices(connection: sqlite3.Connection, user: str) -> bool:
+    (found,) = connection.execute(
+        "SELECT EXISTS (SELECT 1 FROM devices WHERE user = ?)", (user,)).fetchone()
+    return bool(found)
+
+
+def _users(connection: sqlite3.Connection, sn: str) -> list[str]:
+    # The range [sn + ":", sn + ";") holds exactly the ids starting with "<sn>:" (";" follows ":"
+    # in binary order), so "AB" never matches "ABC:…" and the index on user is used.
+    rows = connection.execute(
+        "SELECT DISTINCT user FROM devices WHERE user >= ? AND user < ? ORDER BY user",
+        (sn + ":", sn + ";"))
+    return [row[0] for row in rows]

@@ -1,0 +1,380 @@
+"""The token store on real SQLite files, its thread driven by trial's real reactor."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mxproxy.push.tokens import (
+    BUSY_TIMEOUT_MS,
+    SCHEMA_VERSION,
+    Device,
+    StoreClosed,
+    TokenStore,
+    TokenStoreError,
+    mask_token,
+)
+
+REPO = FilePath(__file__).parent().parent()
+TOKEN = "a1b2c3" + "0" * 54 + "wxyz"
+ALICE = "ABC12:43884850000000001"
+BOB = "ABC12:43884850000000002"
+BUNDLE = "com.example.phone"
+
+
+def token(index: int) -> str:
+    return f"{index:064x}"
+
+
+def store_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if "mxproxy-tokens" in thread.name]
+
+
+class DeviceTests(SynchronousTestCase):
+    def test_repr_masks_the_token(self) -> None:
+        device = Device("apns", BUNDLE, False, TOKEN, ALICE, 1.0, 2.0)
+        self.assertIn("a1b2c3…wxyz", repr(device))
+        self.assertNotIn(TOKEN, repr(device))
+        self.assertNotIn(TOKEN, str(device))
+
+    def test_short_tokens_are_hidden_entirely(self) -> None:
+        self.assertEqual(mask_token("0123456789abcdef"), "…")
+
+
+class StoreCase(TestCase):
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.store = self.open()
+
+    def open(self, path: str | None = None) -> TokenStore:
+        store = TokenStore.open(path or self.path, clock=self.clock)
+        self.addCleanup(store.close)
+        return store
+
+    def sql(self, query: str) -> list[tuple[object, ...]]:
+        """Read the file with a connection of our own, as an operator's sqlite3 shell would."""
+        connection = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            return connection.execute(query).fetchall()
+        finally:
+            connection.close()
+
+
+class StoreTests(StoreCase):
+    async def test_register_list_remove(self) -> None:
+        self.assertIsNone(await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN))
+        self.assertEqual(await self.store.devices(ALICE),
+                         [Device("apns", BUNDLE, False, TOKEN, ALICE, 1000.0, 1000.0)])
+        self.assertTrue(await self.store.has_devices(ALICE))
+        self.assertFalse(await self.store.has_devices(BOB))
+        self.assertTrue(await self.store.remove("apns", BUNDLE, False, TOKEN))
+        self.assertFalse(await self.store.remove("apns", BUNDLE, False, TOKEN))
+        self.assertEqual(await self.store.devices(ALICE), [])
+        self.assertFalse(await self.store.has_devices(ALICE))
+
+    async def test_registering_again_refreshes_the_registration_time(self) -> None:
+        await self.store.register(ALICE, "gfcm", "phone", False, TOKEN)
+        self.clock.advance(60)
+        self.assertIsNone(await self.store.register(ALICE, "gfcm", "phone", False, TOKEN))
+        [device] = await self.store.devices(ALICE)
+        self.assertEqual((device.created, device.registered), (1000.0, 1060.0))
+
+    async def test_a_token_moves_to_its_new_user(self) -> None:
+        await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
+        [alices] = await self.store.devices(ALICE)
+        await self.store.record_error(alices, 1001.0, "TooManyRequests")
+        self.clock.advance(5)
+        self.assertEqual(await self.store.register(BOB, "apns", BUNDLE, False, TOKEN), ALICE)
+        self.assertEqual(await self.store.devices(ALICE), [])
+        self.assertFalse(await self.store.has_devices(ALICE))
+        self.assertEqual(await self.store.devices(BOB),
+                         [Device("apns", BUNDLE, False, TOKEN, BOB, 1005.0, 1005.0)])
+
+    async def test_provider_bundle_and_sandbox_are_separate_keys(self) -> None:
+        keys = [("apns", BUNDLE, False), ("apns", BUNDLE, True), ("apns", "other", False),
+                ("gfcm", BUNDLE, False)]
+        for provider, bundle, sandbox in keys:
+            self.assertIsNone(await self.store.register(ALICE, provider, bundle, sandbox, TOKEN))
+        self.assertIsNone(await self.store.register(BOB, "apns", BUNDLE, True, token(2)))
+        # Taking the sandbox token leaves alice's production registration alone.
+        self.assertEqual(await self.store.register(BOB, "apns", BUNDLE, True, TOKEN), ALICE)
+        alices = await self.store.devices(ALICE)
+        self.assertEqual([(d.provider, d.bundle, d.sandbox) for d in alices],
+                         [("apns", BUNDLE, False), ("apns", "other", False),
+                          ("gfcm", BUNDLE, False)])
+        self.assertEqual({d.token for d in await self.store.devices(BOB)}, {TOKEN, token(2)})
+        self.assertTrue(await self.store.remove("apns", BUNDLE, True, TOKEN))
+        self.assertEqual(len(await self.store.devices(ALICE)), 3)
+
+    async def test_remove_for_a_user_spares_other_owners(self) -> None:
+        await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
+        self.assertFalse(await self.store.remove("apns", BUNDLE, False, TOKEN, user=BOB))
+        self.assertTrue(await self.store.has_devices(ALICE))
+        self.assertTrue(await self.store.remove("apns", BUNDLE, False, TOKEN, user=ALICE))
+        self.assertFalse(await self.store.has_devices(ALICE))
+
+    async def test_users_of_one_mx(self) -> None:
+        owners = ["AB:2", "AB:1", "ABC:3", "A:4", "AB;5", "XAB:6", "AB:1"]
+        for index, owner in enumerate(owners):
+            await self.store.register(owner, "gfcm", "phone", False, token(index))
+        self.assertEqual(await self.store.users("AB"), ["AB:1", "AB:2"])
+        self.assertEqual(await self.store.users("ABC"), ["ABC:3"])
+        self.assertEqual(await self.store.users("A"), ["A:4"])
+        self.assertEqual(await self.store.users("B"), [])
+
+    async def test_record_success_and_error(self) -> None:
+        await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
+        [device] = await self.store.devices(ALICE)
+        self.assertTrue(await self.store.record_success(device, 1010.5))
+        self.assertTrue(await self.store.record_error(device, 1020.0, "BadDeviceToken"))
+        [recorded] = await self.store.devices(ALICE)
+        self.assertEqual((recorded.last_success, recorded.last_error, recorded.last_error_reason),
+                         (1010.5, 1020.0, "BadDeviceToken"))
+        await self.store.remove("apns", BUNDLE, False, TOKEN)
+        self.assertFalse(await self.store.record_success(device, 1030.0))
+        self.assertFalse(await self.store.record_error(device, 1030.0, "Unregistered"))
+
+    async def test_prune(self) -> None:
+        await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
+        [device] = await self.store.devices(ALICE)
+        self.assertTrue(await self.store.prune(device))
+        self.assertFalse(await self.store.prune(device))
+        self.assertEqual(await self.store.devices(ALICE), [])
+
+    async def test_prune_spares_a_token_registered_after_it_went_invalid(self) -> None:
+        await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
+        [device] = await self.store.devices(ALICE)
+        self.assertFalse(await self.store.prune(device, unless_registered_after=999.0))
+        self.assertTrue(await self.store.has_devices(ALICE))
+        self.assertTrue(await self.store.prune(device, unless_registered_after=1000.0))
+        self.assertFalse(await self.store.has_devices(ALICE))
+
+    async def test_two_hundred_concurrent_registrations_all_land(self) -> None:
+        users = [f"ABC12:{index % 7}" for index in range(200)]
+        await gatherResults([self.store.register(user, "apns", BUNDLE, False, token(index))
+                             for index, user in enumerate(users)])
+        stored: set[tuple[str, str]] = set()
+        for user in await self.store.users("ABC12"):
+            stored.update((user, device.token) for device in await self.store.devices(user))
+        self.assertEqual(stored, {(user, token(index)) for index, user in enumerate(users)})
+
+    async def test_a_failed_statement_fails_its_call_only(self) -> None:
+        failed = self.store.register(ALICE, "mpns", BUNDLE, False, TOKEN)
+        following = self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
+        error = await self.assertFailure(failed, TokenStoreError)
+        self.assertIn("CHECK constraint failed", str(error))
+        self.assertIsNone(await following)
+        self.assertEqual(len(await self.store.devices(ALICE)), 1)
+
+    async def test_moves_and_prunes_are_logged_with_the_token_masked(self) -> None:
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
+        await self.store.register(BOB, "apns", BUNDLE, False, TOKEN)
+        [device] = await self.store.devices(BOB)
+        await self.store.prune(device)
+        lines = [formatEvent(event) for event in events
+                 if event["log_namespace"].startswith("mxproxy.push.tokens")]
+        self.assertEqual(len(lines), 2)
+        self.assertIn(f"a1b2c3…wxyz (apns/{BUNDLE}) moved from {ALICE} to {BOB}", lines[0])
+        self.assertIn(f"a1b2c3…wxyz (apns/{BUNDLE}) of {BOB} pruned", lines[1])
+        self.assertNotIn(TOKEN, "".join(lines))
+
+    async def test_close_finishes_queued_calls_then_refuses(self) -> None:
+        registered = [self.store.register(ALICE, "apns", BUNDLE, False, token(index))
+                      for index in range(20)]
+        closed = self.store.close()
+        await self.assertFailure(self.store.devices(ALICE), StoreClosed)
+        await gatherResults(registered)
+        await closed
+        await self.store.close()
+        self.assertEqual(store_threads(), [])
+        self.assertEqual(self.sql("SELECT count(*) FROM devices"), [(20,)])
+
+
+Trigger = tuple[str, str, Callable[[], Deferred[None]]]
+
+
+class ShutdownRecorder:
+    """The real reactor for results from the store thread; system event triggers are kept to
+    fire by hand."""
+
+    def __init__(self) -> None:
+        self.triggers: list[Trigger] = []
+        self._reactor: Any = reactor
+
+    def callFromThread(self, call: Callable[..., object], *args: object) -> None:
+        self._reactor.callFromThread(call, *args)
+
+    def addSystemEventTrigger(self, phase: str, event: str,
+                              call: Callable[[], Deferred[None]]) -> Trigger:
+        self.triggers.append((phase, event, call))
+        return self.triggers[-1]
+
+    def removeSystemEventTrigger(self, handle: Trigger) -> None:
+        self.triggers.remove(handle)
+
+
+class ShutdownTests(TestCase):
+    async def test_reactor_shutdown_closes_the_store(self) -> None:
+        recorder = ShutdownRecorder()
+        store = TokenStore.open(self.mktemp(), clock=Clock(), reactor=recorder)
+        self.addCleanup(store.close)
+        registered = store.register(ALICE, "apns", BUNDLE, False, TOKEN)
+        [(phase, event, trigger)] = recorder.triggers
+        self.assertEqual((phase, event), ("before", "shutdown"))
+        await trigger()
+        self.assertIsNone(await registered)
+        self.assertEqual(store_threads(), [])
+        await self.assertFailure(store.has_devices(ALICE), StoreClosed)
+
+    async def test_close_withdraws_the_shutdown_trigger(self) -> None:
+        recorder = ShutdownRecorder()
+        store = TokenStore.open(self.mktemp(), clock=Clock(), reactor=recorder)
+        self.addCleanup(store.close)
+        await store.close()
+        self.assertEqual(recorder.triggers, [])
+        self.assertEqual(store_threads(), [])
+
+
+class FileTests(StoreCase):
+    async def test_wal_durability_and_schema_version(self) -> None:
+        self.assertEqual(self.sql("PRAGMA journal_mode"), [("wal",)])
+        self.assertEqual(self.sql("SELECT version FROM schema_version"), [(1,)])
+        self.assertEqual(SCHEMA_VERSION, 1)
+        pragmas = await self.store._run(lambda connection: [
+            connection.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("synchronous", "foreign_keys", "busy_timeout")])
+        self.assertEqual(pragmas, [2, 1, BUSY_TIMEOUT_MS])  # 2 = FULL
+
+    async def test_reopening_keeps_the_devices(self) -> None:
+        await self.store.register(ALICE, "apns", BUNDLE, True, TOKEN)
+        await self.store.close()
+        self.clock.advance(1)
+        reopened = self.open()
+        self.assertEqual(await reopened.devices(ALICE),
+                         [Device("apns", BUNDLE, True, TOKEN, ALICE, 1000.0, 1000.0)])
+        self.assertEqual(self.sql("SELECT version FROM schema_version"), [(1,)])
+
+    async def test_a_newer_schema_is_refused(self) -> None:
+        await self.store.close()
+        self.sql("INSERT INTO schema_version VALUES (2, 'later')")
+        error = self.assertRaises(TokenStoreError, TokenStore.open, self.path)
+        self.assertIn("schema version 2, newer than this mxproxy supports (1)", str(error))
+        self.assertEqual(store_threads(), [])
+
+    def test_a_file_that_is_no_database_is_refused(self) -> None:
+        path = self.mktemp()
+        FilePath(path).setContent(b"{\"not\": \"sqlite\"}" * 100)
+        error = self.assertRaises(TokenStoreError, TokenStore.open, path)
+        self.assertIn("not a database", str(error))
+        self.assertEqual(len(store_threads()), 1)  # only setUp's store
+
+    def test_another_programs_database_is_refused(self) -> None:
+        path = self.mktemp()
+        connection = sqlite3.connect(path)
+        connection.execute("CREATE TABLE mail (id INTEGER)")
+        connection.close()
+        error = self.assertRaises(TokenStoreError, TokenStore.open, path)
+        self.assertIn("not an mxproxy token store", str(error))
+
+    def test_an_unusable_path_is_refused(self) -> None:
+        missing = os.path.join(self.mktemp(), "tokens.db")
+        self.assertIn(missing, str(self.assertRaises(TokenStoreError, TokenStore.open, missing)))
+        directory = self.mktemp()
+        os.mkdir(directory)
+        self.assertRaises(TokenStoreError, TokenStore.open, directory)
+
+    async def test_a_corrupt_database_is_refused(self) -> None:
+        await gatherResults([self.store.register(ALICE, "gfcm", "phone", False, token(index))
+                             for index in range(300)])
+        await self.store.close()  # the last connection checkpoints the WAL into the file
+        with open(self.path, "r+b") as database:
+            database.seek(4096 * 2)
+            database.write(b"\xa5" * 4096)
+        error = self.assertRaises(TokenStoreError, TokenStore.open, self.path)
+        self.assertIn(self.path, str(error))
+
+
+class Registrar(ProcessProtocol):
+    """Reads the child's ``ACK <token>`` lines and kills it after ``kill_after`` of them."""
+
+    def __init__(self, kill_after: int) -> None:
+        self.kill_after = kill_after
+        self.acked: list[str] = []
+        self.acked_at_kill: int | None = None
+        self.done = False
+        self.errors = b""
+        self.ended: Deferred[BaseException] = Deferred()
+        self._partial = b""
+
+    def outReceived(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            if line.startswith(b"ACK "):
+                self.acked.append(line[4:].decode())
+            self.done = self.done or line == b"DONE"
+        if self.acked_at_kill is None and len(self.acked) >= self.kill_after:
+            self.acked_at_kill = len(self.acked)
+            assert self.transport is not None
+            self.transport.signalProcess("KILL")
+
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(reason.value)
+
+
+class CrashTests(TestCase):
+    log = Logger()
+    timeout = 60
+
+    async def test_acknowledged_registrations_survive_kill_9(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        registrar = Registrar(kill_after=300)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [REPO.path, os.environ.get("PYTHONPATH")])))
+        script = REPO.child("tests").child("crash_registrar.py").path
+        reactor.spawnProcess(registrar, sys.executable, [sys.executable, script, path],
+                             env=env, path=REPO.path)
+        ended = await registrar.ended
+        self.assertIsInstance(ended, ProcessTerminated, registrar.errors.decode())
+        assert isinstance(ended, ProcessTerminated)
+        self.assertEqual(ended.signal, 9, registrar.errors.decode())
+        self.assertFalse(registrar.done)
+        self.assertIsNotNone(registrar.acked_at_kill)
+        self.assertLess(len(registrar.acked), 1000, "killed too late to prove anything")
+
+        store = TokenStore.open(path)
+        self.addCleanup(store.close)
+        stored: set[str] = set()
+        for user in await store.users("CRASH1"):
+            stored.update(device.token for device in await store.devices(user))
+        self.assertEqual(set(registrar.acked) - stored, set())
+        self.assertLess(len(stored), 1000)  # registrations were still queued at the kill
+        await store.close()
+        connection = sqlite3.connect(path)
+        self.addCleanup(connection.close)
+        self.assertEqual(connection.execute("PRAGMA integrity_check").fetchall(), [("ok",)])
+        self.log.info("crash test: {at_kill} ACKed when the kill was sent, {acked} ACKed in all,"
+                      " {rows} rows found", at_kill=registrar.acked_at_kill,
+                      acked=len(registrar.acked), rows=len(stored))
