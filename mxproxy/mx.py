@@ -54,6 +54,7 @@ class AddressBook:
 
     def __init__(self, contacts: dict[str, Contact] | None = None) -> None:
         self._by_jid: dict[str, Contact] = dict(contacts or {})
+        self._by_ext = {contact.ext: contact for contact in self._by_jid.values() if contact.ext}
         self.version = 0
 
     def __len__(self) -> int:
@@ -66,14 +67,18 @@ class AddressBook:
         return self._by_jid.get(jid)
 
     def by_ext(self, ext: str) -> Contact | None:
-        return next((contact for contact in self._by_jid.values() if contact.ext == ext), None)
+        return self._by_ext.get(ext)
 
     def upsert(self, contact: Contact) -> None:
+        self.delete(contact.jid)
         self._by_jid[contact.jid] = contact
-        self.version += 1
+        if contact.ext:
+            self._by_ext[contact.ext] = contact
 
     def delete(self, jid: str) -> None:
-        self._by_jid.pop(jid, None)
+        old = self._by_jid.pop(jid, None)
+        if old is not None and self._by_ext.get(old.ext) is old:
+            del self._by_ext[old.ext]
         self.version += 1
 
 

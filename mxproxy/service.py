@@ -23,11 +23,14 @@ from mxproxy.api.request import APIRequest
 from mxproxy.config import Config, ConfigError, demo_config, load_config
 from mxproxy.csta.client import CSTAFactory, stdout_trace
 from mxproxy.mx import MXServer, SerialRegistry
+from mxproxy.push.system import PushConfigError, PushSystem, build, load_credentials
+from mxproxy.push.tokens import TokenStoreError
 from mxproxy.sessions import SessionPool
 
 log = logs.Logger(__name__)
 
 EXIT_FATAL = 1
+DEMO_CONTROL_PORT = 7780
 
 
 def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
@@ -42,8 +45,14 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
         raise SystemExit(
             f"mxproxy: --host {options['host']}: HTTPS with automatic certificates is not "
             "available in this version; use --host localhost:PORT (plain HTTP)")
+    push: PushSystem | None
     if config is None:
         config = _start_demo_mx(reactor)
+        push = _start_demo_push(reactor, options["db"])
+    else:
+        push = _push(config, options["db"], reactor)
+    if push is not None:
+        push.setServiceParent(root)  # first in, last out: it outlives the links that feed it
     serials = SerialRegistry()
     abort = FatalStop(reactor)
     access = {}
@@ -55,7 +64,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
                            clear_text_retry=mx.clear_text_retry,
                            idle_timeout=options["session-idle"])
         pool.setServiceParent(root)
-        access[name] = MXAccess(server, pool)
+        access[name] = MXAccess(server, pool, push.attach(server) if push else None)
     interface, port = http
     site = Site(API(access, reactor).resource())
     site.requestFactory = APIRequest
@@ -76,16 +85,42 @@ def _load(path: str) -> Config:
     return config
 
 
+def _push(config: Config, db: str, reactor: Any) -> PushSystem | None:
+    """Push delivery when the config names credentials; every problem exits with one line."""
+    if not config.apns and not config.gfcm:
+        log.warn("push: no apns or gfcm credentials configured; device registration answers 501")
+        return None
+    try:
+        apns, fcm = load_credentials(config)
+        trust = None
+        if config.push.ca is not None:
+            with open(config.push.ca, "rb") as pem:
+                trust = pem.read()
+        return build(reactor, db, apns, fcm, config.push, trust_root=trust)
+    except (PushConfigError, TokenStoreError, OSError) as error:
+        raise SystemExit(f"mxproxy: {error}") from None
+
+
+def _start_demo_push(reactor: Any, db: str) -> PushSystem:
+    """Fake APNs and FCM in this process, with credentials made up for them."""
+    from mxproxy.testing import demopush
+
+    apns, fcm, push, trust = demopush.start(reactor)
+    return build(reactor, db, apns, fcm, push, trust_root=trust)
+
+
 def _start_demo_mx(reactor: Any) -> Config:
     """The simulator with the demo company, in this process, on a free loopback port."""
-    from mxproxy.testing.mxsim import demo_pbx, listen
+    from mxproxy.testing.mxsim import demo_pbx, listen, listen_control
 
     pbx = demo_pbx(clock=reactor)
     port = listen(pbx, port=0, interface="127.0.0.1", reactor=reactor)
     address = port.getHost()
     assert isinstance(address, IPv4Address)
-    log.info("demo: MX simulator {sn} on {host}:{port} (users alice, bob, carol)",
-             sn=pbx.sn, host=address.host, port=address.port)
+    listen_control(pbx, port=DEMO_CONTROL_PORT, reactor=reactor)
+    log.info("demo: MX simulator {sn} on {host}:{port} (users alice, bob, carol), control API "
+             "on http://127.0.0.1:{control}/", sn=pbx.sn, host=address.host, port=address.port,
+             control=DEMO_CONTROL_PORT)
     return demo_config(address.host, address.port)
 
 

@@ -601,5 +601,5 @@ class SecretsTests(APNsTestCase):
 
 class MaskTokenTests(SynchronousTestCase):
     def test_first_six_and_last_four(self) -> None:
-        self.assertEqual(mask_token("0123456789abcdef0123"), "012345...0123")
-        self.assertEqual(mask_token("0123456789"), "***")
+        self.assertEqual(mask_token("0123456789abcdef0123"), "012345\u20260123")
+        self.assertEqual(mask_token("0123456789"), "\u2026")

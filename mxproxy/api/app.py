@@ -42,6 +42,7 @@ VM_DELAY = (30, 0, 300)
 DEFAULT_TIMING = CallLogTiming()
 _DIGITS = re.compile(r"[0-9]+")
 _TOKEN = re.compile(r"[A-Za-z0-9_:-]{20,4096}")
+_APNS_TOKEN = re.compile(r"(?:[0-9A-Fa-f]{2}){10,2048}")
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
                       r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
 
@@ -176,9 +177,11 @@ class API:
             raise not_found(f"unsupported {kind} bundle {bundle!r}"
                             + (" (sandbox)" if sandbox else ""))
         token = _fields(request).get("token")
-        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        pattern = _APNS_TOKEN if kind == "apns" else _TOKEN
+        if not isinstance(token, str) or not pattern.fullmatch(token):
             raise bad_request('"token" must be a device token: at least 20 characters of '
-                              "letters, digits, '-', '_' or ':'")
+                              + ("hex digits (APNs)" if kind == "apns"
+                                 else "letters, digits, '-', '_' or ':'"))
         if request.method == b"DELETE":
             await devices.unregister(identity.jid, kind, bundle, sandbox, token)
         else:

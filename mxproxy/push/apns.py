@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from mxproxy.logs import Logger
 from mxproxy.push.h2client import CLOSED, READY, H2ClientConnection, H2Response, StreamFailed
+from mxproxy.push.tokens import mask_token
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
@@ -84,11 +85,6 @@ class APNsUnavailable(APNsError):
 
 class APNsTimeout(APNsError):
     """No answer within the request timeout (the stream was reset)."""
-
-
-def mask_token(token: str) -> str:
-    """A device token fit for a log line: its first 6 and last 4 characters."""
-    return f"{token[:6]}...{token[-4:]}" if len(token) > 12 else "***"
 
 
 # -- credentials -------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ class PushDispatcher:
                 self.log.error("push: {provider} has {count} pushes in flight; dropping the "
                                "{kind} push to {device}", provider=provider,
                                count=self.in_flight[provider], kind=notification.kind,
-                               device=device)
+                               device=device.label)
                 return
             self.in_flight[provider] += 1
             try:
@@ -180,7 +180,7 @@ class PushDispatcher:
             wait = max(outcome.retry_after, delay)
             if self._clock.seconds() + wait > started + self._ring_window:
                 self.log.warn("push: giving up on {device} ({reason}): past the ring window",
-                              device=device, reason=outcome.reason)
+                              device=device.label, reason=outcome.reason)
                 return
             await deferLater(self._clock, wait, lambda: None)
             delay *= 2
@@ -199,15 +199,15 @@ class PushDispatcher:
             if outcome.prune:
                 pruned = await self._store.prune(device, outcome.prune_unless_registered_after)
                 if pruned:
-                    self.log.info("push: pruned {device}: {reason}", device=device,
+                    self.log.info("push: pruned {device}: {reason}", device=device.label,
                                   reason=outcome.reason)
                     return
             else:
                 self.log.warn("push: {kind} push to {device} failed: {reason}",
-                              kind=notification.kind, device=device, reason=outcome.reason)
+                              kind=notification.kind, device=device.label, reason=outcome.reason)
             await self._store.record_error(device, now, outcome.reason)
         except Exception:
-            self.log.failure("push: cannot record the outcome for {device}", device=device)
+            self.log.failure("push: cannot record the outcome for {device}", device=device.label)
 
     def _alarm(self, provider: str, reason: str) -> None:
         """Credential problems are loud, but once per interval, not once per push."""

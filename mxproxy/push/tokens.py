@@ -94,6 +94,12 @@ class Device:
     last_error: float | None = None
     last_error_reason: str | None = None
 
+    @property
+    def label(self) -> str:
+        """A short name for log lines: provider, bundle, environment and the masked token."""
+        environment = " sandbox" if self.sandbox else ""
+        return f"{self.provider}/{self.bundle}{environment} {mask_token(self.token)}"
+
 
 class TokenStore:
     """Devices per user in one SQLite file; every method returns a Deferred and runs its SQL on

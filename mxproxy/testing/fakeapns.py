@@ -42,7 +42,11 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTi
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from mxproxy.logs import Logger
+from mxproxy.push.tokens import mask_token
 from mxproxy.testing.certs import DEFAULT_NAMES, CertificateAuthority, certificate_authority
+
+log = Logger(__name__)
 
 PUSH_TYPES = frozenset({"alert", "background", "location", "voip", "complication",
                         "fileprovider", "mdm", "liveactivity", "pushtotalk", "widgets",
@@ -408,6 +412,9 @@ class _ServerConnection(Protocol):
         fake.received.append(ReceivedRequest(token, fields, _json(body), fake.clock.seconds(),
                                              self.number, stream_id))
         answer = refusal or fake._answer_for(token)
+        log.info("fake APNs: {type} push for {token} on {topic}: {payload}",
+                 type=fields.get("apns-push-type"), token=mask_token(token),
+                 topic=fields.get("apns-topic"), payload=body.decode("utf-8", "replace"))
         apns_id = fields.get("apns-id") or str(uuid.uuid4())
         self._unanswered.add(stream_id)
         if isinstance(answer, Delayed):

@@ -49,7 +49,11 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from mxproxy.logs import Logger
+from mxproxy.push.tokens import mask_token
 from mxproxy.testing import certs
+
+log = Logger(__name__)
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -285,6 +289,8 @@ class FakeFCM:
         reply = queued.popleft() if queued else Reply(
             200, {"name": f"projects/{project_id}/messages/{next(self._message_ids)}"})
         self.received.append(Arrival(project_id, message, access_token, reply))
+        log.info("fake FCM: message for {token}: {data}", token=mask_token(message["token"]),
+                 data=json.dumps(message.get("data", {})))
         self._notify()
         return reply
 

@@ -1,0 +1,176 @@
+"""The push providers as the dispatcher sees them, and device registration for the API.
+
+Each sender knows which client serves a device and what a notification looks like on its wire,
+and turns the provider's answer into an :class:`Outcome`: delivered, prune the token, retry, or
+a credential problem. Pruning follows only token-specific errors; everything else keeps the
+token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mxproxy.csta.errors import MXUnavailable
+from mxproxy.logs import Logger
+from mxproxy.push.apns import APNsClient, APNsError, APNsResponse
+from mxproxy.push.dispatcher import Notification, Outcome
+from mxproxy.push.fcm import FCMClient, FCMError, FCMResponse
+from mxproxy.push.monitors import CallMonitors
+from mxproxy.push.tokens import Device, TokenStore
+
+VOIP_SUFFIX = ".voip"
+CALL_TTL = 15  # seconds an FCM call message may wait for an offline phone
+ENDED_TTL = 60
+
+APNS_PRUNE = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
+APNS_CREDENTIALS = frozenset({"InvalidProviderToken", "ExpiredProviderToken",
+                              "MissingProviderToken", "BadCertificate",
+                              "BadCertificateEnvironment"})
+
+
+def _transient(retry_after: float | None) -> float:
+    return retry_after if retry_after is not None else 0.0
+
+
+class APNsSender:
+    """Apple: one client per (host, credential), chosen by the device's (topic, sandbox)."""
+
+    provider = "apns"
+
+    def __init__(self, routes: Mapping[tuple[str, bool], APNsClient]) -> None:
+        self._routes = dict(routes)
+
+    def supports(self, bundle: str, sandbox: bool) -> bool:
+        return (bundle, sandbox) in self._routes
+
+    def accepts(self, device: Device, notification: Notification) -> bool:
+        # A PushKit (VoIP) token may only ever receive incoming calls: iOS ends an app that
+        # gets a VoIP push it does not report to CallKit as a call.
+        voip = device.bundle.endswith(VOIP_SUFFIX)
+        return self.supports(device.bundle, device.sandbox) and (
+            notification.kind == "call" or not voip)
+
+    async def deliver(self, device: Device, notification: Notification) -> Outcome:
+        client = self._routes[(device.bundle, device.sandbox)]
+        payload: dict[str, Any] = dict(notification.payload)
+        collapse_id = None
+        if notification.kind == "call" and device.bundle.endswith(VOIP_SUFFIX):
+            push_type = "voip"
+        else:
+            push_type = "alert"
+            payload["aps"] = {"alert": _alert(notification), "sound": "default"} \
+                if notification.kind == "call" else {"alert": _alert(notification)}
+            if notification.kind != "call":
+                collapse_id = notification.call_key
+        try:
+            response = await client.send(device.token, device.bundle, push_type, payload,
+                                         priority=10, expiration=0, collapse_id=collapse_id)
+        except APNsError as error:
+            return Outcome(False, retry_after=0.0, reason=str(error))
+        return apns_outcome(response)
+
+
+def _alert(notification: Notification) -> dict[str, str]:
+    if notification.kind == "call":
+        return {"title": "Incoming call", "body": f"Incoming call from {notification.caller}"}
+    reason = notification.payload.get("reason")
+    body = "Answered on another device" if reason == "answeredElsewhere" else "Call ended"
+    return {"title": "Call ended", "body": body}
+
+
+def apns_outcome(response: APNsResponse) -> Outcome:
+    """What an APNs answer means for the token (Apple's reasons, HTTP/2 provider API)."""
+    reason = response.reason or f"HTTP {response.status}"
+    if response.status == 200:
+        return Outcome(True)
+    if response.status == 410:
+        stamp = response.timestamp / 1000 if response.timestamp is not None else None
+        return Outcome(False, prune=True, prune_unless_registered_after=stamp, reason=reason)
+    if response.status == 400 and response.reason in APNS_PRUNE:
+        return Outcome(False, prune=True, reason=reason)
+    if response.status == 403 and response.reason in APNS_CREDENTIALS:
+        return Outcome(False, credential_error=True, reason=reason)
+    if response.status == 429 or response.status >= 500:
+        return Outcome(False, retry_after=_transient(response.retry_after), reason=reason)
+    return Outcome(False, reason=reason)
+
+
+class FCMSender:
+    """Google: one HTTP v1 client per configured app (the device's bundle)."""
+
+    provider = "gfcm"
+
+    def __init__(self, clients: Mapping[str, FCMClient]) -> None:
+        self._clients = dict(clients)
+
+    def supports(self, bundle: str, sandbox: bool) -> bool:
+        return bundle in self._clients
+
+    def accepts(self, device: Device, notification: Notification) -> bool:
+        return device.bundle in self._clients
+
+    async def deliver(self, device: Device, notification: Notification) -> Outcome:
+        data = {key: str(value) for key, value in notification.payload.items()}
+        ttl = CALL_TTL if notification.kind == "call" else ENDED_TTL
+        try:
+            response = await self._clients[device.bundle].send(
+                device.token, data, ttl, collapse_key=notification.call_key)
+        except FCMError as error:
+            return Outcome(False, retry_after=0.0, reason=str(error))
+        return fcm_outcome(response)
+
+
+def fcm_outcome(response: FCMResponse) -> Outcome:
+    reason = response.error_code or f"HTTP {response.status}"
+    if response.ok:
+        return Outcome(True)
+    if response.token_invalid:
+        return Outcome(False, prune=True, reason=reason)
+    if response.status in (401, 403):
+        return Outcome(False, credential_error=True, reason=reason)
+    if response.status == 429 or response.status >= 500:
+        return Outcome(False, retry_after=_transient(response.retry_after), reason=reason)
+    return Outcome(False, reason=reason)
+
+
+class DeviceRegistry:
+    """Device tokens of one MX's users (the API's ``Devices``): store, then monitor."""
+
+    log = Logger()
+
+    def __init__(self, sn: Callable[[], str | None], store: TokenStore,
+                 monitors: CallMonitors, senders: Mapping[str, APNsSender | FCMSender]) -> None:
+        self._sn = sn
+        self._store = store
+        self._monitors = monitors
+        self._senders = dict(senders)
+
+    def supports(self, provider: str, bundle: str, sandbox: bool) -> bool:
+        sender = self._senders.get(provider)
+        return sender is not None and sender.supports(bundle, sandbox)
+
+    def _user(self, jid: str) -> tuple[str, str]:
+        sn = self._sn()
+        if sn is None:
+            raise MXUnavailable("the MX link has not been established yet")
+        return sn, f"{sn}:{jid}"
+
+    async def register(self, jid: str, provider: str, bundle: str, sandbox: bool,
+                       token: str) -> None:
+        sn, user = self._user(jid)
+        previous = await self._store.register(user, provider, bundle, sandbox, token)
+        if previous is not None and previous != user:
+            owner_sn, _, owner = previous.partition(":")
+            if owner_sn == sn and not await self._store.has_devices(previous):
+                await self._monitors.unwatch(owner)
+        await self._monitors.watch(jid)
+
+    async def unregister(self, jid: str, provider: str, bundle: str, sandbox: bool,
+                         token: str) -> None:
+        _, user = self._user(jid)
+        await self._store.remove(provider, bundle, sandbox, token, user=user)
+        if not await self._store.has_devices(user):
+            await self._monitors.unwatch(jid)
+
+

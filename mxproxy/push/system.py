@@ -1,0 +1,136 @@
+"""Assembling push delivery: credentials from the config, one client per host and credential,
+the token store, the dispatcher, and the per-MX glue from call monitors to the dispatcher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+
+from mxproxy.config import Config, PushConfig
+from mxproxy.csta.records import XMLRecord
+from mxproxy.logs import Logger
+from mxproxy.mx import MXServer
+from mxproxy.push.apns import (
+    APNS_PORT,
+    DEVELOPMENT,
+    HOSTS,
+    PRODUCTION,
+    APNsCertificate,
+    APNsClient,
+    APNsTokenKey,
+    Credential,
+)
+from mxproxy.push.dispatcher import PushDispatcher
+from mxproxy.push.fcm import DEFAULT_BASE_URL, FCMClient, ServiceAccount
+from mxproxy.push.monitors import CallMonitors
+from mxproxy.push.providers import APNsSender, DeviceRegistry, FCMSender
+from mxproxy.push.tokens import TokenStore
+
+log = Logger(__name__)
+
+
+class PushConfigError(ValueError):
+    """A push credential named in the config cannot be used; the message names its JSON path."""
+
+
+def load_credentials(config: Config) -> tuple[list[Credential], dict[str, ServiceAccount]]:
+    """Read every APNs credential and FCM service account the config names."""
+    source = config.path or "config"
+    apns: list[Credential] = []
+    for name, entry in config.apns.items():
+        try:
+            if entry.is_token_key:
+                assert entry.key_id is not None and entry.team_id is not None
+                apns.append(APNsTokenKey.from_file(entry.path, entry.key_id, entry.team_id,
+                                                   entry.topics))
+            else:
+                apns.append(APNsCertificate.from_p12(entry.path, entry.password or ""))
+        except (OSError, ValueError) as error:
+            raise PushConfigError(f'{source}: apns["{name}"]: {error}') from None
+    fcm = {}
+    for app, path in config.gfcm.items():
+        try:
+            fcm[app] = ServiceAccount.from_file(path)
+        except ValueError as error:
+            raise PushConfigError(f"{source}: gfcm.{app}: {error}") from None
+    return apns, fcm
+
+
+class PushSystem(Service):
+    """Everything push delivery needs, started and stopped with the daemon."""
+
+    def __init__(self, store: TokenStore, dispatcher: PushDispatcher,
+                 senders: dict[str, APNsSender | FCMSender],
+                 clients: list[APNsClient | FCMClient]) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.senders = senders
+        self.clients = clients
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        closing = [client.close() for client in self.clients]
+        return DeferredList(closing).addCallback(lambda _: self.store.close())
+
+    def attach(self, server: MXServer) -> DeviceRegistry:
+        """Monitor this MX's users with devices; returns its device registration."""
+
+        def on_call_event(jid: str, event: XMLRecord) -> None:
+            self.dispatcher.call_event(f"{server.sn}:{jid}", monitors.monitored(jid) or "",
+                                       event, lambda number: _name_of(server, number))
+
+        monitors = CallMonitors(server, self.store.users, on_call_event)
+        return DeviceRegistry(lambda: server.sn, self.store, monitors, self.senders)
+
+
+def build(reactor: Any, db: str, apns: Iterable[Credential], fcm: Mapping[str, ServiceAccount],
+          push: PushConfig, trust_root: bytes | None = None) -> PushSystem:
+    """Open the store and make one client per (APNs host, credential) and per FCM app."""
+    routes: dict[tuple[str, bool], APNsClient] = {}
+    clients: list[APNsClient | FCMClient] = []
+    for credential in apns:
+        environments = (credential.environments if isinstance(credential, APNsCertificate)
+                        else (PRODUCTION, DEVELOPMENT))
+        for environment in sorted(environments):
+            host, port = _host(push, environment)
+            client = APNsClient(reactor, host, port, credential, trust_root=trust_root)
+            clients.append(client)
+            for topic in credential.topics:
+                routes[(topic, environment == DEVELOPMENT)] = client
+    fcm_clients = {app: FCMClient(reactor, account, base_url=push.fcm_url or DEFAULT_BASE_URL,
+                                  trust_root=_fcm_trust(trust_root))
+                   for app, account in fcm.items()}
+    clients.extend(fcm_clients.values())
+    senders: dict[str, APNsSender | FCMSender] = {"apns": APNsSender(routes),
+                                                   "gfcm": FCMSender(fcm_clients)}
+    store = TokenStore.open(db, reactor=reactor)
+    dispatcher = PushDispatcher(store, senders, reactor, max_in_flight=push.max_in_flight)
+    log.info("push: {routes} APNs topics, {apps} FCM apps, tokens in {db}",
+             routes=len(routes), apps=len(fcm_clients), db=db)
+    return PushSystem(store, dispatcher, senders, clients)
+
+
+def _host(push: PushConfig, environment: str) -> tuple[str, int]:
+    override = push.apns_sandbox_host if environment == DEVELOPMENT else push.apns_host
+    if override is None:
+        return HOSTS[environment], APNS_PORT
+    host, _, port = override.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _fcm_trust(pem: bytes | None) -> Any:
+    if pem is None:
+        return None
+    from twisted.internet import ssl
+
+    return ssl.Certificate.loadPEM(pem)
+
+
+def _name_of(server: MXServer, number: str) -> str:
+    contact = server.address_book.by_ext(number)
+    if contact is None:
+        return ""
+    return " ".join(part for part in (contact.first_name, contact.last_name) if part)
