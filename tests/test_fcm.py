@@ -94,9 +94,11 @@ class ServiceAccountTests(SynchronousTestCase):
                                      "path of a Firebase service-account JSON file (HTTP v1)")
         self.assertNotIn(LEGACY_SERVER_KEY[:12], message)
 
-    def test_missing_file_is_named(self) -> None:
-        self.assertRefused("/etc/mxproxy/missing-fcm.json", "'/etc/mxproxy/missing-fcm.json'",
-                           "not a readable file", "2024")
+    def test_missing_file_is_never_echoed(self) -> None:
+        """The config makes every value absolute, so a pasted server key looks like a path:
+        the message names the config entry (the caller's job), never the value."""
+        message = self.assertRefused("/etc/mxproxy/AAAA-server-key", "no such file", "2024")
+        self.assertNotIn("AAAA-server-key", message)
 
     def test_directory_cannot_be_read(self) -> None:
         directory = scratch_dir(self)

@@ -68,6 +68,17 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(len([s for s in services
                               if isinstance(s, StreamServerEndpointService)]), 1)
 
+    def test_legacy_fcm_server_key_stops_the_start_with_the_reason(self) -> None:
+        path = self.config_file({"mx": {"dev": {"addr": "h", "login": "s", "password": "p"}},
+                                 "gfcm": {"com.example.app": "AAAAlegacy-server-key"}})
+        with self.assertRaises(SystemExit) as raised:
+            makeService(self.options("--config", path, "--host", "localhost:9090",
+                                     "--db", self.mktemp()), reactor=RecordingReactor())
+        message = str(raised.exception)
+        self.assertIn("gfcm.com.example.app", message)
+        self.assertIn("2024", message)
+        self.assertNotIn("AAAAlegacy-server-key", message)
+
     def test_public_host_is_refused_until_https_exists(self) -> None:
         path = self.config_file({"mx": {"dev": {"addr": "h", "login": "s", "password": "p"}}})
         with self.assertRaises(SystemExit) as raised:

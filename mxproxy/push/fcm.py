@@ -119,10 +119,10 @@ class ServiceAccount:
 
 def _read(path: str) -> str:
     if not os.path.exists(path):
-        # The original took a legacy server key here, a secret: only echo what looks like a path.
-        shown = f" {path!r}" if os.sep in path or path.endswith(".json") else ""
+        # The original took a legacy server key here, a secret: never echo the value (the
+        # config loader makes it look like a path); the caller names the config entry.
         raise ValueError(
-            f"FCM credentials{shown}: not a readable file. Google shut the legacy FCM API "
+            "FCM credentials: no such file. Google shut the legacy FCM API "
             "(fcm/send with a server key) down in 2024; the value must be the path of a "
             "Firebase service-account JSON file (HTTP v1)")
     try:
