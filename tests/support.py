@@ -55,15 +55,23 @@ class Daemon:
     ``clock`` drives the API's timers (auth cache, throttle, idle sessions) and the user
     sessions' protocol timers; the call-log timing is short real time so that the quiet period
     after a full block is exercised for real.
+
+    With ``push`` (a :class:`mxproxy.push.system.PushSystem`), the server link is attached to it
+    as the daemon does, so device registration works and ``devices`` is its registration;
+    ``link_clock`` drives the server link's timers (reconnect delays without jitter).
     """
 
     def __init__(self, test: TestCase, pbx: PBX, clock: Any = None,
-                 idle_timeout: float = 60.0, user_address: MXAddress | None = None) -> None:
+                 idle_timeout: float = 60.0, user_address: MXAddress | None = None,
+                 push: Any = None, link_clock: Any = None) -> None:
         self.test = test
         self.user_address = user_address
         self.pbx = pbx
         self.clock = reactor if clock is None else clock
         self.idle_timeout = idle_timeout
+        self.push = push
+        self.link_clock = link_clock
+        self.devices: Any = None
 
     async def start(self) -> Daemon:
         from twisted.web.client import Agent, HTTPConnectionPool
@@ -80,7 +88,11 @@ class Daemon:
         self.address = serve(self.test, self.pbx)
         config = MXConfig(name="dev", host=self.address.host, port=self.address.port,
                           login="server", password="server-secret", tls=False)
-        self.server = MXServer(config, reactor, SerialRegistry())
+        link: dict[str, Any] = {} if self.link_clock is None else {
+            "clock": self.link_clock, "jitter": lambda: 0.0}
+        self.server = MXServer(config, reactor, SerialRegistry(), **link)
+        if self.push is not None:
+            self.devices = self.push.attach(self.server)  # before the link is up, as the daemon
         self.server.startService()
         self.test.addCleanup(self.server.stopService)
         await self.server.when_ready()
@@ -88,7 +100,7 @@ class Daemon:
                                 CSTAFactory(self.clock),
                                 idle_timeout=self.idle_timeout, clock=self.clock)
         self.test.addCleanup(self.pool.close_all)
-        self.api = API({"dev": MXAccess(self.server, self.pool)}, self.clock,
+        self.api = API({"dev": MXAccess(self.server, self.pool, self.devices)}, self.clock,
                        CallLogTiming(first_block=0.3, quiet=0.1))
         site = Site(self.api.resource())
         site.requestFactory = APIRequest

@@ -170,7 +170,7 @@ class API:
         devices = caller.access.devices
         if devices is None:
             raise HTTPError(501, "push notifications are not configured on this server")
-        sandbox = b"sandbox" in _args(request) and kind == "apns"
+        sandbox = _has_key(request, b"sandbox") and kind == "apns"
         if kind not in ("apns", "gfcm"):
             raise not_found(f"unsupported push type {kind!r}: use apns or gfcm")
         if not devices.supports(kind, bundle, sandbox):
@@ -440,6 +440,13 @@ def _timestamp(request: Request) -> int | None:
 
 def _args(request: Request) -> dict[bytes, list[bytes]]:
     return request.args or {}
+
+
+def _has_key(request: Request, name: bytes) -> bool:
+    """Whether the query string has the key ``name``, with or without a value: a bare
+    ``?sandbox`` counts, though twisted.web leaves keys without ``=`` out of ``request.args``."""
+    query = request.uri.partition(b"?")[2]
+    return name in parse_qs(query, keep_blank_values=True)
 
 
 def _json(request: Request, value: object) -> bytes:

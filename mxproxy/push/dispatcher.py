@@ -67,6 +67,7 @@ class _Call:
 
     user: str
     ext: str
+    key: str  # the notification's call_key: a follow-up collapses with the call's push
     devices: list[Device]
     started: float
 
@@ -113,11 +114,16 @@ class PushDispatcher:
             payload["callingName"] = name
         notification = Notification("call", _call_key(event), payload,
                                     caller=name or event.calling_device)
+        # Known before the devices are read, so that an answer or hang-up arriving meanwhile
+        # finds the call and nothing rings for a call that is already over.
+        call = self._calls.setdefault(key, _Call(user, ext, notification.call_key, [],
+                                                 self._clock.seconds()))
         devices = await self._store.devices(user)
+        if self._calls.get(key) is not call:
+            return
         told = self._told.setdefault(key, set())
         fresh = [device for device in devices if _identity(device) not in told]
         told.update(_identity(device) for device in fresh)
-        call = self._calls.setdefault(key, _Call(user, ext, [], self._clock.seconds()))
         call.devices.extend(fresh)
         await self._fan_out(fresh, notification, self._clock.seconds())
 
@@ -137,7 +143,7 @@ class PushDispatcher:
             reason = "ended"
         del self._calls[key]
         payload = {"event": "callEnded", "reason": reason, "callId": event.call_id}
-        notification = Notification("callEnded", str(event.call_id), payload)
+        notification = Notification("callEnded", call.key, payload)
         await self._fan_out(call.devices, notification, self._clock.seconds())
 
     # -- delivery -----------------------------------------------------------------------------

@@ -61,8 +61,9 @@ class APNsSender:
             push_type = "alert"
             payload["aps"] = {"alert": _alert(notification), "sound": "default"} \
                 if notification.kind == "call" else {"alert": _alert(notification)}
-            if notification.kind != "call":
-                collapse_id = notification.call_key
+            # The call's alert and its follow-up share one id: "Call ended" replaces "Incoming
+            # call from …" on the lock screen instead of showing next to it.
+            collapse_id = notification.call_key
         try:
             response = await client.send(device.token, device.bundle, push_type, payload,
                                          priority=10, expiration=0, collapse_id=collapse_id)

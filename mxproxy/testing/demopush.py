@@ -6,6 +6,7 @@ and an FCM service account that the fake Google accepts. Both fakes log every pu
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from typing import Any
 
@@ -38,7 +39,9 @@ def start(reactor: Any) -> tuple[list[Credential], dict[str, ServiceAccount], Pu
     apns_port: int = fakeapns.listen(apns, reactor=reactor).getHost().port  # type: ignore[attr-defined]
     google = fakefcm.FakeFCM()
     fakefcm.listen(google, reactor=reactor, certificate=authority.issue())
-    info, path = fakefcm.make_service_account(google.base_url, directory=tempfile.mkdtemp())
+    scratch = tempfile.mkdtemp(prefix="mxproxy-demo-")  # the made-up service account's key
+    reactor.addSystemEventTrigger("after", "shutdown", shutil.rmtree, scratch, True)
+    info, path = fakefcm.make_service_account(google.base_url, directory=scratch)
     google.add_account(info)
     log.info("demo: fake APNs on 127.0.0.1:{port} (topics {bundle}, {voip}), fake FCM at "
              "{url} (app {bundle})", port=apns_port, bundle=BUNDLE, voip=VOIP_BUNDLE,
