@@ -171,10 +171,13 @@ class Children:
                 proc.kill()
                 proc.wait(timeout=5)
 
-    def start(self, script: str, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-        """Start ``python bench/<script> args...`` and wait for its ``READY`` line."""
+    def start(self, script: str, *args: str, stderr: Any = None
+              ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+        """Start ``python bench/<script> args...`` and wait for its ``READY`` line; ``stderr``
+        (a file) receives the child's log instead of this process's stderr."""
         proc = subprocess.Popen([PYTHON, os.path.join(HERE, script), *args],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                                stderr=stderr)
         self._procs.append(proc)
         assert proc.stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT

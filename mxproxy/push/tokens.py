@@ -193,13 +193,13 @@ class TokenStore:
 
     def record_success(self, device: Device, when: float) -> Deferred[bool]:
         """Note a delivery; fires with False if the device is gone meanwhile."""
-        return self._run(_write, f"UPDATE devices SET last_success = ? WHERE {_KEY}",
+        return self._run(_note, f"UPDATE devices SET last_success = ? WHERE {_KEY}",
                          (when, *_key(device)))
 
     def record_error(self, device: Device, when: float, reason: str) -> Deferred[bool]:
         """Note a failed delivery; fires with False if the device is gone meanwhile."""
         return self._run(
-            _write, f"UPDATE devices SET last_error = ?, last_error_reason = ? WHERE {_KEY}",
+            _note, f"UPDATE devices SET last_error = ?, last_error_reason = ? WHERE {_KEY}",
             (when, reason, *_key(device)))
 
     def prune(self, device: Device,
@@ -366,6 +366,17 @@ def _register(connection: sqlite3.Connection, key: tuple[str, str, int, str], us
 def _write(connection: sqlite3.Connection, statement: str, parameters: tuple[Any, ...]) -> bool:
     """One autocommitted statement; whether it touched a row."""
     return connection.execute(statement, parameters).rowcount > 0
+
+
+def _note(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> bool:
+    """Delivery bookkeeping, committed without waiting for the disk: a push burst writes one
+    note per device, and an fsync each would queue the next calls' device lookups behind them.
+    Losing the last notes in a power cut costs nothing; registrations stay synchronous=FULL."""
+    connection.execute("PRAGMA synchronous=NORMAL")
+    try:
+        return _write(connection, sql, parameters)
+    finally:
+        connection.execute("PRAGMA synchronous=FULL")
 
 
 def _devices(connection: sqlite3.Connection, user: str) -> list[Device]:

@@ -124,6 +124,7 @@ class FakeAPNs:
         self.resets: list[tuple[int, int, int]] = []
         self._keys: dict[str, tuple[Any, str]] = {}
         self._last_jwt: dict[str, tuple[str, int]] = {}
+        self._verified: dict[str, tuple[str, str, dict[str, Any]]] = {}
         self._scripts: dict[str, deque[Reply | Delayed | str]] = {}
         self._devices: dict[str, str] = {}
         self._waiters: list[tuple[Condition, Deferred[list[ReceivedRequest]]]] = []
@@ -216,13 +217,17 @@ class FakeAPNs:
 
     def _check_jwt(self, authorization: str) -> Reply | None:
         scheme, _, token = authorization.partition(" ")
-        try:
-            kid = str(jwt.get_unverified_header(token).get("kid"))
-            key, team = self._keys[kid]
-            claims = jwt.decode(token, key, algorithms=["ES256"],
-                                options={"verify_iat": False, "require": ["iss", "iat"]})
-        except (jwt.PyJWTError, KeyError):
-            return Reply(403, "InvalidProviderToken")
+        verified = self._verified.get(token)  # the signature check is the costly part
+        if verified is None:
+            try:
+                kid = str(jwt.get_unverified_header(token).get("kid"))
+                key, team = self._keys[kid]
+                claims = jwt.decode(token, key, algorithms=["ES256"],
+                                    options={"verify_iat": False, "require": ["iss", "iat"]})
+            except (jwt.PyJWTError, KeyError):
+                return Reply(403, "InvalidProviderToken")
+            verified = self._verified[token] = (kid, team, claims)
+        kid, team, claims = verified
         iat, now = claims["iat"], self.clock.seconds()
         if scheme != "bearer" or claims["iss"] != team or not isinstance(iat, int) \
                 or iat > now + 60:
