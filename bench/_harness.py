@@ -472,3 +472,35 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def alternate(tool: str, urls: dict[str, str], args: Any, auths: Sequence[str]) -> dict[
+        str, list[float]]:
+    """Warm every URL up, then measure them in alternating rounds; req/s per URL."""
+    for url in urls.values():  # warm-up, not counted
+        load(tool, url, args.warmup, args.connections, auths)
+    rates: dict[str, list[float]] = {name: [] for name in urls}
+    for _ in range(args.rounds):
+        for name, url in urls.items():
+            run = load(tool, url, args.seconds, args.connections, auths)
+            if run.errors or not run.requests:
+                raise SystemExit(f"{name}: {run.errors} failed requests out of {run.requests}")
+            rates[name].append(run.rate)
+            print(f"  round: {name:6s} {run.rate:>8,.0f} req/s  (p50 {run.p50_ms:.1f} ms, "
+                  f"p99 {run.p99_ms:.1f} ms)", flush=True)
+    return rates
+
+
+def compare(rates: dict[str, list[float]], labels: dict[str, str], target: float) -> None:
+    """Best and median of each, as ratios to the first of ``labels`` (the baseline)."""
+    best = {name: max(values) for name, values in rates.items()}
+    middle = {name: median(values) for name, values in rates.items()}
+    baseline, measured = list(labels)
+    for name, label in labels.items():
+        print(f"  {label:28s} best {best[name]:>8,.0f} req/s   median {middle[name]:>8,.0f} "
+              f"req/s   ratio {best[name] / best[baseline]:.2f}")
+    ratio = best[measured] / best[baseline]
+    print(f"{measured} / {baseline} ratio: {ratio:.2f} best, "
+          f"{middle[measured] / middle[baseline]:.2f} median "
+          f"(target >= {target:g}: {verdict(ratio >= target)})")
+

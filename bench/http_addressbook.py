@@ -84,29 +84,11 @@ def measure(args: argparse.Namespace) -> None:
             file.write(body)
         _, bare = children.start(script, "--serve", "bare", "--body-file", body_file)
         urls = {"api": api_url, "bare": f"http://127.0.0.1:{bare['port']}/mx/bench/addressbook"}
-        for url in urls.values():  # warm-up, not counted
-            h.load(tool, url, args.warmup, args.connections, [auth])
-        rates: dict[str, list[float]] = {name: [] for name in urls}
-        for _ in range(args.rounds):
-            for name, url in urls.items():
-                run = h.load(tool, url, args.seconds, args.connections, [auth])
-                if run.errors or not run.requests:
-                    raise SystemExit(f"{name}: {run.errors} failed requests out of "
-                                     f"{run.requests}")
-                rates[name].append(run.rate)
-                print(f"  round: {name:4s} {run.rate:>8,.0f} req/s  (p50 {run.p50_ms:.1f} ms, "
-                      f"p99 {run.p99_ms:.1f} ms)", flush=True)
+        rates = h.alternate(tool, urls, args, [auth])
     print(f"GET /mx/bench/addressbook: {entries} contacts, {len(body):,} bytes of JSON; "
           f"{tool}, {args.connections} keep-alive connections, {args.rounds} alternating "
           f"rounds of {args.seconds:g} s")
-    best = {name: max(values) for name, values in rates.items()}
-    middle = {name: h.median(values) for name, values in rates.items()}
-    for name, label in (("bare", "bare twisted.web Resource"), ("api", "mxproxy API")):
-        print(f"  {label:28s} best {best[name]:>8,.0f} req/s   median {middle[name]:>8,.0f} "
-              f"req/s   ratio {best[name] / best['bare']:.2f}")
-    ratio = best["api"] / best["bare"]
-    print(f"api / bare ratio: {ratio:.2f} best, {middle['api'] / middle['bare']:.2f} median "
-          f"(target >= {TARGET:.2f}: {h.verdict(ratio >= TARGET)})")
+    h.compare(rates, {"bare": "bare twisted.web Resource", "api": "mxproxy API"}, TARGET)
 
 
 def main() -> None:

@@ -124,30 +124,12 @@ def measure(args: argparse.Namespace) -> None:
             if got != args.entries:
                 raise SystemExit(f"{mode}: the API returned {got} entries, expected "
                                  f"{args.entries}")
-        for url in urls.values():  # warm-up, not counted: logs every pooled user in
-            h.load(tool, url, args.warmup, args.connections, auths)
-        rates: dict[str, list[float]] = {name: [] for name in urls}
-        for _ in range(args.rounds):
-            for name, url in urls.items():
-                run = h.load(tool, url, args.seconds, args.connections, auths)
-                if run.errors or not run.requests:
-                    raise SystemExit(f"{name}: {run.errors} failed requests out of "
-                                     f"{run.requests}")
-                rates[name].append(run.rate)
-                print(f"  round: {name:6s} {run.rate:>7,.0f} req/s  (p50 {run.p50_ms:.1f} ms, "
-                      f"p99 {run.p99_ms:.1f} ms)", flush=True)
+        rates = h.alternate(tool, urls, args, auths)  # the warm-up logs every user in
     print(f"GET /mx/bench/calllog: {args.entries} entries, MX reply delay {args.delay_ms:g} ms, "
           f"MX link {'TLS' if args.tls else 'TCP'}; {tool}, {args.connections} keep-alive "
           f"connections over {args.users} users, {args.rounds} alternating rounds of "
           f"{args.seconds:g} s")
-    best = {name: max(values) for name, values in rates.items()}
-    middle = {name: h.median(values) for name, values in rates.items()}
-    for name, label in (("fresh", "fresh login per request"), ("pooled", "pooled sessions")):
-        print(f"  {label:24s} best {best[name]:>7,.0f} req/s   median {middle[name]:>7,.0f} "
-              f"req/s   ratio {best[name] / best['fresh']:.2f}")
-    ratio = best["pooled"] / best["fresh"]
-    print(f"pooled / fresh ratio: {ratio:.2f} best, {middle['pooled'] / middle['fresh']:.2f} "
-          f"median (target >= {TARGET:g}: {h.verdict(ratio >= TARGET)})")
+    h.compare(rates, {"fresh": "fresh login per request", "pooled": "pooled sessions"}, TARGET)
 
 
 def main() -> None:
