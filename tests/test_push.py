@@ -27,7 +27,7 @@ from mxproxy.config import PushConfig
 from mxproxy.csta.messages import EVENTS
 from mxproxy.csta.protocol import Message
 from mxproxy.csta.records import XMLRecord
-from mxproxy.push.apns import APNsCertificate, Credential
+from mxproxy.push.credentials import APNsCertificate, Credential
 from mxproxy.push.dispatcher import RING_WINDOW, PushDispatcher
 from mxproxy.push.fcm import ServiceAccount
 from mxproxy.push.system import PushSystem, build

@@ -13,13 +13,11 @@ from mxproxy.config import Config, PushConfig
 from mxproxy.csta.records import XMLRecord
 from mxproxy.logs import Logger
 from mxproxy.mx import MXServer
-from mxproxy.push.apns import (
-    APNS_PORT,
+from mxproxy.push.apns import APNS_PORT, HOSTS, APNsClient
+from mxproxy.push.credentials import (
     DEVELOPMENT,
-    HOSTS,
     PRODUCTION,
     APNsCertificate,
-    APNsClient,
     APNsTokenKey,
     Credential,
 )

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from mxproxy.config import PushConfig
 from mxproxy.logs import Logger
-from mxproxy.push.apns import APNsTokenKey, Credential
+from mxproxy.push.credentials import APNsTokenKey, Credential
 from mxproxy.push.fcm import ServiceAccount
 from mxproxy.testing import fakeapns, fakefcm
 
