@@ -179,20 +179,26 @@ class Children:
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
                                 stderr=stderr)
         self._procs.append(proc)
-        assert proc.stdout is not None
-        deadline = time.monotonic() + READY_TIMEOUT
-        while (remaining := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([proc.stdout], [], [], remaining)
-            if not readable:
-                break
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{script} {' '.join(args)}: exited with status "
-                                   f"{proc.wait()} before it was ready")
-            if line.startswith("READY "):
-                return proc, json.loads(line[len("READY "):])
-            sys.stderr.write(line)
-        raise RuntimeError(f"{script} {' '.join(args)}: not ready within {READY_TIMEOUT:g} s")
+        return proc, read_tagged(proc, "READY", READY_TIMEOUT, f"{script} {' '.join(args)}")
+
+
+def read_tagged(proc: subprocess.Popen[str], tag: str, timeout: float,
+                who: str) -> dict[str, Any]:
+    """The JSON after the child's first ``<tag> `` line; other output passes to stderr."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([proc.stdout], [], [], remaining)
+        if not readable:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{who}: exited with status {proc.wait()} before its {tag} line")
+        if line.startswith(tag + " "):
+            found: dict[str, Any] = json.loads(line[len(tag) + 1:])
+            return found
+        sys.stderr.write(line)
+    raise RuntimeError(f"{who}: no {tag} line within {timeout:g} s")
 
 
 def memory(pid: int) -> dict[str, int]:

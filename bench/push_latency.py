@@ -53,7 +53,6 @@ import hashlib
 import itertools
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -564,25 +563,6 @@ def write_config(work: str, mx_port: int, apns_port: int, tls: bool,
 # -- the parent ----------------------------------------------------------------------------------
 
 
-def read_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    """The simulator's ``RESULT`` line; other output passes through to stderr."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while (remaining := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([proc.stdout], [], [], remaining)
-        if not readable:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the simulator exited with status {proc.wait()} before its "
-                               "result")
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[len("RESULT "):])
-            return result
-        sys.stderr.write(line)
-    raise RuntimeError(f"no result from the simulator within {timeout:g} s")
-
-
 def figures(values: Sequence[float]) -> str:
     stats = summary([value * 1e3 for value in values])
     return (f"p50 {stats['p50']:6.2f} ms   p90 {stats['p90']:6.2f} ms   "
@@ -614,7 +594,7 @@ def measure(args: argparse.Namespace) -> bool:
             with open(os.path.join(work, "proxy.pid"), "w") as pid_file:
                 pid_file.write(str(proxy_proc.pid))
             sim_proc.send_signal(signal.SIGUSR1)
-            result = read_result(sim_proc, timeout)
+            result = h.read_tagged(sim_proc, "RESULT", timeout, "the simulator")
         # The children are gone: the proxy wrote its stages at shutdown.
         stages = None
         if args.stages:
