@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
@@ -98,7 +98,7 @@ class PushDispatcher:
             return Deferred.fromCoroutine(self._incoming(user, ext, event, calling_name))
         if isinstance(event, (Established, ConnectionCleared)):
             return Deferred.fromCoroutine(self._progress(user, ext, event))
-        return Deferred.fromCoroutine(_nothing())
+        return succeed(None)
 
     # -- incoming call ------------------------------------------------------------------------
 
@@ -240,7 +240,3 @@ def _identity(device: Device) -> tuple[str, str, bool, str]:
 
 def _call_key(event: Delivered) -> str:
     return event.global_call_id or str(event.call_id)
-
-
-async def _nothing() -> None:
-    return None
