@@ -22,6 +22,15 @@ _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _PORT = re.compile(r"[0-9]{1,5}")
 
+ACME_DIRECTORIES = {
+    "production": "https://acme-v02.api.letsencrypt.org/directory",
+    "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+"""Shorthands accepted by ``--acme-directory``: Let's Encrypt's two ACME v2 directories."""
+DEFAULT_ADMIN_LISTEN = "tcp:9473:interface=127.0.0.1"
+JSON_LOG_OBSERVER = "mxproxy.logs.json_observer"
+"""What ``--json-logs`` hands to twistd as its ``--logger``: a factory of the JSON observer."""
+
 
 def local_http_address(host: str) -> tuple[str, int] | None:
     """Where to serve plain HTTP for ``--host``, or None for a public name (served over HTTPS).
@@ -48,8 +57,18 @@ class MXProxyOptions(usage.Options):
     """``twistd mxproxy``: the flags of the original Go binary, plus ``--demo``.
 
     After parsing, ``self["local_http"]`` holds the ``(interface, port)`` to serve plain HTTP on,
-    or None when ``--host`` is a public name (HTTPS).
+    or None when ``--host`` is a public name (HTTPS); ``self["listen"]`` the endpoints given with
+    ``--listen`` (they replace what ``--host`` would listen on).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Serve the API as plain HTTP on this Twisted endpoint (e.g.
+        tcp:8080:interface=127.0.0.1) behind a reverse proxy; repeatable."""
+        self["listen"].append(endpoint)
 
     optParameters = [
         ["config", None, "mxproxy.json", "JSON configuration file: MX servers, push credentials."],
@@ -67,6 +86,35 @@ class MXProxyOptions(usage.Options):
             64,
             "Integer accepted for compatibility with the Go binary's log flags; has no effect.",
         ],
+        ["https-listen", None, "tcp:443", "Endpoint of HTTPS for a public --host."],
+        [
+            "http-listen",
+            None,
+            "tcp:80",
+            "Endpoint of plain HTTP for a public --host: ACME HTTP-01 challenges and a redirect "
+            "to HTTPS.",
+        ],
+        ["tls-cert", None, None, "PEM certificate chain to serve instead of an ACME one."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        [
+            "acme-dir",
+            None,
+            None,
+            "Directory of the ACME account key and certificates (default: acme/ beside --db).",
+        ],
+        [
+            "acme-directory",
+            None,
+            "production",
+            "ACME directory URL; 'production' or 'staging' name Let's Encrypt's.",
+        ],
+        ["acme-email", None, None, "Contact address registered with the ACME account."],
+        [
+            "admin-listen",
+            None,
+            DEFAULT_ADMIN_LISTEN,
+            "Endpoint of /healthz and /metrics (keep it private); 'none' disables it.",
+        ],
         [
             "session-idle",
             None,
@@ -77,6 +125,7 @@ class MXProxyOptions(usage.Options):
     ]
     optFlags = [
         ["debug", None, "Log extra debugging information."],
+        ["json-logs", None, "Log one JSON object per line instead of text."],
         ["csta", None, "Print the raw CSTA traffic both ways to stdout, passwords redacted."],
         [
             "demo",
@@ -101,6 +150,18 @@ class MXProxyOptions(usage.Options):
             if self["host"] != self.defaults["host"]:
                 raise usage.UsageError("--demo serves plain HTTP: use --host localhost[:port]")
             self["local_http"] = ("127.0.0.1", DEFAULT_LOCAL_HTTP_PORT)
+        if (self["tls-cert"] is None) != (self["tls-key"] is None):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        directory = self["acme-directory"]
+        self["acme-directory"] = ACME_DIRECTORIES.get(directory, directory)
+        if not self["acme-directory"].startswith(("https://", "http://")):
+            raise usage.UsageError(
+                f'--acme-directory: expected a URL, "production" or "staging", got "{directory}"')
+        if self["admin-listen"] == "none":
+            self["admin-listen"] = None
+        if self["json-logs"] and self.parent is not None and self.parent.get("logger") is None:
+            # twistd builds its log observer from its own --logger before any service exists
+            self.parent["logger"] = JSON_LOG_OBSERVER
 
 
 class MXSimOptions(usage.Options):
