@@ -27,7 +27,7 @@ DEFAULT_MX_PORT = 7778
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _TOP_KEYS = ("mx", "apns", "gfcm", "push")
 _APNS_KEY_KEYS = ("keyId", "teamId", "topics")
-_PUSH_KEYS = ("apnsHost", "apnsSandboxHost", "ca", "fcmUrl", "maxInFlight")
+_PUSH_KEYS = ("apnsHost", "apnsSandboxHost", "ca", "fcmUrl", "maxInFlight", "maxQueued")
 _MX_KEYS = ("addr", "login", "password", "tls", "fingerprint", "ca", "clearTextRetry")
 _MX_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _PLAIN_PATH_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
@@ -92,7 +92,8 @@ class PushConfig:
     apns_sandbox_host: str | None = None
     ca: str | None = None  # absolute path of an extra trusted root for those hosts
     fcm_url: str | None = None  # instead of https://fcm.googleapis.com
-    max_in_flight: int = 512
+    max_in_flight: int = 512  # pushes sent and unanswered, per provider
+    max_queued: int = 4096  # pushes waiting for one of those slots, per provider
 
 
 @attrs.frozen
@@ -276,12 +277,19 @@ class _Parser:
         fcm_url = self.typed(section, "push", "fcmUrl", str)
         if fcm_url is not None and not fcm_url.startswith(("https://", "http://")):
             raise self.error("push.fcmUrl", f"expected an http(s) URL, got {_quote(fcm_url)}")
-        limit = self.typed(section, "push", "maxInFlight", int)
-        if limit is not None and (isinstance(limit, bool) or limit < 1):
-            raise self.error("push.maxInFlight", "expected a positive whole number")
+        limits = {}
+        for key, least in (("maxInFlight", 1), ("maxQueued", 0)):
+            limit = self.typed(section, "push", key, int)
+            if limit is not None and (isinstance(limit, bool) or limit < least):
+                raise self.error(_child("push", key), f"expected a whole number ≥ {least}")
+            limits[key] = limit
+        defaults = PushConfig()
         return PushConfig(apns_host=hosts["apnsHost"], apns_sandbox_host=hosts["apnsSandboxHost"],
                           ca=None if ca is None else self.ca_file(ca, "push.ca"),
-                          fcm_url=fcm_url, max_in_flight=limit or 512)
+                          fcm_url=fcm_url,
+                          max_in_flight=limits["maxInFlight"] or defaults.max_in_flight,
+                          max_queued=(defaults.max_queued if limits["maxQueued"] is None
+                                      else limits["maxQueued"]))
 
     def mx_section(self, value: object) -> Mapping[str, MXConfig]:
         section = self.as_object(value, "mx")

@@ -302,14 +302,18 @@ class PushSectionTests(ConfigTestCase):
     def test_push_overrides(self) -> None:
         config, _ = parse_config({**with_mx(), "push": {
             "apnsHost": "127.0.0.1:2197", "fcmUrl": "https://127.0.0.1:8443",
-            "maxInFlight": 64}}, "test.json")
+            "maxInFlight": 64, "maxQueued": 0}}, "test.json")
         self.assertEqual(config.push, PushConfig(apns_host="127.0.0.1:2197",
                                                  fcm_url="https://127.0.0.1:8443",
-                                                 max_in_flight=64))
+                                                 max_in_flight=64, max_queued=0))
         self.assertConfigError({**with_mx(), "push": {"fcmUrl": "ftp://x"}},
                                'push.fcmUrl: expected an http(s) URL, got "ftp://x"')
         self.assertConfigError({**with_mx(), "push": {"maxInFlight": 0}},
-                               "push.maxInFlight: expected a positive whole number")
+                               "push.maxInFlight: expected a whole number ≥ 1")
+        self.assertConfigError({**with_mx(), "push": {"maxQueued": -1}},
+                               "push.maxQueued: expected a whole number ≥ 0")
+        defaults, _ = parse_config(with_mx(), "test.json")
+        self.assertEqual((defaults.push.max_in_flight, defaults.push.max_queued), (512, 4096))
 
 
 class ValidConfigTests(ConfigTestCase):

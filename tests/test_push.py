@@ -161,7 +161,8 @@ class PushTestCase(TestCase):
 
     async def start(self, credential: Credential | None = None,
                     client_ca: CertificateAuthority | None = None, known_key: bool = True,
-                    max_in_flight: int = 512, link_clock: Clock | None = None) -> Daemon:
+                    max_in_flight: int = 512, max_queued: int = 4096,
+                    link_clock: Clock | None = None) -> Daemon:
         self.clock = Clock()
         self.clock.advance(int(reactor.seconds()))  # whole seconds: exact differences
         self.pbx = company()
@@ -170,6 +171,7 @@ class PushTestCase(TestCase):
                                              self.providers.fcm)
         self.credential = credential or token_key()
         self.max_in_flight = max_in_flight
+        self.max_queued = max_queued
         self.db = self.mktemp()
         self.system = self.push_system()
         self.d = await self.daemon(link_clock)
@@ -184,7 +186,7 @@ class PushTestCase(TestCase):
                       self.providers.config(self.max_in_flight),
                       trust_root=self.providers.authority.cert_pem)
         dispatcher = Tracked(built.store, built.senders, self.clock,
-                             max_in_flight=self.max_in_flight)
+                             max_in_flight=self.max_in_flight, max_queued=self.max_queued)
         system = PushSystem(built.store, dispatcher, built.senders, built.clients)
         self.addCleanup(system.stopService)
         self.addCleanup(dispatcher.settled)  # runs first: nothing may be left half done
@@ -800,8 +802,8 @@ class MonitorTests(PushTestCase):
 
 
 class InFlightTests(PushTestCase):
-    async def test_push_beyond_the_in_flight_limit_fails_fast(self) -> None:
-        await self.start(max_in_flight=1)
+    async def test_push_beyond_the_in_flight_limit_and_the_queue_fails_fast(self) -> None:
+        await self.start(max_in_flight=1, max_queued=0)
         lines = self.logged()
         await self.register("alice", "apns", VOIP, apns_token(1))
         await self.register("bob", "apns", VOIP, apns_token(2))
@@ -812,8 +814,8 @@ class InFlightTests(PushTestCase):
         self.ring(CALLER, "3002")
         await self.until(lambda: self.dispatcher.failed == 1, "bob's push to be dropped")
         self.assertEqual([r.token for r in self.apns.received], [apns_token(1)])
-        self.assertTrue(any("apns has 1 pushes in flight; dropping the call push" in line
-                            for line in lines), lines)
+        self.assertTrue(any("apns has 1 pushes in flight and 0 waiting; dropping the call push"
+                            in line for line in lines), lines)
         self.clock.advance(5.0)  # alice's answer comes
         await self.until(lambda: self.dispatcher.delivered == 1, "alice's push to be answered")
         await self.dispatcher.settled()
@@ -823,3 +825,36 @@ class InFlightTests(PushTestCase):
         await self.dispatcher.settled()
         self.assertEqual([r.token for r in self.apns.received], [apns_token(1), apns_token(2)])
         self.assertEqual((self.dispatcher.delivered, self.dispatcher.failed), (2, 1))
+
+    async def test_push_beyond_the_in_flight_limit_waits_its_turn(self) -> None:
+        await self.start(max_in_flight=1, max_queued=1)
+        await self.register("alice", "apns", VOIP, apns_token(1))
+        await self.register("bob", "apns", VOIP, apns_token(2))
+        self.apns.script(apns_token(1), Delayed(5.0))
+        self.ring(CALLER, "3001")
+        await self.apns.wait_for(1)
+        self.ring(CALLER, "3002")
+        await self.until(lambda: self.dispatcher.slots["apns"].waiting == 1, "bob's push queued")
+        self.assertEqual([r.token for r in self.apns.received], [apns_token(1)])
+        self.clock.advance(5.0)  # alice's answer frees the slot, which passes to bob's push
+        await self.apns.wait_for(2)
+        await self.dispatcher.settled()
+        self.assertEqual([r.token for r in self.apns.received], [apns_token(1), apns_token(2)])
+        self.assertEqual((self.dispatcher.delivered, self.dispatcher.failed), (2, 0))
+        self.assertEqual(self.dispatcher.in_flight["apns"], 0)
+
+    async def test_a_push_waiting_past_the_ring_window_is_dropped(self) -> None:
+        await self.start(max_in_flight=1, max_queued=1)
+        await self.register("alice", "apns", VOIP, apns_token(1))
+        await self.register("bob", "apns", VOIP, apns_token(2))
+        self.apns.script(apns_token(1), Delayed(60.0))  # longer than the ring window
+        self.ring(CALLER, "3001")
+        await self.apns.wait_for(1)
+        self.ring(CALLER, "3002")
+        await self.until(lambda: self.dispatcher.slots["apns"].waiting == 1, "bob's push queued")
+        self.clock.advance(30.0)
+        await self.until(lambda: self.dispatcher.failed == 1, "bob's push to expire")
+        self.assertEqual(self.dispatcher.slots["apns"].waiting, 0)
+        self.clock.advance(30.0)
+        await self.dispatcher.settled()
+        self.assertEqual([r.token for r in self.apns.received], [apns_token(1)])

@@ -9,12 +9,13 @@ one follow-up tells the app to stop ringing (never as a VoIP push: iOS would exp
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 
 from mxproxy.csta.events import ConnectionCleared, Delivered, Established
@@ -24,6 +25,7 @@ from mxproxy.push.tokens import Device, TokenStore
 
 RING_WINDOW = 30.0
 MAX_IN_FLIGHT = 512
+MAX_QUEUED = 4096
 RETRY_FIRST = 1.0
 CREDENTIAL_ALARM_INTERVAL = 600.0
 FORGET_CALLS_AFTER = 3600.0
@@ -61,6 +63,49 @@ class Sender(Protocol):
     def accepts(self, device: Device, notification: Notification) -> bool: ...
 
 
+class Slots:
+    """At most ``limit`` deliveries at once to one provider, and at most ``queue`` more waiting
+    for a turn, each no longer than its deadline; beyond that a push fails at once. A burst of
+    calls waits its turn instead of being dropped, yet a stalled provider cannot grow memory."""
+
+    def __init__(self, clock: IReactorTime, limit: int, queue: int) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._queue = queue
+        self.busy = 0
+        self._waiting: deque[tuple[Deferred[bool], IDelayedCall]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def acquire(self, deadline: float) -> Deferred[bool]:
+        """Fires True once a slot is ours (``release`` it), False when the queue is full or the
+        deadline passed first."""
+        if self.busy < self._limit:
+            self.busy += 1
+            return succeed(True)
+        if len(self._waiting) >= self._queue:
+            return succeed(False)
+        turn: Deferred[bool] = Deferred()
+        timer = self._clock.callLater(max(0.0, deadline - self._clock.seconds()),
+                                      self._expire, turn)
+        self._waiting.append((turn, timer))
+        return turn
+
+    def release(self) -> None:
+        if self._waiting:
+            turn, timer = self._waiting.popleft()
+            timer.cancel()
+            turn.callback(True)  # the slot passes straight to the longest waiting push
+        else:
+            self.busy -= 1
+
+    def _expire(self, turn: Deferred[bool]) -> None:
+        self._waiting = deque(entry for entry in self._waiting if entry[0] is not turn)
+        turn.callback(False)
+
+
 @attrs.define
 class _Call:
     """A call this user's devices were told about, until it is answered or ends."""
@@ -78,18 +123,24 @@ class PushDispatcher:
     log = Logger()
 
     def __init__(self, store: TokenStore, senders: Mapping[str, Sender], clock: IReactorTime,
-                 max_in_flight: int = MAX_IN_FLIGHT, ring_window: float = RING_WINDOW) -> None:
+                 max_in_flight: int = MAX_IN_FLIGHT, max_queued: int = MAX_QUEUED,
+                 ring_window: float = RING_WINDOW) -> None:
         self._store = store
         self._senders = dict(senders)
         self._clock = clock
-        self._max_in_flight = max_in_flight
         self._ring_window = ring_window
-        self.in_flight = {provider: 0 for provider in self._senders}
+        self.slots = {provider: Slots(clock, max_in_flight, max_queued)
+                      for provider in self._senders}
         self._calls: dict[tuple[str, int], _Call] = {}
         self._told: dict[tuple[str, int], set[tuple[str, str, bool, str]]] = {}
         self._alarms: dict[str, float] = {}
         self.delivered = 0
         self.failed = 0
+
+    @property
+    def in_flight(self) -> dict[str, int]:
+        """Pushes sent and not yet answered, per provider."""
+        return {provider: slots.busy for provider, slots in self.slots.items()}
 
     def call_event(self, user: str, ext: str, event: XMLRecord,
                    calling_name: Callable[[str], str]) -> Deferred[None]:
@@ -163,28 +214,29 @@ class PushDispatcher:
     async def _deliver(self, sender: Sender, device: Device, notification: Notification,
                        started: float) -> None:
         provider = sender.provider
+        slots = self.slots[provider]
+        deadline = started + self._ring_window
         delay = RETRY_FIRST
         while True:
-            if self.in_flight[provider] >= self._max_in_flight:
+            if not await slots.acquire(deadline):
                 self.failed += 1
-                self.log.error("push: {provider} has {count} pushes in flight; dropping the "
-                               "{kind} push to {device}", provider=provider,
-                               count=self.in_flight[provider], kind=notification.kind,
-                               device=device.label)
+                self.log.error("push: {provider} has {count} pushes in flight and {waiting} "
+                               "waiting; dropping the {kind} push to {device}",
+                               provider=provider, count=slots.busy, waiting=slots.waiting,
+                               kind=notification.kind, device=device.label)
                 return
-            self.in_flight[provider] += 1
             try:
                 outcome = await sender.deliver(device, notification)
             except Exception as error:  # a bug in a sender must not take the others down
                 self.log.failure("push: {provider} sender failed", provider=provider)
                 outcome = Outcome(False, reason=str(error))
             finally:
-                self.in_flight[provider] -= 1
+                slots.release()
             await self._record(device, outcome, notification)
             if outcome.delivered or outcome.retry_after is None:
                 return
             wait = max(outcome.retry_after, delay)
-            if self._clock.seconds() + wait > started + self._ring_window:
+            if self._clock.seconds() + wait > deadline:
                 self.log.warn("push: giving up on {device} ({reason}): past the ring window",
                               device=device.label, reason=outcome.reason)
                 return

@@ -105,7 +105,8 @@ def build(reactor: Any, db: str, apns: Iterable[Credential], fcm: Mapping[str, S
     senders: dict[str, APNsSender | FCMSender] = {"apns": APNsSender(routes),
                                                    "gfcm": FCMSender(fcm_clients)}
     store = TokenStore.open(db, reactor=reactor)
-    dispatcher = PushDispatcher(store, senders, reactor, max_in_flight=push.max_in_flight)
+    dispatcher = PushDispatcher(store, senders, reactor, max_in_flight=push.max_in_flight,
+                                max_queued=push.max_queued)
     log.info("push: {routes} APNs topics, {apps} FCM apps, tokens in {db}",
              routes=len(routes), apps=len(fcm_clients), db=db)
     return PushSystem(store, dispatcher, senders, clients)
