@@ -16,6 +16,8 @@ from mxproxy.api.errors import HTTPError, write_error
 
 MAX_BODY = 64 * 1024
 API_VERSION = "1.0"
+HSTS = b"max-age=31536000"
+"""Strict-Transport-Security on HTTPS answers: a year, as browsers and scanners expect."""
 
 
 class APIRequest(Request):
@@ -42,6 +44,8 @@ class APIRequest(Request):
         self.setHeader(b"Server", f"MXProxy/{__version__}".encode())
         self.setHeader(b"X-API-Version", API_VERSION.encode())
         self.setHeader(b"X-Service-Version", __version__.encode())
+        if self.isSecure():
+            self.setHeader(b"Strict-Transport-Security", HSTS)
         if self.body_too_large:
             self.write(write_error(self, HTTPError(
                 413, f"request body over {MAX_BODY // 1024} KiB")))
