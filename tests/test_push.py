@@ -34,7 +34,7 @@ from mxproxy.push.system import PushSystem, build
 from mxproxy.push.tokens import Device
 from mxproxy.testing import fakeapns, fakefcm
 from mxproxy.testing.certs import CertificateAuthority, certificate_authority
-from mxproxy.testing.fakeapns import Delayed, FakeAPNs, ReceivedRequest
+from mxproxy.testing.fakeapns import NO_ANSWER, Delayed, FakeAPNs, ReceivedRequest
 from mxproxy.testing.fakefcm import (
     INTERNAL,
     INVALID_DATA,
@@ -858,3 +858,36 @@ class InFlightTests(PushTestCase):
         self.clock.advance(30.0)
         await self.dispatcher.settled()
         self.assertEqual([r.token for r in self.apns.received], [apns_token(1)])
+
+
+# -- graceful stop ------------------------------------------------------------------------------
+
+
+class GracefulStopTests(PushTestCase):
+    async def test_a_stopping_daemon_lets_the_push_in_flight_be_answered(self) -> None:
+        await self.start()
+        await self.register("alice", "apns", VOIP, apns_token(1))
+        self.apns.script(apns_token(1), Delayed(2.0))
+        self.ring(CALLER, "3001")
+        await self.apns.wait_for(1)
+        stopped = self.system.stopService()
+        self.clock.advance(1.0)
+        self.assertFalse(stopped.called)
+        self.clock.advance(1.0)  # the answer arrives within the grace period
+        await stopped
+        self.assertEqual((self.dispatcher.delivered, self.dispatcher.failed), (1, 0))
+
+    async def test_a_stopping_daemon_waits_five_seconds_at_most(self) -> None:
+        await self.start()
+        lines = self.logged()
+        await self.register("alice", "apns", VOIP, apns_token(1))
+        self.apns.script(apns_token(1), NO_ANSWER)
+        self.ring(CALLER, "3001")
+        await self.apns.wait_for(1)
+        stopped = self.system.stopService()
+        self.clock.advance(4.9)
+        self.assertFalse(stopped.called)
+        self.clock.advance(0.1)
+        await stopped
+        self.assertTrue(any("stopping after 5 s with pushes still unanswered" in line
+                            for line in lines), lines)

@@ -14,9 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import deferLater
 
 from mxproxy.csta.events import ConnectionCleared, Delivered, Established
 from mxproxy.csta.records import XMLRecord
@@ -136,6 +135,9 @@ class PushDispatcher:
         self._alarms: dict[str, float] = {}
         self.delivered = 0
         self.failed = 0
+        self._handling: set[Deferred[None]] = set()
+        self._resting: dict[Deferred[None], IDelayedCall] = {}  # deliveries waiting to retry
+        self._stopping = False
 
     @property
     def in_flight(self) -> dict[str, int]:
@@ -146,10 +148,39 @@ class PushDispatcher:
                    calling_name: Callable[[str], str]) -> Deferred[None]:
         """React to one event on ``user``'s monitor; ``ext`` is the user's extension."""
         if isinstance(event, Delivered):
-            return Deferred.fromCoroutine(self._incoming(user, ext, event, calling_name))
-        if isinstance(event, (Established, ConnectionCleared)):
-            return Deferred.fromCoroutine(self._progress(user, ext, event))
-        return succeed(None)
+            handling = Deferred.fromCoroutine(self._incoming(user, ext, event, calling_name))
+        elif isinstance(event, (Established, ConnectionCleared)):
+            handling = Deferred.fromCoroutine(self._progress(user, ext, event))
+        else:
+            return succeed(None)
+        if not handling.called:
+            self._handling.add(handling)
+            handling.addBoth(self._handled, handling)
+        return handling
+
+    def _handled(self, result: object, handling: Deferred[None]) -> object:
+        self._handling.discard(handling)
+        return result
+
+    def drain(self, timeout: float) -> Deferred[bool]:
+        """For a stopping daemon: no more retries; fires True once every event handed over so
+        far is fully handled (its pushes answered or given up), or False after ``timeout``
+        seconds, cancelling nothing."""
+        self._stopping = True
+        for wake, timer in list(self._resting.items()):
+            timer.cancel()
+            wake.callback(None)
+        done: Deferred[bool] = Deferred()
+
+        def finish(drained: bool) -> None:
+            if not done.called:
+                done.callback(drained)
+
+        timer = self._clock.callLater(timeout, finish, False)
+        ended = DeferredList(list(self._handling))
+        ended.addCallback(lambda _: timer.cancel() if timer.active() else None)
+        ended.addCallback(lambda _: finish(True))
+        return done
 
     # -- incoming call ------------------------------------------------------------------------
 
@@ -240,8 +271,20 @@ class PushDispatcher:
                 self.log.warn("push: giving up on {device} ({reason}): past the ring window",
                               device=device.label, reason=outcome.reason)
                 return
-            await deferLater(self._clock, wait, lambda: None)
+            if not self._stopping:
+                await self._rest(wait)
+            if self._stopping:
+                self.log.warn("push: not retrying {device} ({reason}): stopping",
+                              device=device.label, reason=outcome.reason)
+                return
             delay *= 2
+
+    def _rest(self, seconds: float) -> Deferred[None]:
+        """Wait before a retry; a stopping daemon wakes every waiting delivery at once."""
+        wake: Deferred[None] = Deferred()
+        self._resting[wake] = self._clock.callLater(seconds, wake.callback, None)
+        wake.addCallback(lambda _: self._resting.pop(wake, None) and None)
+        return wake
 
     async def _record(self, device: Device, outcome: Outcome,
                       notification: Notification) -> None:

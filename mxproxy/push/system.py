@@ -29,6 +29,9 @@ from mxproxy.push.tokens import TokenStore
 
 log = Logger(__name__)
 
+STOP_GRACE = 5.0
+"""Seconds a stopping daemon gives the pushes in flight to be answered."""
+
 
 class PushConfigError(ValueError):
     """A push credential named in the config cannot be used; the message names its JSON path."""
@@ -68,10 +71,20 @@ class PushSystem(Service):
         self.senders = senders
         self.clients = clients
 
-    def stopService(self) -> Deferred[Any]:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        closing = [client.close() for client in self.clients]
-        return DeferredList(closing).addCallback(lambda _: self.store.close())
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        """Let the pushes in flight finish (a phone is ringing), then close the connections and
+        the store."""
+        if not await self.dispatcher.drain(STOP_GRACE):
+            log.warn("push: stopping after {grace:g} s with pushes still unanswered",
+                     grace=STOP_GRACE)
+        # The grace period is over: whatever APNs has not answered yet is abandoned now.
+        await DeferredList([client.close(0.0) if isinstance(client, APNsClient)
+                            else client.close() for client in self.clients])
+        await self.store.close()
 
     def attach(self, server: MXServer) -> DeviceRegistry:
         """Monitor this MX's users with devices; returns its device registration."""
