@@ -11,17 +11,17 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.address import IPv4Address
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.server import Site
 
 from mxproxy import logs
 from mxproxy.api.app import API, MXAccess
 from mxproxy.api.request import APIRequest
 from mxproxy.config import Config, ConfigError, demo_config, load_config
-from mxproxy.csta.client import CSTAFactory, stdout_trace
+from mxproxy.csta.client import CSTAFactory, log_trace, stdout_trace
+from mxproxy.csta.protocol import Trace
+from mxproxy.listeners import api_listeners
 from mxproxy.mx import MXServer, SerialRegistry
 from mxproxy.push.system import PushConfigError, PushSystem, build, load_credentials
 from mxproxy.push.tokens import TokenStoreError
@@ -40,11 +40,6 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     logs.set_debug(bool(options["debug"]))
     root = MultiService()
     config = None if options["demo"] else _load(options["config"])
-    http = options["local_http"]
-    if http is None:
-        raise SystemExit(
-            f"mxproxy: --host {options['host']}: HTTPS with automatic certificates is not "
-            "available in this version; use --host localhost:PORT (plain HTTP)")
     push: PushSystem | None
     if config is None:
         config = _start_demo_mx(reactor)
@@ -57,7 +52,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     abort = FatalStop(reactor)
     access = {}
     for name, mx in config.mx.items():
-        trace = stdout_trace(f"mx.{name}") if options["csta"] else None
+        trace = _trace(options, f"mx.{name}")
         server = MXServer(mx, reactor, serials, trace=trace, on_fatal=abort)
         server.setServiceParent(root)
         pool = SessionPool(reactor, server.address, CSTAFactory(reactor, trace),
@@ -65,14 +60,21 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
                            idle_timeout=options["session-idle"])
         pool.setServiceParent(root)
         access[name] = MXAccess(server, pool, push.attach(server) if push else None)
-    interface, port = http
     site = Site(API(access, reactor).resource())
     site.requestFactory = APIRequest
-    StreamServerEndpointService(
-        TCP4ServerEndpoint(reactor, port, interface=interface), site).setServiceParent(root)
-    log.info("mxproxy: serving HTTP on {interface}:{port} for {count} MX",
-             interface=interface, port=port, count=len(access))
+    # Added last, so stopped first: a stopping daemon stops accepting before anything else.
+    for listener in api_listeners(options, site, root, reactor):
+        listener.setServiceParent(root)
+    log.info("mxproxy: {count} MX configured: {names}", count=len(access),
+             names=", ".join(access))
     return root
+
+
+def _trace(options: Mapping[str, Any], label: str) -> Trace | None:
+    """``--csta``: raw frames on stdout, or as log events when the log is JSON lines."""
+    if not options["csta"]:
+        return None
+    return log_trace(label) if options["json-logs"] else stdout_trace(label)
 
 
 def _load(path: str) -> Config:

@@ -7,12 +7,14 @@ import os
 import tempfile
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.trial.unittest import SynchronousTestCase
 
+from mxproxy.acme import ACMEService
+from mxproxy.listeners import Listener, acme_dir
 from mxproxy.mx import DuplicateSerial, MXServer
 from mxproxy.options import MXProxyOptions
 from mxproxy.service import FatalStop, _exit_fatal, makeService
+from mxproxy.testing.certs import certificate_authority
 
 
 class RecordingReactor:
@@ -65,8 +67,9 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual((servers[1].address.host, servers[1].address.port), ("mx.example.com",
                                                                               7778))
         self.assertFalse(servers[1].address.tls)
-        self.assertEqual(len([s for s in services
-                              if isinstance(s, StreamServerEndpointService)]), 1)
+        [listener] = [s for s in services if isinstance(s, Listener)]
+        self.assertEqual((listener.what, listener.description), ("HTTP", "127.0.0.1:9090"))
+        self.assertIs(services[-1], listener)  # stopped first: no new requests while stopping
 
     def test_legacy_fcm_server_key_stops_the_start_with_the_reason(self) -> None:
         path = self.config_file({"mx": {"dev": {"addr": "h", "login": "s", "password": "p"}},
@@ -79,8 +82,47 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIn("2024", message)
         self.assertNotIn("AAAAlegacy-server-key", message)
 
-    def test_public_host_is_refused_until_https_exists(self) -> None:
+    def test_public_host_gets_acme_with_its_directory_beside_the_db(self) -> None:
         path = self.config_file({"mx": {"dev": {"addr": "h", "login": "s", "password": "p"}}})
+        db = os.path.join(os.path.abspath(self.mktemp()), "state", "mxproxy.db")
+        root = makeService(self.options("--config", path, "--db", db, "--acme-email",
+                                        "ops@example.com", "--acme-directory", "staging"),
+                           reactor=RecordingReactor())
+        [acme] = [s for s in root if isinstance(s, ACMEService)]  # type: ignore[attr-defined]
+        self.assertEqual(acme_dir({"acme-dir": None, "db": db}),
+                         os.path.join(os.path.dirname(db), "acme"))
+        listeners = [(s.what, s.description) for s in root  # type: ignore[attr-defined]
+                     if isinstance(s, Listener)]
+        self.assertEqual(listeners, [("HTTPS for mxproxy.connector73.net", "tcp:443"),
+                                     ("HTTP (ACME challenges, redirect to HTTPS)", "tcp:80")])
+
+    def test_certificate_files_replace_acme(self) -> None:
+        path = self.config_file({"mx": {"dev": {"addr": "h", "login": "s", "password": "p"}}})
+        issued = certificate_authority().issue(["push.example.com"])
+        cert, key = self.config_file_bytes(issued.cert_pem), self.config_file_bytes(issued.key_pem)
+        root = makeService(self.options("--config", path, "--host", "push.example.com",
+                                        "--tls-cert", cert, "--tls-key", key),
+                           reactor=RecordingReactor())
+        self.assertEqual([s for s in root if isinstance(s, ACMEService)],  # type: ignore
+                         [])
         with self.assertRaises(SystemExit) as raised:
-            makeService(self.options("--config", path), reactor=RecordingReactor())
-        self.assertIn("--host mxproxy.connector73.net", str(raised.exception))
+            makeService(self.options("--config", path, "--host", "push.example.com",
+                                     "--tls-cert", key, "--tls-key", key),
+                        reactor=RecordingReactor())
+        self.assertIn(key, str(raised.exception))
+
+    def test_a_bad_endpoint_stops_the_start_naming_the_flag(self) -> None:
+        path = self.config_file({"mx": {"dev": {"addr": "h", "login": "s", "password": "p"}}})
+        for flag in ("--listen", "--admin-listen"):
+            with self.assertRaises(SystemExit) as raised:
+                makeService(self.options("--config", path, flag, "tcp:notaport"),
+                            reactor=RecordingReactor())
+            self.assertIn(f'{flag} "tcp:notaport": not a Twisted endpoint',
+                          str(raised.exception))
+
+    def config_file_bytes(self, data: bytes) -> str:
+        fd, path = tempfile.mkstemp(suffix=".pem")
+        os.write(fd, data)
+        os.close(fd)
+        self.addCleanup(os.remove, path)
+        return path
