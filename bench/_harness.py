@@ -150,6 +150,17 @@ async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
 
 # -- server subprocesses (the parent side) -----------------------------------------------------
 
+_CPUS = sorted(os.sched_getaffinity(0))
+SERVER_CPUS = set(_CPUS[:1]) if len(_CPUS) > 1 else set(_CPUS)
+"""Servers (the simulator, the proxies, the bare baseline) share the first CPU and the load
+generator gets the others, so the two sides of a measurement do not take turns on one core
+(on two cores, unpinned runs swung by a factor of two)."""
+LOAD_CPUS = set(_CPUS[1:]) or set(_CPUS)
+
+
+def _pinned(cpus: set[int]) -> Callable[[], None]:
+    return lambda: os.sched_setaffinity(0, cpus)
+
 
 class Children:
     """Subprocesses started by a benchmark, terminated (then killed) when the block exits."""
@@ -173,11 +184,12 @@ class Children:
 
     def start(self, script: str, *args: str, stderr: Any = None
               ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-        """Start ``python bench/<script> args...`` and wait for its ``READY`` line; ``stderr``
-        (a file) receives the child's log instead of this process's stderr."""
+        """Start ``python bench/<script> args...`` on :data:`SERVER_CPUS` and wait for its
+        ``READY`` line; ``stderr`` (a file) receives the child's log instead of this
+        process's stderr."""
         proc = subprocess.Popen([PYTHON, os.path.join(HERE, script), *args],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
-                                stderr=stderr)
+                                stderr=stderr, preexec_fn=_pinned(SERVER_CPUS))
         self._procs.append(proc)
         return proc, read_tagged(proc, "READY", READY_TIMEOUT, f"{script} {' '.join(args)}")
 
@@ -299,7 +311,7 @@ def load(tool: str, url: str, seconds: float, connections: int,
     for auth in auths:
         command += ["--auth", auth]
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
-                         check=True).stdout
+                         check=True, preexec_fn=_pinned(LOAD_CPUS)).stdout
     result = json.loads(out)
     return Load("python", result["requests"], result["seconds"], result["errors"],
                 result["p50_ms"], result["p99_ms"])
@@ -316,7 +328,8 @@ def _wrk(url: str, seconds: float, connections: int, auths: Sequence[str]) -> Lo
         out = subprocess.run(
             ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
              "--timeout", "10s", "-s", lua.name, url],
-            capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+            capture_output=True, text=True, timeout=seconds + 60, check=True,
+            preexec_fn=_pinned(LOAD_CPUS)).stdout
     line = next((line for line in out.splitlines() if line.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no result:\n{out}")
