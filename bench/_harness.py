@@ -152,21 +152,23 @@ async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
 
 _CPUS = sorted(os.sched_getaffinity(0))
 SERVER_CPUS = set(_CPUS[:1]) if len(_CPUS) > 1 else set(_CPUS)
-"""Servers (the simulator, the proxies, the bare baseline) share the first CPU and the load
-generator gets the others, so the two sides of a measurement do not take turns on one core
-(on two cores, unpinned runs swung by a factor of two)."""
+"""Under an HTTP load, the servers (simulator, proxies, bare baseline) share the first CPU and
+the load generator gets the others, so the two sides of a measurement do not take turns on one
+core (on two cores, unpinned runs swung by a factor of two)."""
 LOAD_CPUS = set(_CPUS[1:]) or set(_CPUS)
 
 
-def _pinned(cpus: set[int]) -> Callable[[], None]:
-    return lambda: os.sched_setaffinity(0, cpus)
+def _pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    return None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
 
 
 class Children:
     """Subprocesses started by a benchmark, terminated (then killed) when the block exits."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpus: set[int] | None = None) -> None:
+        """``cpus``: where every child runs (:data:`SERVER_CPUS` under an HTTP load)."""
         self._procs: list[subprocess.Popen[str]] = []
+        self._cpus = cpus
 
     def __enter__(self) -> Children:
         return self
@@ -184,12 +186,11 @@ class Children:
 
     def start(self, script: str, *args: str, stderr: Any = None
               ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-        """Start ``python bench/<script> args...`` on :data:`SERVER_CPUS` and wait for its
-        ``READY`` line; ``stderr`` (a file) receives the child's log instead of this
-        process's stderr."""
+        """Start ``python bench/<script> args...`` and wait for its ``READY`` line; ``stderr``
+        (a file) receives the child's log instead of this process's stderr."""
         proc = subprocess.Popen([PYTHON, os.path.join(HERE, script), *args],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
-                                stderr=stderr, preexec_fn=_pinned(SERVER_CPUS))
+                                stderr=stderr, preexec_fn=_pinned(self._cpus))
         self._procs.append(proc)
         return proc, read_tagged(proc, "READY", READY_TIMEOUT, f"{script} {' '.join(args)}")
 

@@ -68,7 +68,7 @@ async def serve_bare(reactor: Any, body_file: str) -> dict[str, Any]:
 def measure(args: argparse.Namespace) -> None:
     tool = h.load_tool(args.client)
     auth = h.basic(LOGIN, PASSWORD)
-    with h.Children() as children, tempfile.TemporaryDirectory() as scratch:
+    with h.Children(h.SERVER_CPUS) as children, tempfile.TemporaryDirectory() as scratch:
         script = os.path.basename(__file__)
         _, mx = children.start(script, "--serve", "mx", "--contacts", str(args.contacts))
         _, api = children.start(script, "--serve", "api", "--mx-port", str(mx["port"]))

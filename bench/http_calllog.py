@@ -107,7 +107,7 @@ def measure(args: argparse.Namespace) -> None:
         print(f"warning: {args.entries} entries is a multiple of {BLOCK_SIZE}: every request "
               "also waits for the collector's quiet period", file=sys.stderr)
     tls = ["--tls"] if args.tls else []
-    with h.Children() as children:
+    with h.Children(h.SERVER_CPUS) as children:
         script = os.path.basename(__file__)
         _, mx = children.start(script, "--serve", "mx", "--users", str(args.users),
                                "--entries", str(args.entries), "--delay-ms",
