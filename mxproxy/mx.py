@@ -23,7 +23,7 @@ from mxproxy.csta import commands
 from mxproxy.csta.client import CSTAFactory, MXAddress, connect, login
 from mxproxy.csta.errors import LoggedOut, MXError, MXTimeout
 from mxproxy.csta.messages import AbDelete, AbUpdate, AddressBookPage, Contact, LoginResponse
-from mxproxy.csta.protocol import CSTAProtocol, Message, Trace
+from mxproxy.csta.protocol import CSTAProtocol, Message, RoundTrip, Trace
 from mxproxy.logs import Logger
 
 RECONNECT_INITIAL = 1.0
@@ -136,6 +136,7 @@ class MXServer(Service):
         on_fatal: Callable[[Exception], None] | None = None,
         jitter: Callable[[], float] = random.random,
         clock: IReactorTime | None = None,
+        on_round_trip: RoundTrip | None = None,
     ) -> None:
         self.setName(config.name)
         self.config = config
@@ -145,7 +146,7 @@ class MXServer(Service):
         self._clock: IReactorTime = reactor if clock is None else clock
         self._serials = serials
         self._on_fatal = on_fatal
-        self._factory = CSTAFactory(self._clock, trace)
+        self._factory = CSTAFactory(self._clock, trace, on_round_trip=on_round_trip)
         self._backoff = backoffPolicy(RECONNECT_INITIAL, RECONNECT_MAX, 2.0, jitter)
         self._jitter = jitter
         self._retries = 0

@@ -59,11 +59,13 @@ class Daemon:
     With ``push`` (a :class:`mxproxy.push.system.PushSystem`), the server link is attached to it
     as the daemon does, so device registration works and ``devices`` is its registration;
     ``link_clock`` drives the server link's timers (reconnect delays without jitter).
+    ``metrics`` (a :class:`mxproxy.metrics.Metrics`) receives the HTTP requests and the CSTA
+    round trips of both the server link and the user sessions, as the daemon wires it.
     """
 
     def __init__(self, test: TestCase, pbx: PBX, clock: Any = None,
                  idle_timeout: float = 60.0, user_address: MXAddress | None = None,
-                 push: Any = None, link_clock: Any = None) -> None:
+                 push: Any = None, link_clock: Any = None, metrics: Any = None) -> None:
         self.test = test
         self.user_address = user_address
         self.pbx = pbx
@@ -71,6 +73,7 @@ class Daemon:
         self.idle_timeout = idle_timeout
         self.push = push
         self.link_clock = link_clock
+        self.metrics = metrics
         self.devices: Any = None
 
     async def start(self) -> Daemon:
@@ -90,18 +93,20 @@ class Daemon:
                           login="server", password="server-secret", tls=False)
         link: dict[str, Any] = {} if self.link_clock is None else {
             "clock": self.link_clock, "jitter": lambda: 0.0}
-        self.server = MXServer(config, reactor, SerialRegistry(), **link)
+        round_trip = None if self.metrics is None else self.metrics.round_trips("dev")
+        self.server = MXServer(config, reactor, SerialRegistry(), on_round_trip=round_trip,
+                               **link)
         if self.push is not None:
             self.devices = self.push.attach(self.server)  # before the link is up, as the daemon
         self.server.startService()
         self.test.addCleanup(self.server.stopService)
         await self.server.when_ready()
         self.pool = SessionPool(reactor, self.user_address or self.address,
-                                CSTAFactory(self.clock),
+                                CSTAFactory(self.clock, on_round_trip=round_trip),
                                 idle_timeout=self.idle_timeout, clock=self.clock)
         self.test.addCleanup(self.pool.close_all)
         self.api = API({"dev": MXAccess(self.server, self.pool, self.devices)}, self.clock,
-                       CallLogTiming(first_block=0.3, quiet=0.1))
+                       CallLogTiming(first_block=0.3, quiet=0.1), metrics=self.metrics)
         site = Site(self.api.resource())
         site.requestFactory = APIRequest
         self.site = site

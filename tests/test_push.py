@@ -27,6 +27,7 @@ from mxproxy.config import PushConfig
 from mxproxy.csta.messages import EVENTS
 from mxproxy.csta.protocol import Message
 from mxproxy.csta.records import XMLRecord
+from mxproxy.metrics import Metrics
 from mxproxy.push.credentials import APNsCertificate, Credential
 from mxproxy.push.dispatcher import RING_WINDOW, PushDispatcher
 from mxproxy.push.fcm import ServiceAccount
@@ -155,7 +156,8 @@ class Providers:
 
 
 class PushTestCase(TestCase):
-    """A daemon (HTTP API + server link) with push delivery to the fakes."""
+    """A daemon (HTTP API + server link) with push delivery to the fakes, counted in
+    ``metrics``."""
 
     timeout = 30  # seconds: a push that never arrives fails the test soon
 
@@ -172,6 +174,7 @@ class PushTestCase(TestCase):
         self.credential = credential or token_key()
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
+        self.metrics = Metrics()
         self.db = self.mktemp()
         self.system = self.push_system()
         self.d = await self.daemon(link_clock)
@@ -186,14 +189,16 @@ class PushTestCase(TestCase):
                       self.providers.config(self.max_in_flight),
                       trust_root=self.providers.authority.cert_pem)
         dispatcher = Tracked(built.store, built.senders, self.clock,
-                             max_in_flight=self.max_in_flight, max_queued=self.max_queued)
+                             max_in_flight=self.max_in_flight, max_queued=self.max_queued,
+                             metrics=self.metrics)
         system = PushSystem(built.store, dispatcher, built.senders, built.clients)
         self.addCleanup(system.stopService)
         self.addCleanup(dispatcher.settled)  # runs first: nothing may be left half done
         return system
 
     async def daemon(self, link_clock: Clock | None = None) -> Daemon:
-        return await Daemon(self, self.pbx, push=self.system, link_clock=link_clock).start()
+        return await Daemon(self, self.pbx, push=self.system, link_clock=link_clock,
+                            metrics=self.metrics).start()
 
     @property
     def dispatcher(self) -> Tracked:

@@ -13,6 +13,7 @@ from twisted.web.server import Request
 
 from mxproxy import __version__
 from mxproxy.api.errors import HTTPError, write_error
+from mxproxy.metrics import OTHER
 
 MAX_BODY = 64 * 1024
 API_VERSION = "1.0"
@@ -25,6 +26,9 @@ class APIRequest(Request):
 
     body_too_large = False
     _received = 0
+    route = OTHER
+    """The template of the route that matched (``/mx/{mx}/calllog``), set by the API: the label
+    of the request's metrics."""
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > MAX_BODY:

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from mxproxy.csta import commands, xml
 from mxproxy.csta.errors import LoginError, MXError, MXTimeout, MXUnavailable, ProtocolViolation
 from mxproxy.csta.messages import LoginFailure, LoginResponse
-from mxproxy.csta.protocol import DEFAULT_REPLY_TIMEOUT, CSTAProtocol, Trace
+from mxproxy.csta.protocol import DEFAULT_REPLY_TIMEOUT, CSTAProtocol, RoundTrip, Trace
 from mxproxy.logs import Logger
 
 log = Logger(__name__)
@@ -95,18 +95,22 @@ def _load_pem_chain(data: bytes) -> list[crypto.X509]:
 
 
 class CSTAFactory(Factory):
-    """Builds one CSTAProtocol per connection with the shared clock and trace."""
+    """Builds one CSTAProtocol per connection with the shared clock, trace and round-trip
+    observer."""
 
     noisy = False  # one per reconnect; MXServer logs what matters
 
     def __init__(self, clock: IReactorTime, trace: Trace | None = None,
-                 reply_timeout: float = DEFAULT_REPLY_TIMEOUT) -> None:
+                 reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+                 on_round_trip: RoundTrip | None = None) -> None:
         self.clock = clock
         self.trace = trace
         self.reply_timeout = reply_timeout
+        self.on_round_trip = on_round_trip
 
     def buildProtocol(self, addr: Any) -> CSTAProtocol:
-        protocol = CSTAProtocol(self.clock, reply_timeout=self.reply_timeout, trace=self.trace)
+        protocol = CSTAProtocol(self.clock, reply_timeout=self.reply_timeout, trace=self.trace,
+                                on_round_trip=self.on_round_trip)
         protocol.factory = self
         return protocol
 

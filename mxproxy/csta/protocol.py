@@ -36,6 +36,8 @@ KEEPALIVE_FRAME = encode(KEEPALIVE_ID, b"<keepalive />")
 Body = bytes | xml.Element
 Trace = Callable[[str, int, bytes], None]
 """Receives (direction ``"->"`` or ``"<-"``, invoke id, raw XML) for every frame."""
+RoundTrip = Callable[[str, float], None]
+"""Receives (request name, seconds from sending it to its reply) for every answered request."""
 
 
 def no_delay(transport: object) -> None:
@@ -57,6 +59,16 @@ class Message(NamedTuple):
 Subscriber = Callable[[Message], None]
 
 
+class _Waiter(NamedTuple):
+    """A request awaiting its reply."""
+
+    reply: Deferred[Message]
+    timer: IDelayedCall
+    name: str
+    """The request's root element name, when round trips are observed."""
+    sent: float
+
+
 class CSTAProtocol(Protocol):
     """The client end of one MX link; above it, ``csta.client`` logs in and ``mx`` uses it."""
 
@@ -68,14 +80,16 @@ class CSTAProtocol(Protocol):
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         trace: Trace | None = None,
+        on_round_trip: RoundTrip | None = None,
     ) -> None:
         self._clock = clock
         self.reply_timeout = reply_timeout
         self._keepalive_interval = keepalive_interval
         self._trace = trace
+        self._on_round_trip = on_round_trip
         self._decoder = FrameDecoder()
         self._next_id = 1
-        self._waiters: dict[int, tuple[Deferred[Message], IDelayedCall]] = {}
+        self._waiters: dict[int, _Waiter] = {}
         self._subscribers: dict[str, list[Subscriber]] = {}
         self._keepalive: IDelayedCall | None = None
         self._expectations: dict[Deferred[Message], IDelayedCall] = {}
@@ -100,9 +114,9 @@ class CSTAProtocol(Protocol):
         if self.close_reason is None:
             self.close_reason = MXUnavailable(f"connection lost: {reason.getErrorMessage()}")
         waiters, self._waiters = self._waiters, {}
-        for waiter, timer in waiters.values():
-            timer.cancel()
-            waiter.errback(Failure(self.close_reason))
+        for waiter in waiters.values():
+            waiter.timer.cancel()
+            waiter.reply.errback(Failure(self.close_reason))
         expectations, self._expectations = self._expectations, {}
         for expectation, timer in expectations.items():
             timer.cancel()
@@ -151,12 +165,13 @@ class CSTAProtocol(Protocol):
         def forget(_: Deferred[Message]) -> None:
             entry = self._waiters.pop(invoke_id, None)
             if entry is not None:
-                entry[1].cancel()
+                entry.timer.cancel()
 
         deferred: Deferred[Message] = Deferred(forget)
         wait = self.reply_timeout if timeout is None else timeout
         timer = self._clock.callLater(wait, self._expire, invoke_id, wait)
-        self._waiters[invoke_id] = (deferred, timer)
+        name = "" if self._on_round_trip is None else _root_name(body)
+        self._waiters[invoke_id] = _Waiter(deferred, timer, name, self._clock.seconds())
         self._write(invoke_id, frame)
         return deferred
 
@@ -238,7 +253,7 @@ class CSTAProtocol(Protocol):
     def _expire(self, invoke_id: int, wait: float) -> None:
         entry = self._waiters.pop(invoke_id, None)
         if entry is not None:
-            entry[0].errback(MXTimeout(f"no reply to request {invoke_id:04d} within {wait:g} s"))
+            entry.reply.errback(MXTimeout(f"no reply to request {invoke_id:04d} within {wait:g} s"))
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -254,21 +269,23 @@ class CSTAProtocol(Protocol):
         if self._trace is not None:
             self._trace("<-", invoke_id, body)
         waiter = self._waiters.pop(invoke_id, None)
+        if waiter is not None:
+            waiter.timer.cancel()
+            if self._on_round_trip is not None:
+                self._on_round_trip(waiter.name, self._clock.seconds() - waiter.sent)
         try:
             element = xml.parse(body)
         except xml.XMLError as error:
             self.log.warn("MX link: skipping frame {id:04d}: {error}", id=invoke_id, error=error)
             if waiter is not None:
-                waiter[1].cancel()
-                waiter[0].errback(ProtocolViolation(f"unparseable reply: {error}"))
+                waiter.reply.errback(ProtocolViolation(f"unparseable reply: {error}"))
             return
         message = Message(invoke_id, xml.local_name(element), element)
         if waiter is not None:
-            waiter[1].cancel()
             if message.name == "CSTAErrorCode":
-                waiter[0].errback(CSTAError(csta_error_text(element)))
+                waiter.reply.errback(CSTAError(csta_error_text(element)))
             else:
-                waiter[0].callback(message)
+                waiter.reply.callback(message)
         subscribers = self._subscribers.get(message.name)
         if subscribers:
             for subscriber in tuple(subscribers):
@@ -283,3 +300,8 @@ class CSTAProtocol(Protocol):
             mode = element.get("mode", "")
             self.log.warn("MX link: the MX logged this session out (mode {mode!r})", mode=mode)
             self.close(LoggedOut(mode))
+
+
+def _root_name(body: Body) -> str:
+    """The name a request is observed under: its root element's (raw bytes are parsed)."""
+    return xml.local_name(xml.parse(body) if isinstance(body, bytes) else body)

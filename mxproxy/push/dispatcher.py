@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from mxproxy.csta.events import ConnectionCleared, Delivered, Established
 from mxproxy.csta.records import XMLRecord
 from mxproxy.logs import Logger
+from mxproxy.metrics import DELIVERED, DROPPED, FAILED, REJECTED, Metrics
 from mxproxy.push.tokens import Device, TokenStore
 
 RING_WINDOW = 30.0
@@ -117,17 +118,19 @@ class _Call:
 
 
 class PushDispatcher:
-    """Turns monitored call events of one user into notifications on every device."""
+    """Turns monitored call events of one user into notifications on every device. ``metrics``
+    receives each push's result and the pruned tokens (a registry of its own when not given)."""
 
     log = Logger()
 
     def __init__(self, store: TokenStore, senders: Mapping[str, Sender], clock: IReactorTime,
                  max_in_flight: int = MAX_IN_FLIGHT, max_queued: int = MAX_QUEUED,
-                 ring_window: float = RING_WINDOW) -> None:
+                 ring_window: float = RING_WINDOW, metrics: Metrics | None = None) -> None:
         self._store = store
         self._senders = dict(senders)
         self._clock = clock
         self._ring_window = ring_window
+        self._metrics = metrics if metrics is not None else Metrics()
         self.slots = {provider: Slots(clock, max_in_flight, max_queued)
                       for provider in self._senders}
         self._calls: dict[tuple[str, int], _Call] = {}
@@ -244,6 +247,12 @@ class PushDispatcher:
 
     async def _deliver(self, sender: Sender, device: Device, notification: Notification,
                        started: float) -> None:
+        result = await self._attempts(sender, device, notification, started)
+        self._metrics.pushes.labels(sender.provider, result).inc()
+
+    async def _attempts(self, sender: Sender, device: Device, notification: Notification,
+                        started: float) -> str:
+        """Send, and retry while the phone could still ring; the push's result."""
         provider = sender.provider
         slots = self.slots[provider]
         deadline = started + self._ring_window
@@ -255,7 +264,7 @@ class PushDispatcher:
                                "waiting; dropping the {kind} push to {device}",
                                provider=provider, count=slots.busy, waiting=slots.waiting,
                                kind=notification.kind, device=device.label)
-                return
+                return DROPPED
             try:
                 outcome = await sender.deliver(device, notification)
             except Exception as error:  # a bug in a sender must not take the others down
@@ -265,18 +274,18 @@ class PushDispatcher:
                 slots.release()
             await self._record(device, outcome, notification)
             if outcome.delivered or outcome.retry_after is None:
-                return
+                return _result(outcome)
             wait = max(outcome.retry_after, delay)
             if self._clock.seconds() + wait > deadline:
                 self.log.warn("push: giving up on {device} ({reason}): past the ring window",
                               device=device.label, reason=outcome.reason)
-                return
+                return FAILED
             if not self._stopping:
                 await self._rest(wait)
             if self._stopping:
                 self.log.warn("push: not retrying {device} ({reason}): stopping",
                               device=device.label, reason=outcome.reason)
-                return
+                return FAILED
             delay *= 2
 
     def _rest(self, seconds: float) -> Deferred[None]:
@@ -300,6 +309,7 @@ class PushDispatcher:
             if outcome.prune:
                 pruned = await self._store.prune(device, outcome.prune_unless_registered_after)
                 if pruned:
+                    self._metrics.pruned_tokens.labels(device.provider).inc()
                     self.log.info("push: pruned {device}: {reason}", device=device.label,
                                   reason=outcome.reason)
                     return
@@ -327,6 +337,13 @@ class PushDispatcher:
             self._told.pop(key, None)
         for key in [key for key in self._told if key not in self._calls]:
             del self._told[key]
+
+
+def _result(outcome: Outcome) -> str:
+    """A final outcome as the ``result`` label of the pushes counter."""
+    if outcome.delivered:
+        return DELIVERED
+    return REJECTED if outcome.prune else FAILED
 
 
 def _identity(device: Device) -> tuple[str, str, bool, str]:

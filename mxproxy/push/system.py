@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from mxproxy.config import Config, PushConfig
 from mxproxy.csta.records import XMLRecord
 from mxproxy.logs import Logger
+from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer
 from mxproxy.push.apns import APNS_PORT, HOSTS, APNsClient
 from mxproxy.push.credentials import (
@@ -70,6 +71,8 @@ class PushSystem(Service):
         self.dispatcher = dispatcher
         self.senders = senders
         self.clients = clients
+        self.monitors: dict[str, CallMonitors] = {}
+        """The call monitors of each attached MX, by its name."""
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -94,12 +97,15 @@ class PushSystem(Service):
                                        event, lambda number: _name_of(server, number))
 
         monitors = CallMonitors(server, self.store.users, on_call_event)
+        self.monitors[server.config.name] = monitors
         return DeviceRegistry(lambda: server.sn, self.store, monitors, self.senders)
 
 
 def build(reactor: Any, db: str, apns: Iterable[Credential], fcm: Mapping[str, ServiceAccount],
-          push: PushConfig, trust_root: bytes | None = None) -> PushSystem:
-    """Open the store and make one client per (APNs host, credential) and per FCM app."""
+          push: PushConfig, trust_root: bytes | None = None,
+          metrics: Metrics | None = None) -> PushSystem:
+    """Open the store and make one client per (APNs host, credential) and per FCM app;
+    ``metrics`` receives the dispatcher's counts."""
     routes: dict[tuple[str, bool], APNsClient] = {}
     clients: list[APNsClient | FCMClient] = []
     for credential in apns:
@@ -119,7 +125,7 @@ def build(reactor: Any, db: str, apns: Iterable[Credential], fcm: Mapping[str, S
                                                    "gfcm": FCMSender(fcm_clients)}
     store = TokenStore.open(db, reactor=reactor)
     dispatcher = PushDispatcher(store, senders, reactor, max_in_flight=push.max_in_flight,
-                                max_queued=push.max_queued)
+                                max_queued=push.max_queued, metrics=metrics)
     log.info("push: {routes} APNs topics, {apps} FCM apps, tokens in {db}",
              routes=len(routes), apps=len(fcm_clients), db=db)
     return PushSystem(store, dispatcher, senders, clients)

@@ -191,6 +191,10 @@ class TokenStore:
         """Every user id (``<sn>:<jid>``) with a device on the MX ``sn``, to restart monitors."""
         return self._run(_users, sn)
 
+    def count(self) -> Deferred[int]:
+        """How many devices are registered: a cheap query that shows the store answers."""
+        return self._run(_count)
+
     def record_success(self, device: Device, when: float) -> Deferred[bool]:
         """Note a delivery; fires with False if the device is gone meanwhile."""
         return self._run(_note, f"UPDATE devices SET last_success = ? WHERE {_KEY}",
@@ -391,6 +395,11 @@ def _has_devices(connection: sqlite3.Connection, user: str) -> bool:
     (found,) = connection.execute(
         "SELECT EXISTS (SELECT 1 FROM devices WHERE user = ?)", (user,)).fetchone()
     return bool(found)
+
+
+def _count(connection: sqlite3.Connection) -> int:
+    (found,) = connection.execute("SELECT count(*) FROM devices").fetchone()
+    return int(found)
 
 
 def _users(connection: sqlite3.Connection, sn: str) -> list[str]:

@@ -1,0 +1,213 @@
+"""The admin endpoint: ``/healthz`` and ``/metrics``, served on a private address only.
+
+The health report says whether every MX link is up (200, else 503) and what an operator checks
+first: since when, the last error, the call monitors, the token store. The metrics are the
+daemon's registry plus the gauges of live state (links, monitors, pushes in flight, certificate
+expiry), read from the objects at scrape time instead of being updated on every change. Neither
+shows a password, a device token or a key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from mxproxy.api.errors import HTTPError, not_found, write_error
+from mxproxy.metrics import Metrics
+from mxproxy.mx import MXServer
+from mxproxy.push.apns import APNsClient
+from mxproxy.push.credentials import APNsCertificate
+from mxproxy.push.system import PushSystem
+
+STORE_TIMEOUT = 2.0
+"""Seconds the health report waits for the token store's query (it queues behind writes)."""
+
+NotAfter = Callable[[], datetime | None]
+"""When the served TLS certificate expires, or None while there is none."""
+
+
+def admin_site(metrics: Metrics, servers: Iterable[MXServer], push: PushSystem | None,
+               clock: IReactorTime, tls_not_after: NotAfter | None = None) -> Site:
+    """The site of ``/healthz`` and ``/metrics`` for these MX links and push delivery (None
+    when not configured); ``tls_not_after`` gives the served certificate's expiry, if any.
+    Adds the live-state collector to ``metrics``: call it once per daemon."""
+    servers = tuple(servers)
+    metrics.registry.register(LiveState(servers, push, clock, tls_not_after))
+    return _QuietSite(_AdminPages(Health(servers, push, clock), metrics))
+
+
+class Health:
+    """The ``/healthz`` report: each MX link, its call monitors, the token store."""
+
+    def __init__(self, servers: Iterable[MXServer], push: PushSystem | None,
+                 clock: IReactorTime, store_timeout: float = STORE_TIMEOUT) -> None:
+        self._servers = tuple(servers)
+        self._push = push
+        self._clock = clock
+        self._store_timeout = store_timeout
+
+    async def report(self) -> tuple[bool, dict[str, Any]]:
+        """(whether every link is up, the JSON report)."""
+        healthy = all(server.state.connected for server in self._servers)
+        links = {server.config.name: self._link(server) for server in self._servers}
+        return healthy, {"healthy": healthy, "mx": links, "tokenStore": await self._store()}
+
+    def _link(self, server: MXServer) -> dict[str, Any]:
+        state = server.state
+        report: dict[str, Any] = {
+            "link": "up" if state.connected else "down", "since": _rfc3339(state.since),
+            "reconnects": state.reconnects, "monitors": _monitors(self._push, server)}
+        if server.sn is not None:
+            report["sn"] = server.sn
+        if not state.connected:
+            report["lastError"] = state.last_error
+            report["nextAttempt"] = _rfc3339(state.next_attempt)
+        return report
+
+    async def _store(self) -> dict[str, Any] | None:
+        """``ok`` and the device count, or the class of the error the query ended with."""
+        if self._push is None:
+            return None
+        try:
+            devices = await self._push.store.count().addTimeout(self._store_timeout, self._clock)
+        except Exception as error:
+            return {"state": type(error).__name__}
+        return {"state": "ok", "devices": devices}
+
+
+class LiveState:
+    """The collector of the gauges that mirror live state, read at each scrape."""
+
+    def __init__(self, servers: Iterable[MXServer], push: PushSystem | None,
+                 clock: IReactorTime, tls_not_after: NotAfter | None = None) -> None:
+        self._servers = tuple(servers)
+        self._push = push
+        self._clock = clock
+        self._tls_not_after = tls_not_after
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("mxproxy_mx_link_up", "1 while the server link to the MX is "
+                               "logged in with its address book loaded, else 0", labels=["mx"])
+        reconnects = CounterMetricFamily("mxproxy_mx_reconnects", "Times the server link to the "
+                                         "MX was established again after a loss", labels=["mx"])
+        monitors = GaugeMetricFamily("mxproxy_call_monitors", "Users whose calls are monitored "
+                                     "on the server link, for their pushes", labels=["mx"])
+        for server in self._servers:
+            name = server.config.name
+            up.add_metric([name], int(server.state.connected))
+            reconnects.add_metric([name], server.state.reconnects)
+            monitors.add_metric([name], _monitors(self._push, server))
+        yield from (up, reconnects, monitors)
+        yield from self._pushes()
+        yield from self._expiry()
+
+    def _pushes(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily("mxproxy_pushes_in_flight", "Pushes sent to the provider "
+                                      "and not answered yet", labels=["provider"])
+        queued = GaugeMetricFamily("mxproxy_pushes_queued", "Pushes waiting for one of the "
+                                   "provider's in-flight slots", labels=["provider"])
+        slots = self._push.dispatcher.slots if self._push is not None else {}
+        for provider, provider_slots in slots.items():
+            in_flight.add_metric([provider], provider_slots.busy)
+            queued.add_metric([provider], provider_slots.waiting)
+        yield from (in_flight, queued)
+
+    def _expiry(self) -> Iterator[Metric]:
+        now = self._clock.seconds()
+        apns = GaugeMetricFamily("mxproxy_apns_certificate_expires_in_seconds", "Seconds until "
+                                 "the APNs provider certificate (.p12) of the bundle id and "
+                                 "environment expires; negative once expired (token keys do "
+                                 "not expire)", labels=["bundle", "environment"])
+        for (bundle, environment), expiry in _apns_expiry(self._push).items():
+            apns.add_metric([bundle, environment], expiry.timestamp() - now)
+        tls = GaugeMetricFamily("mxproxy_tls_certificate_expires_in_seconds", "Seconds until "
+                                "the served TLS certificate expires; negative once expired")
+        not_after = self._tls_not_after() if self._tls_not_after is not None else None
+        if not_after is not None:
+            tls.add_metric([], not_after.timestamp() - now)
+        yield from (apns, tls)
+
+
+def _monitors(push: PushSystem | None, server: MXServer) -> int:
+    """How many call monitors run on the server link (none without push delivery)."""
+    monitors = push.monitors.get(server.config.name) if push is not None else None
+    return len(monitors) if monitors is not None else 0
+
+
+def _apns_expiry(push: PushSystem | None) -> dict[tuple[str, str], datetime]:
+    """The expiry of each APNs certificate in use, by (bundle id, environment)."""
+    found: dict[tuple[str, str], datetime] = {}
+    for client in push.clients if push is not None else ():
+        credential = client.credential if isinstance(client, APNsClient) else None
+        if isinstance(credential, APNsCertificate):
+            for environment in credential.environments:
+                found[(credential.bundle_id, environment)] = \
+                    credential.certificate.not_valid_after_utc
+    return found
+
+
+def _rfc3339(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _AdminPages(Resource):
+    """``GET /healthz`` and ``GET /metrics``; JSON errors for anything else."""
+
+    isLeaf = True
+
+    def __init__(self, health: Health, metrics: Metrics) -> None:
+        super().__init__()
+        self._health = health
+        self._metrics = metrics
+        self._pages: dict[bytes, Callable[[Request], Any]] = {
+            b"/healthz": self._healthz, b"/metrics": self._scrape}
+
+    def render(self, request: Request) -> Any:
+        page = self._pages.get(request.path)
+        if page is None:
+            return write_error(request, not_found())
+        if request.method not in (b"GET", b"HEAD"):
+            return write_error(request, HTTPError(405, "method not allowed",
+                                                  {"Allow": "GET, HEAD"}))
+        return page(request)
+
+    def _scrape(self, request: Request) -> bytes:
+        accept = (request.getHeader(b"Accept") or b"").decode("latin-1")
+        body, content_type = self._metrics.exposition(accept)
+        request.setHeader(b"Content-Type", content_type.encode())
+        return body
+
+    def _healthz(self, request: Request) -> object:
+        """Answered once the token store answered its query, or did not in time."""
+        gone: list[object] = []
+        request.notifyFinish().addErrback(gone.append)
+
+        async def answer() -> None:
+            healthy, report = await self._health.report()
+            if gone:
+                return  # the prober hung up
+            request.setResponseCode(200 if healthy else 503)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.write(json.dumps(report).encode())
+            request.finish()
+
+        Deferred.fromCoroutine(answer()).addErrback(request.processingFailed)
+        return NOT_DONE_YET
+
+
+class _QuietSite(Site):
+    """A Site without access log: probes and scrapes every few seconds would bury the log."""
+
+    def log(self, request: http.Request) -> None:
+        pass
