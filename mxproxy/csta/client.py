@@ -219,3 +219,16 @@ def stdout_trace(label: str, out: IO[str] | None = None) -> Trace:
         stream.flush()
 
     return trace
+
+
+def log_trace(label: str) -> Trace:
+    """The ``--csta`` sink when the log is JSON lines: every frame as a log event (so stdout
+    stays one JSON object per line), redacted as on stdout."""
+    logger = Logger(namespace=f"csta.{label}")
+
+    def trace(direction: str, invoke_id: int, body: bytes) -> None:
+        logger.info("{label} {direction} {invoke_id:04d} {frame}", label=label,
+                    direction=direction, invoke_id=invoke_id,
+                    frame=xml.redact(body).decode("utf-8", "replace"))
+
+    return trace
