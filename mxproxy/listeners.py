@@ -76,15 +76,16 @@ def where(address: object) -> str:
 
 
 def api_listeners(options: Mapping[str, Any], site: Site, parent: MultiService,
-                  reactor: Any) -> list[Listener]:
-    """The listeners of the API for these options; ACME, when used, joins ``parent``."""
+                  reactor: Any) -> tuple[list[Listener], ServingCertificate | None]:
+    """The listeners of the API for these options, and the certificate served over HTTPS if
+    any; ACME, when used, joins ``parent``."""
     if options["listen"]:
         return [Listener(_endpoint(reactor, text, "--listen"), site, "HTTP", text)
-                for text in options["listen"]]
+                for text in options["listen"]], None
     if options["local_http"] is not None:
         interface, port = options["local_http"]
         return [Listener(TCP4ServerEndpoint(reactor, port, interface=interface), site, "HTTP",
-                         f"{interface}:{port}")]
+                         f"{interface}:{port}")], None
     host = options["host"]
     certificate = ServingCertificate(host)
     challenges: dict[str, bytes] = {}
@@ -103,7 +104,7 @@ def api_listeners(options: Mapping[str, Any], site: Site, parent: MultiService,
         Listener(_endpoint(reactor, http, "--http-listen"),
                  Site(RedirectToHTTPS(host, challenges)),
                  "HTTP (ACME challenges, redirect to HTTPS)", http),
-    ]
+    ], certificate
 
 
 def acme_dir(options: Mapping[str, Any]) -> str:

@@ -16,12 +16,14 @@ from twisted.internet.address import IPv4Address
 from twisted.web.server import Site
 
 from mxproxy import logs
+from mxproxy.admin import admin_site
 from mxproxy.api.app import API, MXAccess
 from mxproxy.api.request import APIRequest
 from mxproxy.config import Config, ConfigError, demo_config, load_config
 from mxproxy.csta.client import CSTAFactory, log_trace, stdout_trace
 from mxproxy.csta.protocol import Trace
-from mxproxy.listeners import api_listeners
+from mxproxy.listeners import admin_listener, api_listeners
+from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer, SerialRegistry
 from mxproxy.push.system import PushConfigError, PushSystem, build, load_credentials
 from mxproxy.push.tokens import TokenStoreError
@@ -40,12 +42,13 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     logs.set_debug(bool(options["debug"]))
     root = MultiService()
     config = None if options["demo"] else _load(options["config"])
+    metrics = Metrics()
     push: PushSystem | None
     if config is None:
         config = _start_demo_mx(reactor)
-        push = _start_demo_push(reactor, options["db"])
+        push = _start_demo_push(reactor, options["db"], metrics)
     else:
-        push = _push(config, options["db"], reactor)
+        push = _push(config, options["db"], reactor, metrics)
     if push is not None:
         push.setServiceParent(root)  # first in, last out: it outlives the links that feed it
     serials = SerialRegistry()
@@ -53,17 +56,26 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     access = {}
     for name, mx in config.mx.items():
         trace = _trace(options, f"mx.{name}")
-        server = MXServer(mx, reactor, serials, trace=trace, on_fatal=abort)
+        round_trip = metrics.round_trips(name)
+        server = MXServer(mx, reactor, serials, trace=trace, on_fatal=abort,
+                          on_round_trip=round_trip)
         server.setServiceParent(root)
-        pool = SessionPool(reactor, server.address, CSTAFactory(reactor, trace),
+        pool = SessionPool(reactor, server.address,
+                           CSTAFactory(reactor, trace, on_round_trip=round_trip),
                            clear_text_retry=mx.clear_text_retry,
                            idle_timeout=options["session-idle"])
         pool.setServiceParent(root)
         access[name] = MXAccess(server, pool, push.attach(server) if push else None)
-    site = Site(API(access, reactor).resource())
+    site = Site(API(access, reactor, metrics=metrics).resource())
     site.requestFactory = APIRequest
+    listeners, certificate = api_listeners(options, site, root, reactor)
+    admin = admin_listener(options, admin_site(
+        metrics, [entry.server for entry in access.values()], push, reactor,
+        tls_not_after=None if certificate is None else lambda: certificate.not_after), reactor)
+    if admin is not None:
+        admin.setServiceParent(root)  # health answers until the API has stopped accepting
     # Added last, so stopped first: a stopping daemon stops accepting before anything else.
-    for listener in api_listeners(options, site, root, reactor):
+    for listener in listeners:
         listener.setServiceParent(root)
     log.info("mxproxy: {count} MX configured: {names}", count=len(access),
              names=", ".join(access))
@@ -87,7 +99,7 @@ def _load(path: str) -> Config:
     return config
 
 
-def _push(config: Config, db: str, reactor: Any) -> PushSystem | None:
+def _push(config: Config, db: str, reactor: Any, metrics: Metrics) -> PushSystem | None:
     """Push delivery when the config names credentials; every problem exits with one line."""
     if not config.apns and not config.gfcm:
         log.warn("push: no apns or gfcm credentials configured; device registration answers 501")
@@ -98,17 +110,17 @@ def _push(config: Config, db: str, reactor: Any) -> PushSystem | None:
         if config.push.ca is not None:
             with open(config.push.ca, "rb") as pem:
                 trust = pem.read()
-        return build(reactor, db, apns, fcm, config.push, trust_root=trust)
+        return build(reactor, db, apns, fcm, config.push, trust_root=trust, metrics=metrics)
     except (PushConfigError, TokenStoreError, OSError) as error:
         raise SystemExit(f"mxproxy: {error}") from None
 
 
-def _start_demo_push(reactor: Any, db: str) -> PushSystem:
+def _start_demo_push(reactor: Any, db: str, metrics: Metrics) -> PushSystem:
     """Fake APNs and FCM in this process, with credentials made up for them."""
     from mxproxy.testing import demopush
 
     apns, fcm, push, trust = demopush.start(reactor)
-    return build(reactor, db, apns, fcm, push, trust_root=trust)
+    return build(reactor, db, apns, fcm, push, trust_root=trust, metrics=metrics)
 
 
 def _start_demo_mx(reactor: Any) -> Config:

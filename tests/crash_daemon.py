@@ -22,12 +22,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, IServiceCollection
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
+from mxproxy.listeners import Listener
 from mxproxy.mx import MXServer
 from mxproxy.options import MXProxyOptions
 from mxproxy.service import makeService
@@ -72,22 +71,6 @@ def write(directory: str, name: str, content: bytes) -> str:
     return path
 
 
-class RecordingEndpoint:
-    """Wraps the API's server endpoint to learn the port the kernel picked."""
-
-    def __init__(self, endpoint: Any) -> None:
-        self._endpoint = endpoint
-        self.listening: Deferred[IListeningPort] = Deferred()
-
-    def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        def listened(port: IListeningPort) -> IListeningPort:
-            self.listening.callback(port)
-            return port
-
-        listening: Deferred[IListeningPort] = self._endpoint.listen(factory)
-        return listening.addCallback(listened)
-
-
 async def serve(reactor: Any, directory: str, mx: str) -> None:
     config = {"mx": {MX_NAME: {"addr": mx, "login": MX_LOGIN, "password": MX_PASSWORD,
                                "tls": False}}}
@@ -95,20 +78,19 @@ async def serve(reactor: Any, directory: str, mx: str) -> None:
     path = write(directory, "mxproxy.json", json.dumps(config, indent=2).encode())
     options = MXProxyOptions()
     options.parseOptions(["--config", path, "--db", os.path.join(directory, DB),
-                          "--host", "127.0.0.1:0"])
+                          "--host", "127.0.0.1:0", "--admin-listen", "none"])
     root = makeService(options, reactor)
     services = list(IServiceCollection(root))
-    [api] = [service for service in services if isinstance(service, StreamServerEndpointService)]
-    endpoint = api.endpoint = RecordingEndpoint(api.endpoint)
+    [api] = [service for service in services if isinstance(service, Listener)]
     servers = [service for service in services if isinstance(service, MXServer)]
     # As twistd's startApplication: start now, stop before the reactor shuts down.
     service = IService(root)
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    port = await endpoint.listening
+    assert api.port is not None  # TCP listens at once; a failure would have raised
     await gatherResults([server.when_ready() for server in servers])
-    sys.stdout.write("READY " + json.dumps({"port": port.getHost().port}) + "\n")  # type: ignore[attr-defined]
+    sys.stdout.write("READY " + json.dumps({"port": api.port.getHost().port}) + "\n")  # type: ignore[attr-defined]
     sys.stdout.flush()
 
 

@@ -60,9 +60,10 @@ class RunningDaemonTests(TestCase):
         self.pool = HTTPConnectionPool(reactor, persistent=False)
 
     async def start(self, *args: str) -> MultiService:
+        if "--admin-listen" not in args:
+            args = ("--admin-listen", "none", *args)
         options = MXProxyOptions()
-        options.parseOptions(["--config", self.config, "--db", self.mktemp(),
-                              "--admin-listen", "none", *args])
+        options.parseOptions(["--config", self.config, "--db", self.mktemp(), *args])
         root = makeService(options, reactor=reactor)
         assert isinstance(root, MultiService)
         root.privilegedStartService()
@@ -144,3 +145,34 @@ class RunningDaemonTests(TestCase):
         self.assertEqual(len(logouts), 2)
         with self.assertRaises(ConnectionRefusedError):
             await self.get("http://127.0.0.1/mx/dev/calllog", port, auth=ALICE)
+
+    async def test_health_and_metrics_on_the_admin_endpoint_only(self) -> None:
+        authority = certificate_authority()
+        issued = authority.issue([NAME])
+        chain, key = self.mktemp(), self.mktemp()
+        with open(chain, "wb") as file:
+            file.write(issued.cert_pem)
+        with open(key, "wb") as file:
+            file.write(issued.key_pem)
+        root = await self.start("--host", NAME, "--tls-cert", chain, "--tls-key", key,
+                                "--https-listen", "tcp:0:interface=127.0.0.1",
+                                "--http-listen", "tcp:0:interface=127.0.0.1",
+                                "--admin-listen", "tcp:0:interface=127.0.0.1")
+        ports = self.ports(root)
+        admin = ports["the admin endpoint (/healthz, /metrics)"]
+        https = ports[f"HTTPS for {NAME}"]
+        response, body = await self.get(f"https://{NAME}/mx/dev/addressbook", https,
+                                        trust=authority.cert_pem, auth=ALICE)
+        self.assertEqual(response.code, 200)
+        response, body = await self.get("http://127.0.0.1/healthz", admin)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["mx"]["dev"]["link"], "up")
+        response, body = await self.get("http://127.0.0.1/metrics", admin)
+        self.assertEqual(response.code, 200)
+        text = body.decode()
+        self.assertIn('mxproxy_http_requests_total{method="GET",route="/mx/{mx}/addressbook",'
+                      'status="200"} 1.0', text)
+        self.assertIn('mxproxy_mx_link_up{mx="dev"} 1.0', text)
+        self.assertIn("mxproxy_tls_certificate_expires_in_seconds ", text)
+        response, _ = await self.get(f"https://{NAME}/healthz", https, trust=authority.cert_pem)
+        self.assertEqual(response.code, 404)  # not on the public port

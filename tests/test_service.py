@@ -30,6 +30,9 @@ class RecordingReactor:
     def stop(self) -> None:
         self.stops += 1
 
+    def seconds(self) -> float:
+        return 0.0
+
 
 class FatalStopTests(SynchronousTestCase):
     def test_stops_once_and_exits_non_zero_after_shutdown(self) -> None:
@@ -67,9 +70,10 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual((servers[1].address.host, servers[1].address.port), ("mx.example.com",
                                                                               7778))
         self.assertFalse(servers[1].address.tls)
-        [listener] = [s for s in services if isinstance(s, Listener)]
-        self.assertEqual((listener.what, listener.description), ("HTTP", "127.0.0.1:9090"))
-        self.assertIs(services[-1], listener)  # stopped first: no new requests while stopping
+        admin, api = [s for s in services if isinstance(s, Listener)]
+        self.assertEqual((api.what, api.description), ("HTTP", "127.0.0.1:9090"))
+        self.assertEqual(admin.description, "tcp:9473:interface=127.0.0.1")  # loopback only
+        self.assertIs(services[-1], api)  # stopped first: no new requests while stopping
 
     def test_legacy_fcm_server_key_stops_the_start_with_the_reason(self) -> None:
         path = self.config_file({"mx": {"dev": {"addr": "h", "login": "s", "password": "p"}},
@@ -93,7 +97,9 @@ class MakeServiceTests(SynchronousTestCase):
                          os.path.join(os.path.dirname(db), "acme"))
         listeners = [(s.what, s.description) for s in root  # type: ignore[attr-defined]
                      if isinstance(s, Listener)]
-        self.assertEqual(listeners, [("HTTPS for mxproxy.connector73.net", "tcp:443"),
+        self.assertEqual(listeners, [("the admin endpoint (/healthz, /metrics)",
+                                      "tcp:9473:interface=127.0.0.1"),
+                                     ("HTTPS for mxproxy.connector73.net", "tcp:443"),
                                      ("HTTP (ACME challenges, redirect to HTTPS)", "tcp:80")])
 
     def test_certificate_files_replace_acme(self) -> None:
