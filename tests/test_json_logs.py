@@ -204,7 +204,6 @@ class RealRunTests(TestCase):
             ("warn", "mxproxy.service", f'{config}: ["größe"]: unknown key, ignored'),
             ("info", "mxproxy.mx.MXServer",
              "mx.json: connected to MX JSONLOG1, address book of 1 contacts"),
-            ("info", "twisted.internet.base", "Received SIGTERM, shutting down."),
             ("info", "twisted.scripts._twistd_unix.UnixAppLogger", "Server Shut Down."),
         }
         self.assertLessEqual(expected, found, "\n".join(map(repr, sorted(found))))
