@@ -67,6 +67,10 @@ def serve(setup: Callable[[Any], Coroutine[Any, Any, dict[str, Any]]]) -> None:
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
 
+    from mxproxy.memory import tune_malloc
+
+    tune_malloc()  # as the daemon does: every child, baselines included, is that kind of process
+
     failed: list[bool] = []
 
     def started(info: dict[str, Any]) -> None:

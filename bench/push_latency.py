@@ -497,6 +497,7 @@ async def serve_proxy(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     from twisted.internet.defer import DeferredSemaphore, gatherResults
 
     from mxproxy import service
+    from mxproxy.options import MXProxyOptions
     from mxproxy.push.system import PushSystem
 
     if args.stages:
@@ -511,12 +512,13 @@ async def serve_proxy(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     PushSystem.attach = capturing_attach  # type: ignore[method-assign]
     try:
-        root = service.makeService({
-            "debug": False, "demo": False, "config": args.config, "db": args.db,
-            "local_http": ("127.0.0.1", 0), "host": "127.0.0.1:0", "csta": False,
-            "session-idle": 60.0}, reactor)
+        options = MXProxyOptions()
+        options.parseOptions(["--config", args.config, "--db", args.db,
+                              "--host", "127.0.0.1:0", "--admin-listen", "none"])
+        root = service.makeService(options, reactor)
     finally:
         PushSystem.attach = attach  # type: ignore[method-assign]
+    root.privilegedStartService()
     root.startService()
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     [(server, registry)] = captured

@@ -23,6 +23,7 @@ from mxproxy.config import Config, ConfigError, demo_config, load_config
 from mxproxy.csta.client import CSTAFactory, log_trace, stdout_trace
 from mxproxy.csta.protocol import Trace
 from mxproxy.listeners import admin_listener, api_listeners
+from mxproxy.memory import tune_malloc
 from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer, SerialRegistry
 from mxproxy.push.system import PushConfigError, PushSystem, build, load_credentials
@@ -40,6 +41,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
     logs.set_debug(bool(options["debug"]))
+    tune_malloc()
     root = MultiService()
     config = None if options["demo"] else _load(options["config"])
     metrics = Metrics()
