@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mxproxy.push import tokens
 from mxproxy.push.tokens import (
     BUSY_TIMEOUT_MS,
     SCHEMA_VERSION,
@@ -149,6 +150,44 @@ class StoreTests(StoreCase):
         await self.store.remove("apns", BUNDLE, False, TOKEN)
         self.assertFalse(await self.store.record_success(device, 1030.0))
         self.assertFalse(await self.store.record_error(device, 1030.0, "Unregistered"))
+
+    async def test_notes_made_while_a_batch_is_written_form_the_next_batch(self) -> None:
+        batches: list[int] = []
+        write = tokens._notes
+
+        def counting(connection: sqlite3.Connection, notes: list[Any]) -> list[bool]:
+            batches.append(len(notes))
+            return write(connection, notes)
+
+        self.patch(tokens, "_notes", counting)
+        for index in range(50):
+            await self.store.register(ALICE, "apns", BUNDLE, False, token(index))
+        devices = await self.store.devices(ALICE)
+        await self.store.remove("apns", BUNDLE, False, token(7))  # its note finds no row
+        noted = [self.store.record_success(device, 2000.0 + n) for n, device in
+                 enumerate(devices)]
+        self.assertEqual(await gatherResults(noted),
+                         [device.token != token(7) for device in devices])
+        self.assertEqual(batches, [1, 49])  # the first alone, the rest while it was written
+        recorded = {device.token: device.last_success for device in
+                    await self.store.devices(ALICE)}
+        self.assertEqual(recorded, {device.token: 2000.0 + n for n, device in enumerate(devices)
+                                    if device.token != token(7)})
+
+    async def test_notes_still_queued_are_written_before_the_store_closes(self) -> None:
+        await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
+        [device] = await self.store.devices(ALICE)
+        first = self.store.record_success(device, 1.0)
+        second = self.store.record_error(device, 2.0, "Timeout")  # waits for the first batch
+        closed = self.store.close()
+        self.assertEqual([await first, await second], [True, True])
+        await closed
+        reopened = TokenStore.open(self.path)
+        self.addCleanup(reopened.close)
+        [recorded] = await reopened.devices(ALICE)
+        self.assertEqual((recorded.last_success, recorded.last_error), (1.0, 2.0))
+        with self.assertRaises(StoreClosed):
+            await self.store.record_success(device, 3.0)
 
     async def test_prune(self) -> None:
         await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)

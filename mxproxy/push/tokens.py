@@ -116,6 +116,8 @@ class TokenStore:
         self._clock = clock
         self._closing: list[Deferred[None]] | None = None
         self._closed = False
+        self._pending_notes: list[tuple[str, tuple[Any, ...], Deferred[bool]]] = []
+        self._noting = False
         self._shutdown: Any = reactor.addSystemEventTrigger("before", "shutdown",
                                                             self._close_at_shutdown)
 
@@ -197,14 +199,40 @@ class TokenStore:
 
     def record_success(self, device: Device, when: float) -> Deferred[bool]:
         """Note a delivery; fires with False if the device is gone meanwhile."""
-        return self._run(_note, f"UPDATE devices SET last_success = ? WHERE {_KEY}",
-                         (when, *_key(device)))
+        return self._note(f"UPDATE devices SET last_success = ? WHERE {_KEY}",
+                          (when, *_key(device)))
 
     def record_error(self, device: Device, when: float, reason: str) -> Deferred[bool]:
         """Note a failed delivery; fires with False if the device is gone meanwhile."""
-        return self._run(
-            _note, f"UPDATE devices SET last_error = ?, last_error_reason = ? WHERE {_KEY}",
-            (when, reason, *_key(device)))
+        return self._note(f"UPDATE devices SET last_error = ?, last_error_reason = ? WHERE {_KEY}",
+                          (when, reason, *_key(device)))
+
+    def _note(self, sql: str, parameters: tuple[Any, ...]) -> Deferred[bool]:
+        """Queue a note. One batch is on the store thread at a time and the notes made meanwhile
+        form the next, so a burst of pushes costs a few thread round trips, not one per push."""
+        if self._closing is not None:
+            return fail(StoreClosed(f"token store {self.path} is closed"))
+        noted: Deferred[bool] = Deferred()
+        self._pending_notes.append((sql, parameters, noted))
+        if not self._noting:
+            self._write_notes()
+        return noted
+
+    def _write_notes(self) -> None:
+        batch, self._pending_notes = self._pending_notes, []
+        self._noting = True
+
+        def written(result: list[bool] | Failure) -> None:
+            self._noting = False
+            for index, (_, _, noted) in enumerate(batch):
+                if isinstance(result, Failure):
+                    noted.errback(result)
+                else:
+                    noted.callback(result[index])
+            if self._pending_notes:
+                self._write_notes()
+
+        self._run(_notes, [(sql, parameters) for sql, parameters, _ in batch]).addBoth(written)
 
     def prune(self, device: Device,
               unless_registered_after: float | None = None) -> Deferred[bool]:
@@ -232,6 +260,8 @@ class TokenStore:
             waiter.callback(None)
             return waiter
         if self._closing is None:
+            if self._pending_notes:
+                self._write_notes()  # ahead of the close on the store's queue
             self._closing = []
             closed: Deferred[None] = deferToThreadPool(self._reactor, self._pool, self._call,
                                                        sqlite3.Connection.close)
@@ -372,13 +402,16 @@ def _write(connection: sqlite3.Connection, statement: str, parameters: tuple[Any
     return connection.execute(statement, parameters).rowcount > 0
 
 
-def _note(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> bool:
-    """Delivery bookkeeping, committed without waiting for the disk: a push burst writes one
-    note per device, and an fsync each would queue the next calls' device lookups behind them.
-    Losing the last notes in a power cut costs nothing; registrations stay synchronous=FULL."""
+def _notes(connection: sqlite3.Connection,
+           notes: list[tuple[str, tuple[Any, ...]]]) -> list[bool]:
+    """Delivery bookkeeping, a batch in one transaction committed without waiting for the disk:
+    a push burst writes one note per device, and an fsync each would queue the next calls'
+    device lookups behind them. Losing the last notes in a power cut costs nothing;
+    registrations stay synchronous=FULL. Whether each note touched its row."""
     connection.execute("PRAGMA synchronous=NORMAL")
     try:
-        return _write(connection, sql, parameters)
+        with _transaction(connection):
+            return [_write(connection, sql, parameters) for sql, parameters in notes]
     finally:
         connection.execute("PRAGMA synchronous=FULL")
 
