@@ -179,6 +179,8 @@ class TokenAuthTests(APNsTestCase):
         headers = request.headers
         self.assertEqual((headers[":method"], headers[":path"], headers[":scheme"]),
                          ("POST", f"/3/device/{device(1)}", "https"))
+        # Private values stay out of HPACK tables: the device token, and (h2 does it) the JWT
+        self.assertEqual(request.never_indexed, {":path", "authorization"})
         self.assertEqual((headers["apns-topic"], headers["apns-push-type"],
                           headers["apns-priority"], headers["apns-expiration"]),
                          (BUNDLE, "alert", "10", "0"))

@@ -34,6 +34,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
+from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import GoAwayFrame
 from OpenSSL import crypto
 from twisted.internet import ssl
@@ -92,6 +93,8 @@ class ReceivedRequest:
     time: float
     connection: int
     stream_id: int
+    never_indexed: frozenset[str] = frozenset()
+    """Names of the headers HPACK carried as never-indexed, as a client sends private values."""
 
 
 Condition = Callable[["FakeAPNs"], bool]
@@ -308,6 +311,7 @@ def _json(body: bytes) -> Any:
 @attrs.define
 class _Incoming:
     headers: list[tuple[str, str]]
+    never_indexed: frozenset[str]
     body: bytearray = attrs.Factory(bytearray)
 
 
@@ -387,8 +391,11 @@ class _ServerConnection(Protocol):
         stream_id: int = getattr(event, "stream_id", None) or 0
         if isinstance(event, RequestReceived):
             if self._last_stream is None or stream_id <= self._last_stream:
+                headers = event.headers or ()
                 self._incoming[stream_id] = _Incoming(
-                    [(str(name), str(value)) for name, value in event.headers or ()])
+                    [(str(name), str(value)) for name, value in headers],
+                    frozenset(str(header[0]) for header in headers
+                              if isinstance(header, NeverIndexedHeaderTuple)))
                 fake.peak_streams = max(fake.peak_streams,
                                         len(self._incoming) + len(self._unanswered))
         elif isinstance(event, DataReceived):
@@ -415,7 +422,7 @@ class _ServerConnection(Protocol):
         match = _PATH.fullmatch(fields.get(":path", ""))
         token = match[1] if match else ""
         fake.received.append(ReceivedRequest(token, fields, _json(body), fake.clock.seconds(),
-                                             self.number, stream_id))
+                                             self.number, stream_id, incoming.never_indexed))
         answer = refusal or fake._answer_for(token)
         log.info("fake APNs: {type} push for {token} on {topic}: {payload}",
                  type=fields.get("apns-push-type"), token=mask_token(token),
