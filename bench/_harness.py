@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,6 +41,8 @@ PYTHON = sys.executable
 SERVER_LOGIN, SERVER_PASSWORD = "server", "server-secret"
 CHILD_LIFETIME = 600.0  # a server subprocess stops itself after this long, whatever happens
 READY_TIMEOUT = 60.0
+
+T = TypeVar("T")
 
 
 def basic(login: str, password: str) -> str:
@@ -88,6 +90,16 @@ def serve(setup: Callable[[Any], Coroutine[Any, Any, dict[str, Any]]]) -> None:
     reactor.callLater(CHILD_LIFETIME, reactor.stop)
     reactor.run()
     sys.exit(1 if failed else 0)
+
+
+def run(name: str, measure: Callable[[Any], T], args: Any) -> T:
+    """Run a benchmark's measurement; a failure of the set-up, a child or the load generator
+    ends it with one line and status 1 instead of a traceback."""
+    try:
+        return measure(args)
+    except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _die_with_parent() -> None:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from typing import Any
 
@@ -112,11 +110,7 @@ def main() -> None:
     else:
         if args.contacts < 1 or args.rounds < 1 or args.seconds <= 0:
             parser.error("--contacts, --rounds and --seconds must be positive")
-        try:
-            measure(args)
-        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as error:
-            print(f"http_addressbook: {error}", file=sys.stderr)
-            sys.exit(1)
+        h.run("http_addressbook", measure, args)
 
 
 if __name__ == "__main__":

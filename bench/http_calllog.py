@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -158,11 +157,7 @@ def main() -> None:
             parser.error("--users, --connections, --rounds and --seconds must be positive")
         if args.entries < 0 or args.delay_ms < 0:
             parser.error("--entries and --delay-ms must not be negative")
-        try:
-            measure(args)
-        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as error:
-            print(f"http_calllog: {error}", file=sys.stderr)
-            sys.exit(1)
+        h.run("http_calllog", measure, args)
 
 
 if __name__ == "__main__":

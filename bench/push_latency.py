@@ -54,7 +54,6 @@ import itertools
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -777,12 +776,7 @@ def main() -> None:
                          "negative (and not --calls 0 with --bursts 0)")
         if args.max_in_flight is not None and args.max_in_flight < 1:
             parser.error("--max-in-flight must be positive")
-        try:
-            measured = measure(args)
-        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as error:
-            print(f"push_latency: {error}", file=sys.stderr)
-            sys.exit(1)
-        if not measured:
+        if not h.run("push_latency", measure, args):
             sys.exit(1)  # the measurement broke (a missed target is only reported)
 
 

@@ -23,8 +23,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -139,11 +137,7 @@ def main() -> None:
     else:
         if args.size_mib <= 0 or args.warmup_mib <= 0 or args.rounds < 1 or args.sample_ms <= 0:
             parser.error("--size-mib, --warmup-mib, --rounds and --sample-ms must be positive")
-        try:
-            measure(args)
-        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as error:
-            print(f"voicemail_stream: {error}", file=sys.stderr)
-            sys.exit(1)
+        h.run("voicemail_stream", measure, args)
 
 
 if __name__ == "__main__":
