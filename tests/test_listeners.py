@@ -74,6 +74,21 @@ class RunningDaemonTests(TestCase):
                 await service.when_ready()
         return root
 
+    async def start_https(self, *args: str) -> tuple[MultiService, bytes]:
+        """The daemon for ``NAME`` with a certificate (and its CA chain) from files, HTTPS and
+        port 80 on ephemeral ports; also returns the CA a client must trust."""
+        authority = certificate_authority()
+        issued = authority.issue([NAME])
+        chain, key = self.mktemp(), self.mktemp()
+        with open(chain, "wb") as file:
+            file.write(issued.cert_pem + b"".join(issued.chain_pem))
+        with open(key, "wb") as file:
+            file.write(issued.key_pem)
+        root = await self.start("--host", NAME, "--tls-cert", chain, "--tls-key", key,
+                                "--https-listen", "tcp:0:interface=127.0.0.1",
+                                "--http-listen", "tcp:0:interface=127.0.0.1", *args)
+        return root, authority.cert_pem
+
     def ports(self, root: IService) -> dict[str, int]:
         """Listener description → bound port."""
         found = {}
@@ -91,21 +106,12 @@ class RunningDaemonTests(TestCase):
         return response, await readBody(response)
 
     async def test_certificate_from_files_served_with_hsts_and_port_80_redirects(self) -> None:
-        authority = certificate_authority()
-        issued = authority.issue([NAME])
-        chain, key = self.mktemp(), self.mktemp()
-        with open(chain, "wb") as file:
-            file.write(issued.cert_pem + b"".join(issued.chain_pem))
-        with open(key, "wb") as file:
-            file.write(issued.key_pem)
-        root = await self.start("--host", NAME, "--tls-cert", chain, "--tls-key", key,
-                          "--https-listen", "tcp:0:interface=127.0.0.1",
-                          "--http-listen", "tcp:0:interface=127.0.0.1")
+        root, trust = await self.start_https()
         ports = self.ports(root)
         self.assertEqual(sorted(ports), ["HTTP (ACME challenges, redirect to HTTPS)",
                                          f"HTTPS for {NAME}"])
         response, body = await self.get(f"https://{NAME}/mx/nope/addressbook",
-                                        ports[f"HTTPS for {NAME}"], trust=authority.cert_pem,
+                                        ports[f"HTTPS for {NAME}"], trust=trust,
                                         auth=ALICE)
         self.assertEqual(response.code, 404)
         self.assertEqual(json.loads(body), {"error": "unknown MX 'nope'"})
@@ -147,22 +153,12 @@ class RunningDaemonTests(TestCase):
             await self.get("http://127.0.0.1/mx/dev/calllog", port, auth=ALICE)
 
     async def test_health_and_metrics_on_the_admin_endpoint_only(self) -> None:
-        authority = certificate_authority()
-        issued = authority.issue([NAME])
-        chain, key = self.mktemp(), self.mktemp()
-        with open(chain, "wb") as file:
-            file.write(issued.cert_pem)
-        with open(key, "wb") as file:
-            file.write(issued.key_pem)
-        root = await self.start("--host", NAME, "--tls-cert", chain, "--tls-key", key,
-                                "--https-listen", "tcp:0:interface=127.0.0.1",
-                                "--http-listen", "tcp:0:interface=127.0.0.1",
-                                "--admin-listen", "tcp:0:interface=127.0.0.1")
+        root, trust = await self.start_https("--admin-listen", "tcp:0:interface=127.0.0.1")
         ports = self.ports(root)
         admin = ports["the admin endpoint (/healthz, /metrics)"]
         https = ports[f"HTTPS for {NAME}"]
         response, body = await self.get(f"https://{NAME}/mx/dev/addressbook", https,
-                                        trust=authority.cert_pem, auth=ALICE)
+                                        trust=trust, auth=ALICE)
         self.assertEqual(response.code, 200)
         response, body = await self.get("http://127.0.0.1/healthz", admin)
         self.assertEqual(response.code, 200)
@@ -174,5 +170,5 @@ class RunningDaemonTests(TestCase):
                       'status="200"} 1.0', text)
         self.assertIn('mxproxy_mx_link_up{mx="dev"} 1.0', text)
         self.assertIn("mxproxy_tls_certificate_expires_in_seconds ", text)
-        response, _ = await self.get(f"https://{NAME}/healthz", https, trust=authority.cert_pem)
+        response, _ = await self.get(f"https://{NAME}/healthz", https, trust=trust)
         self.assertEqual(response.code, 404)  # not on the public port
