@@ -277,19 +277,18 @@ class _Parser:
         fcm_url = self.typed(section, "push", "fcmUrl", str)
         if fcm_url is not None and not fcm_url.startswith(("https://", "http://")):
             raise self.error("push.fcmUrl", f"expected an http(s) URL, got {_quote(fcm_url)}")
-        limits = {}
-        for key, least in (("maxInFlight", 1), ("maxQueued", 0)):
+        limits: dict[str, int] = {}  # the fields given; the others keep PushConfig's defaults
+        for key, field, least in (("maxInFlight", "max_in_flight", 1),
+                                  ("maxQueued", "max_queued", 0)):
             limit = self.typed(section, "push", key, int)
-            if limit is not None and (isinstance(limit, bool) or limit < least):
+            if limit is None:
+                continue
+            if isinstance(limit, bool) or limit < least:
                 raise self.error(_child("push", key), f"expected a whole number ≥ {least}")
-            limits[key] = limit
-        defaults = PushConfig()
+            limits[field] = limit
         return PushConfig(apns_host=hosts["apnsHost"], apns_sandbox_host=hosts["apnsSandboxHost"],
                           ca=None if ca is None else self.ca_file(ca, "push.ca"),
-                          fcm_url=fcm_url,
-                          max_in_flight=limits["maxInFlight"] or defaults.max_in_flight,
-                          max_queued=(defaults.max_queued if limits["maxQueued"] is None
-                                      else limits["maxQueued"]))
+                          fcm_url=fcm_url, **limits)
 
     def mx_section(self, value: object) -> Mapping[str, MXConfig]:
         section = self.as_object(value, "mx")
