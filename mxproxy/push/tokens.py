@@ -224,11 +224,12 @@ class TokenStore:
 
         def written(result: list[bool] | Failure) -> None:
             self._noting = False
-            for index, (_, _, noted) in enumerate(batch):
-                if isinstance(result, Failure):
+            if isinstance(result, Failure):
+                for _, _, noted in batch:
                     noted.errback(result)
-                else:
-                    noted.callback(result[index])
+            else:
+                for (_, _, noted), touched in zip(batch, result, strict=True):
+                    noted.callback(touched)
             if self._pending_notes:
                 self._write_notes()
 
