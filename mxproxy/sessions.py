@@ -43,8 +43,9 @@ _KEY = os.urandom(32)  # per process: hashes in memory are useless anywhere else
 
 
 def password_hash(login: str, password: str) -> bytes:
-    """A keyed hash standing in for the password in caches and pool keys."""
-    return hmac.digest(_KEY, f"{login}\0{password}".encode(), hashlib.sha256)
+    """A keyed hash standing in for the password in caches and pool keys. Keyed BLAKE2b is a
+    MAC in its own right, and a third of the cost of an HMAC on every cached request."""
+    return hashlib.blake2b(f"{login}\0{password}".encode(), key=_KEY, digest_size=32).digest()
 
 
 # -- auth cache --------------------------------------------------------------------------------

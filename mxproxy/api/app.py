@@ -117,7 +117,8 @@ class API:
 
     def cached_address_book(self, request: Request) -> bytes | None:
         """The answer to ``GET /mx/<mx>/addressbook`` when nothing but the happy path applies
-        (valid cached credentials, not throttled, book loaded); otherwise None."""
+        (valid cached credentials, not throttled, book loaded); otherwise None. Its
+        Content-Length is left to twisted.web, which sets it for a body returned whole."""
         postpath = request.postpath or []
         if (request.method != b"GET" or len(postpath) != 3 or postpath[0] != b"mx"
                 or postpath[2] != b"addressbook"):
@@ -132,7 +133,8 @@ class API:
                 or self.auth.check(mx, login, password) is None
                 or self.throttle.retry_after((mx, login), _client_address(request)) is not None):
             return None
-        return self._address_book(request, Caller(mx, access, login, password, ""))
+        request.setHeader(b"Content-Type", b"application/json")
+        return self._address_book(mx, access.server)
 
     # -- routes -------------------------------------------------------------------------------
 
@@ -140,18 +142,18 @@ class API:
     async def addressbook(self, request: Request, mx: str) -> bytes:
         caller = self._caller(request, mx)
         await self._identify(caller)
-        return self._address_book(request, caller)
+        return _json_body(request, self._address_book(mx, caller.access.server))
 
-    def _address_book(self, request: Request, caller: Caller) -> bytes:
-        server = caller.access.server
+    def _address_book(self, mx: str, server: MXServer) -> bytes:
+        """The encoded book, made again only when the book or its version changed."""
         if server.info is None:
             raise HTTPError(503, "the address book of this MX has not been loaded yet")
         book = server.address_book
-        cached = self._books.get(caller.mx)
+        cached = self._books.get(mx)
         if cached is None or cached[0] is not book or cached[1] != book.version:
             body = _encode({"addressbook": {c.jid: c.to_json() for c in book}})
-            cached = self._books[caller.mx] = (book, book.version, body)
-        return _json_body(request, cached[2])
+            cached = self._books[mx] = (book, book.version, body)
+        return cached[2]
 
     @app.route("/mx/<mx>/calllog", methods=["GET"])
     async def calllog(self, request: Request, mx: str) -> bytes:

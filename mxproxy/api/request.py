@@ -19,6 +19,9 @@ MAX_BODY = 64 * 1024
 API_VERSION = "1.0"
 HSTS = b"max-age=31536000"
 """Strict-Transport-Security on HTTPS answers: a year, as browsers and scanners expect."""
+_SERVER = f"MXProxy/{__version__}".encode()
+_API_VERSION = API_VERSION.encode()
+_SERVICE_VERSION = __version__.encode()
 
 
 class APIRequest(Request):
@@ -45,9 +48,9 @@ class APIRequest(Request):
 
     def render(self, resource: Any) -> None:
         """After twisted.web's own defaults (it stamps ``Server: TwistedWeb``), before routing."""
-        self.setHeader(b"Server", f"MXProxy/{__version__}".encode())
-        self.setHeader(b"X-API-Version", API_VERSION.encode())
-        self.setHeader(b"X-Service-Version", __version__.encode())
+        self.setHeader(b"Server", _SERVER)
+        self.setHeader(b"X-API-Version", _API_VERSION)
+        self.setHeader(b"X-Service-Version", _SERVICE_VERSION)
         if self.isSecure():
             self.setHeader(b"Strict-Transport-Security", HSTS)
         if self.body_too_large:

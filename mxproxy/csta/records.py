@@ -71,17 +71,25 @@ class XMLRecord:
     @classmethod
     def _read(cls, element: Element, connection: Element) -> Self:
         plan = _plan(cls)
+        values: dict[str, Any] = {}
         texts: dict[str, str | None] = {}
         if plan.wanted:
             wanted = plan.wanted
             for child in element:
                 tag = child.tag
-                if isinstance(tag, str):
-                    name = tag.rpartition("}")[2]
-                    if name in wanted and name not in texts:
-                        texts[name] = child.text
+                if tag not in wanted:  # a namespaced spelling, or a child no field reads
+                    if not isinstance(tag, str) or tag[:1] != "{":
+                        continue
+                    tag = tag.rpartition("}")[2]
+                    if tag not in wanted:
+                        continue
+                if tag not in texts:
+                    texts[tag] = child.text
+            for name, path, convert, paths in plan.single:
+                text = texts.get(path)
+                if text is not None:  # a missing element leaves the field's default
+                    values[name] = convert(text, element, paths)
         attribute = element.get
-        values: dict[str, Any] = {}
         for name, paths, convert in plan.direct:
             text = None
             for path in paths:
@@ -102,9 +110,12 @@ Convert = Callable[[str | None, Element, tuple[str, ...]], object]
 
 @attrs.frozen
 class _Plan:
-    """How to read a class: fields read straight from its own children and attributes in one
-    pass (``direct``), the element names that pass needs, and fields with their own reader."""
+    """How to read a class, worked out once: fields read from one child element each
+    (``single``, the common case), other fields read from its own children and attributes
+    (``direct``), the element names those need (``wanted``, gathered in one pass over the
+    children), and fields with their own reader (``other``)."""
 
+    single: tuple[tuple[str, str, Convert, tuple[str, ...]], ...]
     direct: tuple[tuple[str, tuple[str, ...], Convert], ...]
     wanted: frozenset[str]
     other: tuple[tuple[str, Read, bool], ...]
@@ -114,18 +125,20 @@ _PLANS: dict[type, _Plan] = {}
 
 
 def _plan(cls: type[XMLRecord]) -> _Plan:
-    """Worked out once per class."""
     plan = _PLANS.get(cls)
     if plan is None:
-        direct, other = [], []
+        single, direct, other = [], [], []
         for field in attrs.fields(cls):
             simple = field.metadata.get(_DIRECT)
-            if simple is not None:
-                direct.append((field.name, *simple))
-            else:
+            if simple is None:
                 other.append((field.name, field.metadata[_READ], field.metadata[_IN_CONNECTION]))
-        wanted = frozenset(path for _, paths, _ in direct for path in paths if path[0] != "@")
-        plan = _PLANS[cls] = _Plan(tuple(direct), wanted, tuple(other))
+            elif len(simple[0]) == 1 and simple[0][0][0] != "@":
+                single.append((field.name, simple[0][0], simple[1], simple[0]))
+            else:
+                direct.append((field.name, *simple))
+        wanted = frozenset([path for _, path, _, _ in single] + [
+            path for _, paths, _ in direct for path in paths if path[0] != "@"])
+        plan = _PLANS[cls] = _Plan(tuple(single), tuple(direct), wanted, tuple(other))
     return plan
 
 
