@@ -388,6 +388,15 @@ class CallLogTests(SynchronousTestCase):
             b"<callloginfo><callinfo><record_id>9x</record_id></callinfo></callloginfo>")
         self.assertIn("record_id", str(error))
 
+    def test_first_of_repeated_elements_wins(self) -> None:
+        """Whatever the spelling of the repeats; an empty element reads as a missing one."""
+        entry = messages.CallInfo.from_xml(parse(
+            f'<callinfo xmlns:c="{ECMA_CSTA_NS}"><c:gcid>A</c:gcid><gcid>B</gcid>'
+            "<record_id>7</record_id><record_id>8</record_id><firstName/>"
+            "<callType></callType></callinfo>".encode()))
+        self.assertEqual((entry.gcid, entry.record_id, entry.first_name, entry.call_type),
+                         ("A", 7, "", 0))
+
 
 class CallControlTests(SynchronousTestCase):
     def test_make_call(self) -> None:

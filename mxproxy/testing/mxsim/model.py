@@ -45,9 +45,10 @@ class Contact:
         return " ".join(part for part in (self.first_name, self.last_name) if part)
 
 
-@attrs.define
+@attrs.frozen
 class CallRecord:
-    """One ``callinfo`` of a user's call log (timestamps in Unix seconds)."""
+    """One ``callinfo`` of a user's call log (timestamps in Unix seconds); immutable, so that
+    the blocks built from it can be cached."""
 
     record_id: int
     gcid: str

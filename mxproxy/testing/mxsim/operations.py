@@ -132,10 +132,10 @@ def call_log(session: Session, command: ReceivedCommand) -> None:
     records = sorted((r for r in log if since < 0 or r.disconnect >= since),
                      key=lambda r: r.record_id)
     for start in range(0, len(records), CALL_LOG_BLOCK):
-        session.send_event(wire.callloginfo(records[start:start + CALL_LOG_BLOCK]))
+        session.send_event(wire.callloginfo(tuple(records[start:start + CALL_LOG_BLOCK])))
     if (session.pbx.variants.call_log_end == "empty-terminator"
             and len(records) % CALL_LOG_BLOCK == 0):
-        session.send_event(wire.callloginfo([]))
+        session.send_event(wire.callloginfo(()))
 
 
 @CORE("iq:mode")
