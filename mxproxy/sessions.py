@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
@@ -156,6 +156,8 @@ class UserSession:
         self.identity = Identity(login, info.user_id, info.ext)
         self.lock = DeferredLock()
         self.idle_timer: IDelayedCall | None = None
+        self.pooled = True
+        """False once the pool has let it go: closed, idle, or not to be trusted again."""
         self._mail_monitor = False
 
     @property
@@ -230,7 +232,7 @@ class SessionPool(Service):
 
     def release(self, session: UserSession) -> None:
         session.lock.release()
-        if session.up:
+        if session.up and session.pooled:
             self._touch(session)
 
     async def use(self, login: str, password: str,
@@ -248,6 +250,11 @@ class SessionPool(Service):
                 if attempt == 2 or not retry or session.up:
                     raise
                 self.log.info("user session of {login} dropped; logging in again", login=login)
+            except CancelledError:
+                # The caller went away mid-command. What the MX still owes it may not say whose
+                # it is (call-log blocks carry no id) and would answer the next request.
+                self._retire(session)
+                raise
             finally:
                 self.release(session)
         raise AssertionError("unreachable")
@@ -287,7 +294,11 @@ class SessionPool(Service):
     def _idle(self, session: UserSession) -> None:
         if session.lock.locked:
             self._touch(session)
-            return
+        else:
+            self._retire(session)
+
+    def _retire(self, session: UserSession) -> None:
+        """Log the session out and forget it."""
         for key, pooled in list(self._sessions.items()):
             if pooled is session:
                 self._discard(key, session)
@@ -298,6 +309,7 @@ class SessionPool(Service):
             session.protocol.logout()
 
     def _forget(self, key: tuple[str, bytes], session: UserSession) -> None:
+        session.pooled = False
         if self._sessions.get(key) is session:
             del self._sessions[key]
         if session.idle_timer is not None and session.idle_timer.active():

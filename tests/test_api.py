@@ -235,6 +235,28 @@ class CallLogTests(APITestCase):
         offset = await self.call_log("?timestamp=2023-11-14T23:18:20%2B01:00")
         self.assertEqual(offset, unix)
 
+    async def test_client_leaving_mid_log_does_not_leak_into_the_next_request(self) -> None:
+        """The MX's call-log blocks carry no request id: blocks still owed to a request whose
+        client went away would answer the user's next request. That session is logged out."""
+        clock = Clock()
+        await self.daemon(company(clock=clock))
+        add_calls(self.pbx, 10, start=1_700_000_000)
+        self.assertEqual(len(await self.call_log()), 10)
+        self.pbx.faults.reply_delay = 1.0  # the blocks wait for the clock
+        asked, logout = self.pbx.wait_for("iq:calllog"), self.pbx.wait_for("logout")
+        client = await _raw_get(self.d.base + "/calllog", ALICE)
+        await asked
+        client.transport.abortConnection()
+        await client.closed
+        self.pbx.faults.reply_delay = 0.0
+        asked = self.pbx.wait_for("iq:calllog")
+        later = Deferred.fromCoroutine(self.call_log("?timestamp=1700000300"))
+        await asked
+        clock.advance(1.0)  # the abandoned request's blocks go out
+        self.assertEqual(len(await later), 5)
+        self.assertTrue(logout.called)
+        self.assertEqual(self.pbx.logins["alice"], 2)
+
     async def test_bad_timestamps(self) -> None:
         await self.daemon()
         for bad in ("yesterday", "2023-11-14T22:18:20", "-5", "1e9", "%C2%B2",
