@@ -6,13 +6,16 @@ import os
 import tempfile
 
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
 from mxproxy.csta import commands
 from mxproxy.csta.client import (
     CSTAFactory,
     MXAddress,
+    connect,
     hash_password,
     open_session,
 )
@@ -98,6 +101,15 @@ class LoginTests(TestCase):
         await port.stopListening()
         with self.assertRaises(MXUnavailable):
             await self.login(closed, "alice", "alice-secret")
+
+    def test_cancelled_connect_is_a_cancellation(self) -> None:
+        """A caller that gives up (an HTTP client gone) is not an MX failure to report."""
+        memory = MemoryReactorClock()
+        attempt = Deferred.fromCoroutine(connect(
+            memory, MXAddress("127.0.0.1", 7778, tls=False), CSTAFactory(memory)))
+        self.assertEqual(len(memory.tcpClients), 1)
+        attempt.cancel()
+        self.failureResultOf(attempt, CancelledError)
 
 
 class TLSTests(TestCase):

@@ -16,7 +16,9 @@ from typing import IO, Any
 import attrs
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
@@ -122,9 +124,12 @@ def endpoint(reactor: Any, address: MXAddress, timeout: float = CONNECT_TIMEOUT)
 
 
 async def connect(reactor: Any, address: MXAddress, factory: CSTAFactory) -> CSTAProtocol:
-    """Open the link (no login yet); any network failure becomes ``MXUnavailable``."""
+    """Open the link (no login yet); any network failure becomes ``MXUnavailable``, and a
+    caller's cancelling stays a cancellation (not an MX failure to report)."""
     try:
         protocol: CSTAProtocol = await endpoint(reactor, address).connect(factory)
+    except ConnectingCancelledError:
+        raise CancelledError("connecting to the MX was cancelled") from None
     except Exception as error:
         raise MXUnavailable(f"cannot connect to {address.host}:{address.port}: {error}") from None
     return protocol
