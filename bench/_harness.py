@@ -355,6 +355,68 @@ def _wrk(url: str, seconds: float, connections: int, auths: Sequence[str]) -> Lo
                 result["p50_us"] / 1e3, result["p99_us"] / 1e3)
 
 
+@dataclass
+class Rounds:
+    """What :func:`alternate` measured: req/s per URL, and CPU milliseconds per request of each
+    charged process (``cpu[url name][process label]``), one value per round."""
+
+    rates: dict[str, list[float]]
+    cpu: dict[str, dict[str, list[float]]]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def alternate(tool: str, urls: dict[str, str], args: Any, auths: Sequence[str],
+              charged: dict[str, dict[str, int]] | None = None) -> Rounds:
+    """Warm every URL up, then measure them in alternating rounds. ``charged[name]`` names the
+    processes (label: pid) whose CPU time a round of URL ``name`` is charged per request."""
+    charged = charged or {}
+    for url in urls.values():  # warm-up, not counted
+        load(tool, url, args.warmup, args.connections, auths)
+    rounds = Rounds({name: [] for name in urls},
+                    {name: {label: [] for label in charged.get(name, {})} for name in urls})
+    for _ in range(args.rounds):
+        for name, url in urls.items():
+            pids = charged.get(name, {})
+            before = {label: cpu_seconds(pid) for label, pid in pids.items()}
+            run = load(tool, url, args.seconds, args.connections, auths)
+            if run.errors or not run.requests:
+                raise SystemExit(f"{name}: {run.errors} failed requests out of {run.requests}")
+            rounds.rates[name].append(run.rate)
+            spent = []
+            for label, pid in pids.items():
+                per_request = (cpu_seconds(pid) - before[label]) * 1000 / run.requests
+                rounds.cpu[name][label].append(per_request)
+                spent.append(f"{label} {per_request:.2f}")
+            cpu = f"; CPU ms/request: {', '.join(spent)}" if spent else ""
+            print(f"  round: {name:6s} {run.rate:>8,.0f} req/s  (p50 {run.p50_ms:.1f} ms, "
+                  f"p99 {run.p99_ms:.1f} ms{cpu})", flush=True)
+    return rounds
+
+
+def compare(rounds: Rounds, labels: dict[str, str], target: float) -> None:
+    """Best and median of each, as ratios to the first of ``labels`` (the baseline), and the
+    median CPU per request of the charged processes."""
+    rates = rounds.rates
+    best = {name: max(values) for name, values in rates.items()}
+    middle = {name: median(values) for name, values in rates.items()}
+    baseline, measured = list(labels)
+    for name, label in labels.items():
+        cpu = "".join(f"   {process} {median(values):.2f} ms CPU/request"
+                      for process, values in rounds.cpu[name].items())
+        print(f"  {label:28s} best {best[name]:>8,.0f} req/s   median {middle[name]:>8,.0f} "
+              f"req/s   ratio {best[name] / best[baseline]:.2f}{cpu}")
+    ratio = best[measured] / best[baseline]
+    print(f"{measured} / {baseline} ratio: {ratio:.2f} best, "
+          f"{middle[measured] / middle[baseline]:.2f} median "
+          f"(target >= {target:g}: {verdict(ratio >= target)})")
+
+
 # -- the client processes ----------------------------------------------------------------------
 
 
@@ -508,35 +570,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def alternate(tool: str, urls: dict[str, str], args: Any, auths: Sequence[str]) -> dict[
-        str, list[float]]:
-    """Warm every URL up, then measure them in alternating rounds; req/s per URL."""
-    for url in urls.values():  # warm-up, not counted
-        load(tool, url, args.warmup, args.connections, auths)
-    rates: dict[str, list[float]] = {name: [] for name in urls}
-    for _ in range(args.rounds):
-        for name, url in urls.items():
-            run = load(tool, url, args.seconds, args.connections, auths)
-            if run.errors or not run.requests:
-                raise SystemExit(f"{name}: {run.errors} failed requests out of {run.requests}")
-            rates[name].append(run.rate)
-            print(f"  round: {name:6s} {run.rate:>8,.0f} req/s  (p50 {run.p50_ms:.1f} ms, "
-                  f"p99 {run.p99_ms:.1f} ms)", flush=True)
-    return rates
-
-
-def compare(rates: dict[str, list[float]], labels: dict[str, str], target: float) -> None:
-    """Best and median of each, as ratios to the first of ``labels`` (the baseline)."""
-    best = {name: max(values) for name, values in rates.items()}
-    middle = {name: median(values) for name, values in rates.items()}
-    baseline, measured = list(labels)
-    for name, label in labels.items():
-        print(f"  {label:28s} best {best[name]:>8,.0f} req/s   median {middle[name]:>8,.0f} "
-              f"req/s   ratio {best[name] / best[baseline]:.2f}")
-    ratio = best[measured] / best[baseline]
-    print(f"{measured} / {baseline} ratio: {ratio:.2f} best, "
-          f"{middle[measured] / middle[baseline]:.2f} median "
-          f"(target >= {target:g}: {verdict(ratio >= target)})")
-

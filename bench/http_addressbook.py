@@ -69,7 +69,7 @@ def measure(args: argparse.Namespace) -> None:
     with h.Children(h.SERVER_CPUS) as children, tempfile.TemporaryDirectory() as scratch:
         script = os.path.basename(__file__)
         _, mx = children.start(script, "--serve", "mx", "--contacts", str(args.contacts))
-        _, api = children.start(script, "--serve", "api", "--mx-port", str(mx["port"]))
+        api_proc, api = children.start(script, "--serve", "api", "--mx-port", str(mx["port"]))
         api_url = f"http://127.0.0.1:{api['port']}/mx/bench/addressbook"
         status, body = h.get(api_url, auth)
         if status != 200:
@@ -80,13 +80,14 @@ def measure(args: argparse.Namespace) -> None:
         body_file = os.path.join(scratch, "addressbook.json")
         with open(body_file, "wb") as file:
             file.write(body)
-        _, bare = children.start(script, "--serve", "bare", "--body-file", body_file)
+        bare_proc, bare = children.start(script, "--serve", "bare", "--body-file", body_file)
         urls = {"api": api_url, "bare": f"http://127.0.0.1:{bare['port']}/mx/bench/addressbook"}
-        rates = h.alternate(tool, urls, args, [auth])
+        rounds = h.alternate(tool, urls, args, [auth], charged={
+            "api": {"server": api_proc.pid}, "bare": {"server": bare_proc.pid}})
     print(f"GET /mx/bench/addressbook: {entries} contacts, {len(body):,} bytes of JSON; "
           f"{tool}, {args.connections} keep-alive connections, {args.rounds} alternating "
           f"rounds of {args.seconds:g} s")
-    h.compare(rates, {"bare": "bare twisted.web Resource", "api": "mxproxy API"}, TARGET)
+    h.compare(rounds, {"bare": "bare twisted.web Resource", "api": "mxproxy API"}, TARGET)
 
 
 def main() -> None:
