@@ -271,6 +271,9 @@ class HTTPMetricsTests(APITestCase):
         for method, path, auth, status in requests:
             response, _ = await self.d.request(method, path, auth, base=root)
             self.assertEqual(response.code, status, path)
+        response, _ = await self.d.request("POST", "/mx/dev/call", ALICE, base=root,
+                                           body=b"x" * (64 * 1024 + 1))
+        self.assertEqual(response.code, 413)
         samples = await admin.scrape()
 
         def labels(route: str, method: str, status: str) -> frozenset[tuple[str, str]]:
@@ -282,7 +285,8 @@ class HTTPMetricsTests(APITestCase):
             labels(ADDRESS_BOOK, "GET", "404"): 1,  # an unknown MX, not a new series
             labels("other", "GET", "404"): 1,
             labels("other", "DELETE", "405"): 1,
-            labels("other", "other", "405"): 1})
+            labels("other", "other", "405"): 1,
+            labels("other", "POST", "413"): 1})  # refused before routing, counted all the same
         self.assertEqual(value(samples, "mxproxy_http_request_duration_seconds_count",
                                route=ADDRESS_BOOK, method="GET"), 3)
 

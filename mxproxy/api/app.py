@@ -379,7 +379,8 @@ class _Routes(Resource):
             self._book_seconds.observe(self._clock.seconds() - started)
             return body
         request.notifyFinish().addBoth(self._finished, request, started)
-        return self._klein.render(request)
+        refusal = request.refusal()
+        return refusal if refusal is not None else self._klein.render(request)
 
     def _finished(self, result: object, request: APIRequest, started: float) -> None:
         status = DISCONNECTED if isinstance(result, Failure) else str(request.code)

@@ -53,9 +53,11 @@ class APIRequest(Request):
         self.setHeader(b"X-Service-Version", _SERVICE_VERSION)
         if self.isSecure():
             self.setHeader(b"Strict-Transport-Security", HSTS)
-        if self.body_too_large:
-            self.write(write_error(self, HTTPError(
-                413, f"request body over {MAX_BODY // 1024} KiB")))
-            self.finish()
-            return
         super().render(resource)
+
+    def refusal(self) -> bytes | None:
+        """The 413 answer for a body over the limit, else None (the resource asks, so that the
+        refusal is counted like any other answer)."""
+        if not self.body_too_large:
+            return None
+        return write_error(self, HTTPError(413, f"request body over {MAX_BODY // 1024} KiB"))
