@@ -1,8 +1,9 @@
 """Certificates from an ACME v2 CA (Let's Encrypt): obtain, keep on disk, renew, serve.
 
 certbot's ``acme`` library speaks the protocol (RFC 8555). Its calls block (``requests``), so
-they run in the reactor's thread pool; the reactor thread keeps everything else: the schedule,
-the challenge answers port 80 serves, the certificate files and the :class:`ServingCertificate`.
+they run in a worker thread of their own; the reactor thread keeps everything else: the
+schedule, the challenge answers port 80 serves, the certificate files and the
+:class:`ServingCertificate`.
 
 Keys are ECDSA P-256, the account's and each certificate's (a new key per certificate).
 A certificate is renewed when a third of its lifetime remains, or earlier when the CA suggests
@@ -16,6 +17,7 @@ import functools
 import os
 import tempfile
 from collections.abc import Callable, Coroutine, Mapping, MutableMapping
+from threading import Thread
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 import attrs
@@ -30,6 +32,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from mxproxy import __version__
 from mxproxy.logs import Logger
@@ -183,11 +186,21 @@ class ACMEIssuer:
         self._files.write(ACCOUNT_FILE, account.json_dumps().encode())
 
 
+class _Workers(ThreadPool):
+    """The thread of the ACME calls. Unlike the reactor's pool, which a stopping reactor waits
+    for, its thread does not hold the process up: a stop does not wait for an exchange with the
+    CA (a request may take 45 s, an order minutes of polling), which the next start redoes."""
+
+    def threadFactory(self, *args: Any, **kwargs: Any) -> Thread:  # type: ignore[override]
+        return Thread(*args, daemon=True, **kwargs)
+
+
 class ACMEService(Service):
     """Keeps a certificate for ``name`` from the CA at ``directory_url`` installed in
     ``certificate``, answering HTTP-01 challenges through ``challenges`` (port 80's dict).
 
-    ``reactor`` provides the clock and the thread pool; ``issuer`` replaces the real CA in
+    ``reactor`` provides the clock; ``threads`` (anything with ThreadPool's
+    ``callInThreadWithCallback``) and ``issuer`` replace the worker thread and the real CA in
     unit tests.
     """
 
@@ -196,8 +209,10 @@ class ACMEService(Service):
     def __init__(self, name: str, directory_url: str, state_dir: str,
                  certificate: ServingCertificate, challenges: MutableMapping[str, bytes],
                  reactor: Any, email: str | None = None, ca_bundle: str | None = None,
-                 issuer: Issuer | None = None) -> None:
+                 issuer: Issuer | None = None, threads: Any = None) -> None:
         self._name = name
+        self._own_threads = threads is None
+        self._threads = _Workers(0, 1, "acme") if threads is None else threads
         self._directory_url = directory_url
         self._files = StateDirectory(state_dir)
         self._certificate = certificate
@@ -217,6 +232,8 @@ class ACMEService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self._own_threads:
+            self._threads.start()
         self._files.create()
         leaf = self._install_stored()
         if leaf is None:
@@ -236,6 +253,13 @@ class ACMEService(Service):
     def stopService(self) -> None:
         super().stopService()
         self._cancel_timer()
+        if not self._own_threads:
+            return
+        if self._lock.locked:
+            self.log.info("acme: stopping in the middle of an exchange with {directory}; the "
+                          "next start takes it up again", directory=self._directory_url)
+        else:
+            self._threads.stop()  # idle: joins at once
 
     def renew_now(self) -> Deferred[None]:
         """Obtain and serve a new certificate now, whatever the schedule (tests, operators).
@@ -342,8 +366,7 @@ class ACMEService(Service):
 
     def _in_thread(self, function: Callable[_P, _T], *args: _P.args,
                    **kwargs: _P.kwargs) -> Deferred[_T]:
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function,
-                                 *args, **kwargs)
+        return deferToThreadPool(self._reactor, self._threads, function, *args, **kwargs)
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)

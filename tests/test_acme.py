@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, race
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -45,7 +46,10 @@ from mxproxy.acme import (
     StateDirectory,
 )
 from mxproxy.testing import certs
+from mxproxy.testing.mxsim import PBX
 from mxproxy.tls import RedirectToHTTPS, ServingCertificate, https_factory
+from tests.support import serve
+from tests.test_json_logs import REPO, TWISTD, TwistdProcess
 from tests.test_tls import capture_logs, handshake, listen, trusting, trusting_agent
 
 reactor: Any = _reactor
@@ -57,14 +61,12 @@ UNIT_CA = certs.certificate_authority("acme unit test CA")
 
 
 class ThreadlessReactor(Clock):
-    """A Clock whose "thread pool" runs work at once, so ACME calls complete synchronously."""
+    """A Clock that is also a "thread pool" running work at once, so that ACME calls complete
+    synchronously."""
 
     def __init__(self) -> None:
         super().__init__()
         self.advance(START.timestamp())
-
-    def getThreadPool(self) -> ThreadlessReactor:
-        return self
 
     def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],
                                  function: Callable[..., Any], *args: Any) -> None:
@@ -149,7 +151,7 @@ class ScheduleTests(TestCase):
                                                                           ServingCertificate]:
         certificate = ServingCertificate(name, clock=self.clock)
         service = ACMEService(name, DIRECTORY, self.state_dir, certificate, self.challenges,
-                              self.clock, issuer=ca or self.ca)
+                              self.clock, issuer=ca or self.ca, threads=self.clock)
         service.startService()
         self.addCleanup(service.stopService)
         self.clock.advance(0)
@@ -162,7 +164,7 @@ class ScheduleTests(TestCase):
     def test_a_first_start_obtains_serves_and_stores_the_certificate(self) -> None:
         certificate = ServingCertificate(NAME, clock=self.clock)
         service = ACMEService(NAME, DIRECTORY, self.state_dir, certificate, self.challenges,
-                              self.clock, issuer=self.ca)
+                              self.clock, issuer=self.ca, threads=self.clock)
         serving = service.when_serving()
         service.startService()
         self.addCleanup(service.stopService)
@@ -291,6 +293,61 @@ class StateDirectoryTests(TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(os.path.join(files.path, "key.pem")).st_mode),
                          0o600)
         self.assertIsNone(files.read("missing.pem"))
+
+
+class Silent(Protocol):
+    """A server that accepts and never answers: a CA that hangs."""
+
+    def __init__(self, asked: Deferred[None]) -> None:
+        self.asked = asked
+
+    def connectionMade(self) -> None:
+        if not self.asked.called:
+            self.asked.callback(None)
+
+
+class StopTests(TestCase):
+    timeout = 30  # below the acme library's 45 s network timeout, which a stop used to wait out
+
+    async def test_a_stop_does_not_wait_for_a_hanging_ca(self) -> None:
+        """twistd stops at once on SIGTERM while an ACME request hangs (systemd's stop timeout
+        is 20 s; the reactor's own thread pool would have held the exit for the request)."""
+        asked: Deferred[None] = Deferred()
+        ca_port = listen(self, ServerFactory.forProtocol(lambda: Silent(asked)))
+        pbx = PBX("ACMESTOP", clock=reactor)
+        pbx.add_server_login("server", "server-secret")
+        mx = serve(self, pbx)
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        config = os.path.join(directory, "mxproxy.json")
+        with open(config, "w") as file:
+            json.dump({"mx": {"stop": {"addr": f"{mx.host}:{mx.port}", "login": "server",
+                                       "password": "server-secret", "tls": False}}}, file)
+        daemon = TwistdProcess()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [REPO, os.environ.get("PYTHONPATH")])))  # the plugin, as test_plugin
+        reactor.spawnProcess(daemon, TWISTD, [
+            TWISTD, "--nodaemon", "--pidfile=", "mxproxy", "--config", config,
+            "--db", os.path.join(directory, "mxproxy.db"), "--host", NAME,
+            "--acme-directory", f"http://127.0.0.1:{ca_port}/dir",
+            "--https-listen", "tcp:0:interface=127.0.0.1",
+            "--http-listen", "tcp:0:interface=127.0.0.1", "--admin-listen", "none"],
+            env=env, path=directory)
+
+        async def kill() -> None:
+            if not daemon.ended.called:
+                daemon.signal("KILL")
+                await daemon.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(kill()))
+        await daemon.linked
+        await asked  # the daemon's ACME thread waits for the CA's directory
+        daemon.signal("TERM")
+        ended = await daemon.ended
+        output = b"\n".join([*daemon.lines, daemon.unfinished, daemon.errors])
+        self.assertEqual(getattr(ended, "signal", None), signal.SIGTERM,
+                         output.decode("utf-8", "replace"))
+        self.assertIn(b"acme: stopping in the middle of an exchange", output)
 
 
 def free_port() -> int:
