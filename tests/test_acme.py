@@ -49,7 +49,7 @@ from mxproxy.testing import certs
 from mxproxy.testing.mxsim import PBX
 from mxproxy.tls import RedirectToHTTPS, ServingCertificate, https_factory
 from tests.support import serve
-from tests.test_json_logs import REPO, TWISTD, TwistdProcess
+from tests.test_json_logs import start_twistd
 from tests.test_tls import capture_logs, handshake, listen, trusting, trusting_agent
 
 reactor: Any = _reactor
@@ -323,23 +323,11 @@ class StopTests(TestCase):
         with open(config, "w") as file:
             json.dump({"mx": {"stop": {"addr": f"{mx.host}:{mx.port}", "login": "server",
                                        "password": "server-secret", "tls": False}}}, file)
-        daemon = TwistdProcess()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            filter(None, [REPO, os.environ.get("PYTHONPATH")])))  # the plugin, as test_plugin
-        reactor.spawnProcess(daemon, TWISTD, [
-            TWISTD, "--nodaemon", "--pidfile=", "mxproxy", "--config", config,
-            "--db", os.path.join(directory, "mxproxy.db"), "--host", NAME,
-            "--acme-directory", f"http://127.0.0.1:{ca_port}/dir",
-            "--https-listen", "tcp:0:interface=127.0.0.1",
-            "--http-listen", "tcp:0:interface=127.0.0.1", "--admin-listen", "none"],
-            env=env, path=directory)
-
-        async def kill() -> None:
-            if not daemon.ended.called:
-                daemon.signal("KILL")
-                await daemon.ended
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(kill()))
+        daemon = start_twistd(self, directory, config, "--host", NAME,
+                              "--acme-directory", f"http://127.0.0.1:{ca_port}/dir",
+                              "--https-listen", "tcp:0:interface=127.0.0.1",
+                              "--http-listen", "tcp:0:interface=127.0.0.1",
+                              "--admin-listen", "none")
         await daemon.linked
         await asked  # the daemon's ACME thread waits for the CA's directory
         daemon.signal("TERM")

@@ -149,6 +149,27 @@ class TwistdProcess(ProcessProtocol):
         self.ended.callback(reason.value)
 
 
+def start_twistd(test: TestCase, directory: str, config: str, *flags: str,
+                 environ: dict[str, str] | None = None) -> TwistdProcess:
+    """``twistd --nodaemon mxproxy --config <config> --db <directory>/mxproxy.db <flags>`` in
+    ``directory``, SIGKILLed at cleanup if still running. ``environ`` (default: this process's)
+    gets the repository on PYTHONPATH, for the plugin, as in tests.test_plugin."""
+    daemon = TwistdProcess()
+    env = dict(os.environ if environ is None else environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    reactor.spawnProcess(daemon, TWISTD, [
+        TWISTD, "--nodaemon", "--pidfile=", "mxproxy", "--config", config,
+        "--db", os.path.join(directory, "mxproxy.db"), *flags], env=env, path=directory)
+
+    async def kill() -> None:
+        if not daemon.ended.called:
+            daemon.signal("KILL")
+            await daemon.ended
+
+    test.addCleanup(lambda: Deferred.fromCoroutine(kill()))
+    return daemon
+
+
 class RealRunTests(TestCase):
     timeout = 60
 
@@ -164,23 +185,11 @@ class RealRunTests(TestCase):
             json.dump({"mx": {"json": {"addr": f"{mx.host}:{mx.port}", "login": "server",
                                        "password": "server-secret", "tls": False}},
                        "größe": 1}, file, ensure_ascii=False)
-        daemon = TwistdProcess()
         # PYTHONUNBUFFERED dropped: under systemd stdout is block-buffered, so the records must
-        # arrive by the observer's own flushes; the repository on PYTHONPATH for the plugin, as
-        # in tests.test_plugin.
+        # arrive by the observer's own flushes.
         env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
-        reactor.spawnProcess(daemon, TWISTD, [
-            TWISTD, "--nodaemon", "--pidfile=", "mxproxy", "--config", config,
-            "--db", os.path.join(directory, "mxproxy.db"), "--host", "localhost:0",
-            "--admin-listen", "none", "--json-logs"], env=env, path=directory)
-
-        async def kill() -> None:
-            if not daemon.ended.called:
-                daemon.signal("KILL")
-                await daemon.ended
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(kill()))
+        daemon = start_twistd(self, directory, config, "--host", "localhost:0",
+                              "--admin-listen", "none", "--json-logs", environ=env)
         await daemon.linked
         daemon.signal("TERM")
         ended = await daemon.ended

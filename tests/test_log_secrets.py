@@ -25,7 +25,6 @@ import re
 import signal
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -39,7 +38,7 @@ from tests.crash_daemon import write
 from tests.support import serve
 from tests.test_apns import BUNDLE, KEY_ID, TEAM, p8, signing_key
 from tests.test_crash import basic
-from tests.test_json_logs import REPO, TWISTD, TwistdProcess
+from tests.test_json_logs import TwistdProcess, start_twistd
 from tests.test_push import VOIP, Providers
 
 MX = "secrets"
@@ -126,22 +125,9 @@ class LogSecretsTests(TestCase):
 
     def start(self, *flags: str) -> TwistdProcess:
         """``twistd mxproxy --debug --csta`` on a free loopback port; killed at cleanup."""
-        daemon = TwistdProcess()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            filter(None, [REPO, os.environ.get("PYTHONPATH")])))  # the plugin, as test_plugin
-        reactor.spawnProcess(daemon, TWISTD, [
-            TWISTD, "--nodaemon", "--pidfile=", "mxproxy", "--config", self.configure(),
-            "--db", os.path.join(self.directory, "mxproxy.db"),
-            "--listen", "tcp:0:interface=127.0.0.1", "--admin-listen", "none",
-            "--debug", "--csta", *flags], env=env, path=self.directory)
-
-        async def kill() -> None:
-            if not daemon.ended.called:
-                daemon.signal("KILL")
-                await daemon.ended
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(kill()))
-        return daemon
+        return start_twistd(self, self.directory, self.configure(),
+                            "--listen", "tcp:0:interface=127.0.0.1", "--admin-listen", "none",
+                            "--debug", "--csta", *flags)
 
     async def monitoring(self) -> None:
         """Until the MX runs a call monitor on the user's extension."""
