@@ -170,6 +170,9 @@ class RoutingErrorTests(APITestCase):
         response = self.assertError(await self.send("PUT", "/call", {}), 405)
         self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"POST"])
         self.assertError(await self.send("POST", "/call", raw=b"x" * (64 * 1024 + 1)), 413)
+        self.assertEqual((await self.get("/addressbook"))[0].code, 200)  # cached login now
+        self.assertError(await self.send("GET", "/addressbook", raw=b"x" * (64 * 1024 + 1)),
+                         413)  # the cached-login fast path refuses it too
         self.assertError(await self.send("POST", "/call", raw=b'{"from": '), 400, "malformed JSON")
         self.assertError(await self.send("POST", "/call", raw=b"[1, 2]"), 400, "object")
 

@@ -373,13 +373,14 @@ class _Routes(Resource):
 
     def render(self, request: APIRequest) -> Any:
         started = self._clock.seconds()
-        body = self._api.cached_address_book(request)
-        if body is not None:
-            self._book_answers.inc()
-            self._book_seconds.observe(self._clock.seconds() - started)
-            return body
-        request.notifyFinish().addBoth(self._finished, request, started)
         refusal = request.refusal()
+        if refusal is None:
+            body = self._api.cached_address_book(request)
+            if body is not None:
+                self._book_answers.inc()
+                self._book_seconds.observe(self._clock.seconds() - started)
+                return body
+        request.notifyFinish().addBoth(self._finished, request, started)
         return refusal if refusal is not None else self._klein.render(request)
 
     def _finished(self, result: object, request: APIRequest, started: float) -> None:
