@@ -85,8 +85,8 @@ class XMLRecord:
                         continue
                 if tag not in texts:
                     texts[tag] = child.text
-            for name, path, convert, paths in plan.single:
-                text = texts.get(path)
+            for name, paths, convert in plan.single:
+                text = texts.get(paths[0])
                 if text is not None:  # a missing element leaves the field's default
                     values[name] = convert(text, element, paths)
         attribute = element.get
@@ -115,7 +115,7 @@ class _Plan:
     (``direct``), the element names those need (``wanted``, gathered in one pass over the
     children), and fields with their own reader (``other``)."""
 
-    single: tuple[tuple[str, str, Convert, tuple[str, ...]], ...]
+    single: tuple[tuple[str, tuple[str, ...], Convert], ...]
     direct: tuple[tuple[str, tuple[str, ...], Convert], ...]
     wanted: frozenset[str]
     other: tuple[tuple[str, Read, bool], ...]
@@ -127,17 +127,19 @@ _PLANS: dict[type, _Plan] = {}
 def _plan(cls: type[XMLRecord]) -> _Plan:
     plan = _PLANS.get(cls)
     if plan is None:
-        single, direct, other = [], [], []
+        single: list[tuple[str, tuple[str, ...], Convert]] = []
+        direct: list[tuple[str, tuple[str, ...], Convert]] = []
+        other: list[tuple[str, Read, bool]] = []
         for field in attrs.fields(cls):
             simple = field.metadata.get(_DIRECT)
             if simple is None:
                 other.append((field.name, field.metadata[_READ], field.metadata[_IN_CONNECTION]))
-            elif len(simple[0]) == 1 and simple[0][0][0] != "@":
-                single.append((field.name, simple[0][0], simple[1], simple[0]))
             else:
-                direct.append((field.name, *simple))
-        wanted = frozenset([path for _, path, _, _ in single] + [
-            path for _, paths, _ in direct for path in paths if path[0] != "@"])
+                paths = simple[0]
+                one_element = len(paths) == 1 and paths[0][0] != "@"
+                (single if one_element else direct).append((field.name, *simple))
+        wanted = frozenset(path for _, paths, _ in single + direct for path in paths
+                           if path[0] != "@")
         plan = _PLANS[cls] = _Plan(tuple(single), tuple(direct), wanted, tuple(other))
     return plan
 
