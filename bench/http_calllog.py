@@ -115,8 +115,8 @@ def measure(args: argparse.Namespace) -> None:
     with h.Children(h.LOAD_CPUS) as mx_side, h.Children(h.SERVER_CPUS) as children:
         script = os.path.basename(__file__)
         mx_proc, mx = mx_side.start(script, "--serve", "mx", "--users", str(args.users),
-                               "--entries", str(args.entries), "--delay-ms",
-                               str(args.delay_ms), *tls)
+                                    "--entries", str(args.entries), "--delay-ms",
+                                    str(args.delay_ms), *tls)
         urls, charged = {}, {}
         for mode in ("pooled", "fresh"):
             proxy_proc, proxy = children.start(script, "--serve", mode, "--mx-port",
