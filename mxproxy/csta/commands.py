@@ -102,6 +102,14 @@ def update_vm_note(mail_id: str, note: str, media_type: str | None = None) -> El
     return _mail_command("UpdateVmNote", {"mailId": mail_id, "note": note}, media_type)
 
 
+def get_service_list() -> Element:
+    """``<GetServiceList/>``: read-only, answered with the same id (the list, or
+    ``CSTAErrorCode`` where the session may not see it). Besides its own use, any such answer
+    proves the MX has processed everything sent before it on this ordered connection, which
+    makes it a fence after commands that have no end marker and a liveness probe."""
+    return build("GetServiceList")
+
+
 def logout() -> Element:
     """``<logout/>`` (lower-case), sent before closing the socket; the MX does not answer."""
     return build("logout")
