@@ -142,7 +142,8 @@ async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
     ``mx_tls``: the MX link is TLS, unverified (the default of an MX entry without pinning)."""
     from twisted.web.server import Site
 
-    from mxproxy.api.app import API, MXAccess
+    from mxproxy.api.access import MXAccess
+    from mxproxy.api.app import API
     from mxproxy.api.request import APIRequest
     from mxproxy.config import MXConfig
     from mxproxy.csta.client import CSTAFactory

@@ -17,7 +17,8 @@ from twisted.web.server import Site
 
 from mxproxy import logs
 from mxproxy.admin import admin_site
-from mxproxy.api.app import API, MXAccess
+from mxproxy.api.access import MXAccess
+from mxproxy.api.app import API
 from mxproxy.api.request import APIRequest
 from mxproxy.config import Config, ConfigError, demo_config, load_config
 from mxproxy.csta.client import CSTAFactory, log_trace, stdout_trace

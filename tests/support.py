@@ -80,7 +80,8 @@ class Daemon:
         from twisted.web.client import Agent, HTTPConnectionPool
         from twisted.web.server import Site
 
-        from mxproxy.api.app import API, MXAccess
+        from mxproxy.api.access import MXAccess
+        from mxproxy.api.app import API
         from mxproxy.api.request import APIRequest
         from mxproxy.calllog import CallLogTiming
         from mxproxy.config import MXConfig

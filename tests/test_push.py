@@ -393,6 +393,22 @@ class RoutingTests(PushTestCase):
         self.assertEqual(sandboxed, {apns_token(1): False, apns_token(2): True,
                                      apns_token(3): True})
 
+    async def test_sandbox_spelled_false_means_production(self) -> None:
+        """``?sandbox=0`` and ``?sandbox=false`` are production devices, not sandbox ones
+        (the mere presence of the key used to count); a value that is no boolean is 400."""
+        await self.start()
+        await self.token("POST", ALICE, "apns", BUNDLE, apns_token(1), query="?sandbox=0")
+        await self.token("POST", ALICE, "apns", BUNDLE, apns_token(2), query="?sandbox=false")
+        await self.token("POST", ALICE, "apns", BUNDLE, apns_token(3), query="?sandbox=")
+        sandboxed = {d.token: d.sandbox for d in await self.devices(self.alice)}
+        self.assertEqual(sandboxed, {apns_token(1): False, apns_token(2): False,
+                                     apns_token(3): True})
+        response, body = await self.d.request(
+            "POST", f"/token/apns/{BUNDLE}?sandbox=maybe", ALICE,
+            body=json.dumps({"token": apns_token(4)}).encode())
+        self.assertEqual((response.code, json.loads(body)["error"]),
+                         (400, '"sandbox" must be true or false (or given without a value)'))
+
     async def test_token_auth_with_a_jwt_the_fake_verifies(self) -> None:
         await self.start()
         await self.token("POST", ALICE, "apns", BUNDLE, apns_token(1))

@@ -1,0 +1,33 @@
+"""What the API needs of one configured MX, and of the push side, as interfaces: the API
+depends on these shapes, not on how the daemon builds them."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from mxproxy.mx import MXServer
+from mxproxy.sessions import SessionPool
+
+
+class Devices(Protocol):
+    """Device-token registration for one MX (the push side implements it)."""
+
+    def supports(self, provider: str, bundle: str, sandbox: bool) -> bool: ...
+
+    async def register(self, jid: str, provider: str, bundle: str, sandbox: bool,
+                       token: str) -> None: ...
+
+    async def unregister(self, jid: str, provider: str, bundle: str, sandbox: bool,
+                         token: str) -> None: ...
+
+
+@attrs.frozen
+class MXAccess:
+    """One MX as the API sees it: its server link, its user sessions, and its device
+    registrations (None when no push provider is configured)."""
+
+    server: MXServer
+    pool: SessionPool
+    devices: Devices | None = None
