@@ -7,12 +7,16 @@ TRIAL_ARGS ?= --jobs=2
 
 .PHONY: venv test check demo bench clean
 
-# The editable install in "compat" mode puts the checkout on sys.path, which is what lets twistd
-# find twisted/plugins/mxproxy_plugin.py in the working tree.
-$(VENV)/.installed: setup.cfg setup.py
+# Twisted finds twistd plugins by listing the twisted/plugins folders of sys.path, which an
+# editable install does not extend: every command below runs with the checkout first on
+# PYTHONPATH, so the working tree is what runs, plugin included. Tested versions are pinned by
+# constraints.txt; pyproject.toml keeps the supported ranges.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --editable '.[test]' --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 
 from twisted.python import usage
+
+from mxproxy import __version__
 
 DEFAULT_LOCAL_HTTP_PORT = 8080
 """Port of plain HTTP for a bare ``--host localhost``; the original README used localhost:8080."""
@@ -64,6 +67,11 @@ class MXProxyOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+
+    def opt_version(self) -> None:
+        """Print mxproxy's version and exit (twistd's own --version prints Twisted's)."""
+        print(f"mxproxy {__version__}")
+        sys.exit(0)
 
     def opt_listen(self, endpoint: str) -> None:
         """Serve the API as plain HTTP on this Twisted endpoint (e.g.

@@ -15,7 +15,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.address import IPv4Address
 from twisted.web.server import Site
 
-from mxproxy import logs
+from mxproxy import __version__, logs
 from mxproxy.admin import admin_site
 from mxproxy.api.access import MXAccess
 from mxproxy.api.app import API
@@ -80,8 +80,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     # Added last, so stopped first: a stopping daemon stops accepting before anything else.
     for listener in listeners:
         listener.setServiceParent(root)
-    log.info("mxproxy: {count} MX configured: {names}", count=len(access),
-             names=", ".join(access))
+    log.info("mxproxy {version}: {count} MX configured: {names}", version=__version__,
+             count=len(access), names=", ".join(access))
     return root
 
 

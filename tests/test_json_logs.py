@@ -18,6 +18,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, textFileLogObserver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mxproxy import __version__
 from mxproxy.logs import json_observer
 from mxproxy.testing.mxsim import PBX
 from tests.support import serve
@@ -211,6 +212,7 @@ class RealRunTests(TestCase):
         found = {(record["level"], record["namespace"], record["message"]) for record in records}
         expected = {
             ("warn", "mxproxy.service", f'{config}: ["größe"]: unknown key, ignored'),
+            ("info", "mxproxy.service", f"mxproxy {__version__}: 1 MX configured: json"),
             ("info", "mxproxy.mx.MXServer",
              "mx.json: connected to MX JSONLOG1, address book of 1 contacts"),
             ("info", "twisted.scripts._twistd_unix.UnixAppLogger", "Server Shut Down."),

@@ -11,6 +11,7 @@ from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from mxproxy import __version__
 from mxproxy.options import MXProxyOptions, MXSimOptions
 from twisted.plugins import mxproxy_plugin
 
@@ -55,6 +56,12 @@ class HelpTests(PluginTestCase):
         self.assertHelpLists(
             "mxproxy", ["config=", "db=", "host=", "debug", "csta", "logflag=", "demo"]
         )
+
+    def test_mxproxyVersion(self) -> None:
+        """mxproxy's version, not Twisted's (which ``twistd --version`` prints)."""
+        result = run([TWISTD, "mxproxy", "--version"], self.workdir())
+        self.assertEqual((result.returncode, result.stdout), (0, f"mxproxy {__version__}\n"),
+                         result.stderr)
 
     def test_mxsimHelp(self) -> None:
         self.assertHelpLists("mxsim", ["port=", "tls", "control-port=", "interface=", "demo"])
