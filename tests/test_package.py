@@ -7,10 +7,13 @@ the test needs no network.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 from twisted.trial.unittest import TestCase
@@ -42,11 +45,16 @@ def package_folders() -> set[str]:
 @functools.cache
 def installed() -> tuple[str, str]:
     """(the wheel, the folder it is installed in), built once per test run: the slow part."""
-    work = os.path.abspath(f"_package_{os.getpid()}")
-    os.makedirs(work, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="mxproxy-package-")
+    atexit.register(shutil.rmtree, work, True)
+    # A copy: setuptools builds in the source folder (build/, *.egg-info), which must stay
+    # untouched, and trial's workers may build at the same time.
+    source = os.path.join(work, "source")
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "_trial_temp*", "build", "*.egg-info", "__pycache__", "dropin.cache"))
     dist, target = os.path.join(work, "dist"), os.path.join(work, "site")
     for argv in ([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                  "--no-index", "--wheel-dir", dist, REPO],
+                  "--no-index", "--wheel-dir", dist, source],
                  [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target",
                   target, "--find-links", dist, "mxproxy"]):
         result = run(argv, work)
