@@ -29,6 +29,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from mxproxy.csta.frame import EVENT_ID, Frame, FrameDecoder, encode
+from mxproxy.csta.messages import LoginResponse
 from mxproxy.csta.xml import ECMA_CSTA_NS, Element, attr, find, findall, local_name, parse, text
 from mxproxy.testing import certs
 from mxproxy.testing.mxsim import (
@@ -42,6 +43,8 @@ from mxproxy.testing.mxsim import (
     listen_control,
     password_hash,
 )
+from mxproxy.testing.mxsim.model import Service
+from mxproxy.testing.mxsim.pbx import SYSTEM_JID
 from mxproxy.testing.mxsim.service import SimulatorService, makeService
 
 NOW = 1_700_000_000
@@ -169,13 +172,22 @@ class LoginTests(SimulatorTestCase):
         self.assertEqual((reply_id, local_name(reply)), (7, "loginResponce"))
         self.assertEqual(dict(reply.attrib), {
             "Code": "0", "sn": "SIM42", "ext": "3001", "userId": self.alice.jid,
-            "softPhonePwd": self.alice.soft_phone_pwd, "apiversion": "11"})
+            "softPhonePwd": self.alice.soft_phone_pwd, "apiversion": "11", "mxCapab": "0",
+            "maxMsgFileSizeMb": "10"})
         self.assertEqual(reply.text, "Login OK")
         self.assertEqual((event_id, local_name(presence)), (EVENT_ID, "presence"))
         self.assertEqual(dict(presence.attrib),
                          {"from": "0", "status": "Available", "mxStatus": ""})
         self.assertEqual((client.session.login, client.session.kind), ("alice", "User"))
         self.assertEqual(self.pbx.logins["alice"], 1)
+
+    def test_login_reply_reads_as_the_proxy_expects(self) -> None:
+        """mx-protocol.md §2.2: the capability string and the message size limit too."""
+        reply = WireClient(self.pbx).reply(login_xml("alice", hashed("alice-pw")))
+        response = LoginResponse.from_xml(reply)
+        self.assertEqual((response.ext, response.user_id, response.apiversion),
+                         ("3001", self.alice.jid, 11))
+        self.assertEqual((response.mx_capab, response.max_msg_file_size_mb), ("0", 10))
 
     def test_server_login_has_no_extension_and_no_presence(self) -> None:
         client = WireClient(self.pbx)
@@ -415,6 +427,57 @@ class CallLogTests(SimulatorTestCase):
                          [])
 
 
+class ServiceListTests(SimulatorTestCase):
+    def test_services_with_the_request_id_to_users_and_servers(self) -> None:
+        for login in ("alice", "cti"):
+            client = self.client(login)
+            client.send("<GetServiceList/>", invoke_id=17)
+            (invoke_id, reply), = client.messages()
+            self.assertEqual((invoke_id, local_name(reply)), (17, "GetServiceListResponse"))
+            services = [{child.tag: child.text for child in service}
+                        for service in findall(reply, "Service")]
+            self.assertEqual(services[0], {
+                "serviceId": "3458764513956069001", "serviceName": "voicemail",
+                "serviceType": "VM", "extension": "*86", "homeSystem": SYSTEM_JID})
+            self.assertEqual([s["serviceType"] for s in services], ["VM", "AA", "ParkServer"])
+
+    def test_the_list_is_the_model(self) -> None:
+        self.pbx.services = [Service(7, "ACD", "AdvancedACD", "3700", "1")]
+        reply = self.client("alice").reply("<GetServiceList/>")
+        (service,) = findall(reply, "Service")
+        self.assertEqual((text(service, "serviceId"), text(service, "serviceType")),
+                         ("7", "AdvancedACD"))
+
+    def test_answered_after_the_call_log_sent_before_it_even_when_delayed(self) -> None:
+        """The property the proxy's call-log fence relies on: one session's commands are
+        answered in order, events they cause included."""
+        for n in range(43):
+            self.pbx.add_call_record("alice", direction="incoming", disconnect=NOW + n,
+                                     calling_party="3002", original_called_party="3001")
+        client = self.client("alice")
+        for delay in (0.0, 1.2):
+            self.pbx.faults.reply_delay = delay
+            client.send('<iq type="get" id="calllog" timestamp="-1"/>')
+            fence = client.send("<GetServiceList/>")
+            self.clock.advance(delay)
+            self.assertEqual([(i, local_name(e)) for i, e in client.messages()],
+                             [(EVENT_ID, "callloginfo")] * 3 + [(fence, "GetServiceListResponse")])
+
+    def test_faults_apply(self) -> None:
+        client = self.client("alice")
+        self.pbx.faults.reply_delay = 2.0
+        client.send("<GetServiceList/>")
+        self.clock.advance(1.9)
+        self.assertEqual(client.messages(), [])
+        self.clock.advance(0.1)
+        self.assertEqual([local_name(e) for _, e in client.messages()],
+                         ["GetServiceListResponse"])
+        self.pbx.faults.no_reply = frozenset({"GetServiceList"})
+        client.send("<GetServiceList/>")
+        self.clock.advance(2.0)
+        self.assertEqual(client.messages(), [])
+
+
 class MonitorAndCallTests(SimulatorTestCase):
     def test_monitor_start_answers_unique_cross_refs(self) -> None:
         client = self.client("cti")
@@ -426,6 +489,31 @@ class MonitorAndCallTests(SimulatorTestCase):
         refs = {int(text(first, "monitorCrossRefID")), int(text(second, "monitorCrossRefID"))}
         self.assertEqual(len(refs), 2)
         self.assertEqual(list(client.session.monitors.values()), ["3001"])
+
+    def test_empty_device_on_a_user_session_is_the_own_extension(self) -> None:
+        """As the original's client library documents and sends it; a call to the extension
+        then reaches that monitor."""
+        for device in ("<deviceObject/>", "<deviceObject></deviceObject>"):
+            client = self.client("alice")
+            reply = client.reply(f"<MonitorStart><monitorObject>{device}</monitorObject>"
+                                 "</MonitorStart>")
+            self.assertEqual(local_name(reply), "MonitorStartResponse", device)
+            cross_ref = int(text(reply, "monitorCrossRefID"))
+            self.assertEqual(client.session.monitors, {cross_ref: "3001"})
+            self.pbx.place_call("+12125550142", "3001")
+            (_, event), = client.messages()
+            self.assertEqual((local_name(event), int(text(event, "monitorCrossRefID"))),
+                             ("DeliveredEvent", cross_ref))
+
+    def test_empty_device_on_a_server_session_or_no_device_is_invalid(self) -> None:
+        """A server session has no extension of its own; no deviceObject at all is no device."""
+        for login, body in (("cti", monitor_xml("")),
+                            ("alice", "<MonitorStart><monitorObject/></MonitorStart>")):
+            client = self.client(login)
+            reply = client.reply(body)
+            self.assertEqual((local_name(reply), text(reply, "operation")),
+                             ("CSTAErrorCode", "invalidDeviceID"))
+            self.assertEqual(client.session.monitors, {})
 
     def test_monitor_errors(self) -> None:
         client = self.client("cti")

@@ -67,6 +67,9 @@ class LoginResponse(XMLRecord):
     user_id: str = string("@userId")
     soft_phone_pwd: str = string("@softPhonePwd", shown=False)
     apiversion: int = integer("@apiversion")
+    mx_capab: str = string("@mxCapab")
+    """The MX's capability string (mx-protocol.md §2.2); its values are not documented."""
+    max_msg_file_size_mb: int = integer("@maxMsgFileSizeMb")
     text: str = string(".")
 
 

@@ -112,6 +112,19 @@ class User:
         return " ".join(part for part in (self.first_name, self.last_name) if part)
 
 
+@attrs.frozen
+class Service:
+    """A system service (``GetServiceList``, mx-protocol.md §4.4): voicemail, an auto
+    attendant, the park server...; ``service_type`` is the MX's code (``VM``, ``AA``,
+    ``ParkServer``, ``BindServer``, ``AdvancedACD``)."""
+
+    service_id: int
+    name: str
+    service_type: str
+    extension: str
+    home_system: str
+
+
 @attrs.define
 class Call:
     """A call between two devices; ``called`` may be an outside number for MakeCall calls."""

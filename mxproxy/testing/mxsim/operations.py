@@ -157,7 +157,12 @@ def stop_monitoring_address_book(session: Session, command: ReceivedCommand) -> 
 
 @CORE("MonitorStart")
 def monitor_start(session: Session, command: ReceivedCommand) -> None:
+    """An empty ``deviceObject`` is the user's own extension, as the original's client library
+    documents and sends it; a server session has none, so there it stays an invalid device."""
     device = text(command.element, "monitorObject/deviceObject")
+    if (not device and session.user is not None
+            and find(command.element, "monitorObject/deviceObject") is not None):
+        device = session.user.extension
     if not session.pbx.is_extension(device):
         session.fail(command.invoke_id, operation="invalidDeviceID")
         return
@@ -173,6 +178,13 @@ def monitor_stop(session: Session, command: ReceivedCommand) -> None:
         session.fail(command.invoke_id, operation="invalidMonitorCrossRefID")
         return
     session.reply(command.invoke_id, wire.empty("MonitorStopResponse"))
+
+
+@CORE("GetServiceList")
+def service_list(session: Session, command: ReceivedCommand) -> None:
+    """The system's services, to user and server sessions alike. Answered in order after
+    whatever came before it, which is what makes it a fence for the call log."""
+    session.reply(command.invoke_id, wire.service_list(session.pbx.services))
 
 
 @CORE("MakeCall")

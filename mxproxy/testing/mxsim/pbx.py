@@ -24,6 +24,7 @@ from mxproxy.testing.mxsim.model import (
     Contact,
     Faults,
     ReceivedCommand,
+    Service,
     User,
     Variants,
     Voicemail,
@@ -37,7 +38,15 @@ DEFAULT_CHUNK_SIZE = 32768
 MAX_CHUNK_SIZE = 48 * 1024  # base64 of this plus markup still fits a 65,527-byte frame body
 RECEIVED_KEPT = 10_000  # long benchmark runs must not grow memory without bound
 _JID_BASE = 43884850000000000
+SYSTEM_JID = str(_JID_BASE - 1)  # the services' homeSystem, outside the users' JIDs
 _OUTSIDE_NUMBER = re.compile(r"\+?\d{7,}")
+
+
+def default_services() -> list[Service]:
+    """The services every MX has, with the codes of mx-protocol.md §4.4."""
+    return [Service(3458764513956069001, "voicemail", "VM", "*86", SYSTEM_JID),
+            Service(3458764513956069002, "Auto Attendant", "AA", "3900", SYSTEM_JID),
+            Service(3458764513956069003, "Park Server", "ParkServer", "3950", SYSTEM_JID)]
 
 
 class UnknownObject(KeyError):
@@ -80,6 +89,7 @@ class PBX:
         self.users: dict[str, User] = {}
         self.server_logins: dict[str, str] = {}
         self.contacts: dict[str, Contact] = {}
+        self.services = default_services()
         self.calls: dict[int, Call] = {}
         self.received: deque[ReceivedCommand] = deque(maxlen=RECEIVED_KEPT)
         self.logins: Counter[str] = Counter()

@@ -15,9 +15,18 @@ from lxml.etree import SubElement
 
 from mxproxy.csta.frame import HEADER_SIZE
 from mxproxy.csta.xml import Element, build, sub
-from mxproxy.testing.mxsim.model import Call, CallRecord, Contact, MalformedKind, Voicemail
+from mxproxy.testing.mxsim.model import (
+    Call,
+    CallRecord,
+    Contact,
+    MalformedKind,
+    Service,
+    Voicemail,
+)
 
 API_VERSION = "11"
+MX_CAPAB = "0"  # a capability string whose values are not documented: claim none
+MAX_MSG_FILE_SIZE_MB = "10"
 CALL_TYPE_FLAGS = "170917889"  # the only value documented; its bits are not
 CMDS_ALLOWED = "0"
 
@@ -38,7 +47,8 @@ def empty(name: str) -> Element:
 
 def login_ok(sn: str, extension: str, jid: str, soft_phone_pwd: str) -> Element:
     root = build("loginResponce", {"Code": "0", "sn": sn, "ext": extension, "userId": jid,
-                                   "softPhonePwd": soft_phone_pwd, "apiversion": API_VERSION})
+                                   "softPhonePwd": soft_phone_pwd, "apiversion": API_VERSION,
+                                   "mxCapab": MX_CAPAB, "maxMsgFileSizeMb": MAX_MSG_FILE_SIZE_MB})
     root.text = "Login OK"
     return root
 
@@ -111,6 +121,18 @@ def callloginfo(records: tuple[CallRecord, ...]) -> Element:
                    ("monitorType", str(record.monitor_type)))
         for tag, value in fields:
             SubElement(info, tag).text = value
+    return root
+
+
+def service_list(services: Iterable[Service]) -> Element:
+    root = build("GetServiceListResponse")
+    for service in services:
+        item = sub(root, "Service")
+        for tag, value in (("serviceId", str(service.service_id)), ("serviceName", service.name),
+                           ("serviceType", service.service_type),
+                           ("extension", service.extension),
+                           ("homeSystem", service.home_system)):
+            sub(item, tag, value)
     return root
 
 
