@@ -22,9 +22,9 @@ Concurrency: ``--connections`` keep-alive connections (8) spread over ``--users`
 would mostly measure the per-user session lock (a pooled session runs one request at a time)
 instead of what pooling saves.
 
-Call-log size: 30 entries, sent by the MX as a block of 21 and one of 9, so the collector stops
-at the short block. The API's default ``CallLogTiming`` is used; a multiple of 21 would add its
-0.3 s quiet wait to every request in both modes (the script warns if you choose one).
+Call-log size: 30 entries, sent by the MX as a block of 21 and one of 9; in both modes the
+collection ends at the answer to the fence sent after the request (``mxproxy/calllog.py``), one
+round trip whatever the length.
 
 ``--tls`` makes the simulator serve TLS and both proxies connect with TLS (unpinned), as an MX
 on its default port 7778 and the original did; by default the MX link is plain TCP.
@@ -39,13 +39,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import _harness as h
 
-from mxproxy.calllog import BLOCK_SIZE
 from mxproxy.csta.client import open_session
 from mxproxy.sessions import SessionPool, UserSession
 
@@ -106,9 +104,6 @@ async def serve_mx(reactor: Any, users: int, entries: int, delay: float,
 def measure(args: argparse.Namespace) -> None:
     tool = h.load_tool(args.client)
     auths = [h.basic(login, password) for login, password, _ in map(user, range(args.users))]
-    if args.entries % BLOCK_SIZE == 0:
-        print(f"warning: {args.entries} entries is a multiple of {BLOCK_SIZE}: every request "
-              "also waits for the collector's quiet period", file=sys.stderr)
     tls = ["--tls"] if args.tls else []
     # The simulator stands in for the MX, another machine: it runs beside the load generator,
     # leaving the servers' CPU to the proxy being measured.

@@ -53,8 +53,7 @@ class Daemon:
     """The HTTP API on a loopback port in front of a simulated MX, as the daemon wires it.
 
     ``clock`` drives the API's timers (auth cache, throttle, idle sessions) and the user
-    sessions' protocol timers; the call-log timing is short real time so that the quiet period
-    after a full block is exercised for real.
+    sessions' protocol timers, the call log's deadline included.
 
     With ``push`` (a :class:`mxproxy.push.system.PushSystem`), the server link is attached to it
     as the daemon does, so device registration works and ``devices`` is its registration;
@@ -83,7 +82,6 @@ class Daemon:
         from mxproxy.api.access import MXAccess
         from mxproxy.api.app import API
         from mxproxy.api.request import APIRequest
-        from mxproxy.calllog import CallLogTiming
         from mxproxy.config import MXConfig
         from mxproxy.csta.client import CSTAFactory
         from mxproxy.mx import MXServer, SerialRegistry
@@ -107,7 +105,7 @@ class Daemon:
                                 idle_timeout=self.idle_timeout, clock=self.clock)
         self.test.addCleanup(self.pool.close_all)
         self.api = API({"dev": MXAccess(self.server, self.pool, self.devices)}, self.clock,
-                       CallLogTiming(first_block=0.3, quiet=0.1), metrics=self.metrics)
+                       metrics=self.metrics)
         site = Site(self.api.resource())
         site.requestFactory = APIRequest
         self.site = site

@@ -98,6 +98,9 @@ class CSTAProtocol(Protocol):
         """True from connection until loss."""
         self.close_reason: Exception | None = None
         """Why the link ended (``LoggedOut``, ``ProtocolViolation``...); None while it is up."""
+        self.unreadable_frames = 0
+        """Frames skipped because their XML did not parse: a collector of id-9999 results
+        compares it before and after to know that it may have lost one."""
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -277,6 +280,7 @@ class CSTAProtocol(Protocol):
             element = xml.parse(body)
         except xml.XMLError as error:
             self.log.warn("MX link: skipping frame {id:04d}: {error}", id=invoke_id, error=error)
+            self.unreadable_frames += 1
             if waiter is not None:
                 waiter.reply.errback(ProtocolViolation(f"unparseable reply: {error}"))
             return
