@@ -162,7 +162,9 @@ class UserSession:
 
     @property
     def up(self) -> bool:
-        return self.protocol.up
+        """Connected and not closing: a link being logged out (a call log that did not end
+        cleanly) is never handed to another request, even before its socket has closed."""
+        return self.protocol.up and self.protocol.close_reason is None
 
     async def ensure_mail_monitor(self) -> None:
         """The MX refuses ``Mail*`` commands unless the session monitors its own extension."""

@@ -259,6 +259,23 @@ class CallLogAPITests(APITestCase):
         self.assertTrue(logout.called)
         self.assertEqual(self.pbx.logins["alice"], 2)
 
+    async def test_a_request_waiting_behind_a_failed_log_never_uses_its_link(self) -> None:
+        """Nothing goes out on a link after its logout, not even from a request that was
+        already waiting for that session when the call log failed."""
+        clock = await self.start()
+        pending = await self.slow_request(8.0)
+        old, = self.pbx.sessions_of("alice")
+        taken = self.next_request()
+        later = Deferred.fromCoroutine(self.call_log("?timestamp=1800000000"))
+        await taken
+        self.pbx.faults.reply_delay = 0.0
+        clock.advance(7.0)
+        self.assertError(await pending, 504)
+        self.assertEqual(await later, [])
+        self.assertEqual([command.name for command in old.received][-3:],
+                         ["iq:calllog", "GetServiceList", "logout"])
+        self.assertEqual(self.pbx.logins["alice"], 2)
+
     async def test_a_malformed_block_is_502_and_the_next_request_gets_its_own_log(self) -> None:
         await self.start(calls=43)
         self.assertEqual(len(await self.call_log()), 43)
