@@ -138,13 +138,11 @@ def listen_mx(reactor: Any, pbx: Any, tls: bool = False) -> int:
 async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
                       call_log_timing: Any = None, mx_tls: bool = False) -> dict[str, Any]:
     """mxproxy as ``service.makeService`` wires it, for one MX named ``bench`` at ``mx_port``:
-    MXServer (address book loaded before this returns), SessionPool, API, APIRequest site.
+    MXServer (address book loaded before this returns), SessionPool, API, APISite.
     ``mx_tls``: the MX link is TLS, unverified (the default of an MX entry without pinning)."""
-    from twisted.web.server import Site
-
     from mxproxy.api.access import MXAccess
     from mxproxy.api.app import API
-    from mxproxy.api.request import APIRequest
+    from mxproxy.api.site import APISite
     from mxproxy.config import MXConfig
     from mxproxy.csta.client import CSTAFactory
     from mxproxy.mx import MXServer, SerialRegistry
@@ -159,8 +157,7 @@ async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
     pool = (pool_class or SessionPool)(reactor, server.address, CSTAFactory(reactor))
     reactor.addSystemEventTrigger("before", "shutdown", pool.close_all)
     extra = () if call_log_timing is None else (call_log_timing,)
-    site = Site(API({"bench": MXAccess(server, pool)}, reactor, *extra).resource())
-    site.requestFactory = APIRequest
+    site = APISite(API({"bench": MXAccess(server, pool)}, reactor, *extra).resource(), reactor)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     return {"port": port.getHost().port, "contacts": len(server.address_book)}
 

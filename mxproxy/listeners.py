@@ -22,6 +22,7 @@ from twisted.web.server import Site
 
 from mxproxy import logs
 from mxproxy.acme import ACMEService
+from mxproxy.api.site import APISite
 from mxproxy.tls import (
     RedirectToHTTPS,
     ServingCertificate,
@@ -75,7 +76,7 @@ def where(address: object) -> str:
     return str(address)
 
 
-def api_listeners(options: Mapping[str, Any], site: Site, parent: MultiService,
+def api_listeners(options: Mapping[str, Any], site: APISite, parent: MultiService,
                   reactor: Any) -> tuple[list[Listener], ServingCertificate | None]:
     """The listeners of the API for these options, and the certificate served over HTTPS if
     any; ACME, when used, joins ``parent``."""
@@ -102,7 +103,7 @@ def api_listeners(options: Mapping[str, Any], site: Site, parent: MultiService,
         Listener(_endpoint(reactor, https, "--https-listen"), https_factory(site, certificate),
                  f"HTTPS for {host}", https),
         Listener(_endpoint(reactor, http, "--http-listen"),
-                 Site(RedirectToHTTPS(host, challenges)),
+                 APISite(RedirectToHTTPS(host, challenges), reactor),
                  "HTTP (ACME challenges, redirect to HTTPS)", http),
     ], certificate
 

@@ -13,13 +13,12 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.address import IPv4Address
-from twisted.web.server import Site
 
 from mxproxy import __version__, logs
 from mxproxy.admin import admin_site
 from mxproxy.api.access import MXAccess
 from mxproxy.api.app import API
-from mxproxy.api.request import APIRequest
+from mxproxy.api.site import APISite
 from mxproxy.config import Config, ConfigError, demo_config, load_config
 from mxproxy.csta.client import CSTAFactory, log_trace, stdout_trace
 from mxproxy.csta.protocol import Trace
@@ -69,8 +68,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
                            idle_timeout=options["session-idle"])
         pool.setServiceParent(root)
         access[name] = MXAccess(server, pool, push.attach(server) if push else None)
-    site = Site(API(access, reactor, metrics=metrics).resource())
-    site.requestFactory = APIRequest
+    site = APISite(API(access, reactor, metrics=metrics).resource(), reactor)
     listeners, certificate = api_listeners(options, site, root, reactor)
     admin = admin_listener(options, admin_site(
         metrics, [entry.server for entry in access.values()], push, reactor,

@@ -7,7 +7,9 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -77,11 +79,10 @@ class Daemon:
 
     async def start(self) -> Daemon:
         from twisted.web.client import Agent, HTTPConnectionPool
-        from twisted.web.server import Site
 
         from mxproxy.api.access import MXAccess
         from mxproxy.api.app import API
-        from mxproxy.api.request import APIRequest
+        from mxproxy.api.site import APISite
         from mxproxy.config import MXConfig
         from mxproxy.csta.client import CSTAFactory
         from mxproxy.mx import MXServer, SerialRegistry
@@ -106,12 +107,12 @@ class Daemon:
         self.test.addCleanup(self.pool.close_all)
         self.api = API({"dev": MXAccess(self.server, self.pool, self.devices)}, self.clock,
                        metrics=self.metrics)
-        site = Site(self.api.resource())
-        site.requestFactory = APIRequest
+        site = APISite(self.api.resource(), self.clock)
         self.site = site
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.test.addCleanup(port.stopListening)
-        self.base = f"http://127.0.0.1:{port.getHost().port}/mx/dev"
+        self.http_port = port.getHost().port
+        self.base = f"http://127.0.0.1:{self.http_port}/mx/dev"
         self.agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         return self
 
@@ -132,3 +133,56 @@ class Daemon:
         response = await self.agent.request(method.encode(),
                                             ((base or self.base) + path).encode(), raw, producer)
         return response, await readBody(response)
+
+
+class RawResponse:
+    """An HTTP response as the bytes on the wire said it: status, headers (lower-case names,
+    every value), and the body (de-chunked)."""
+
+    def __init__(self, data: bytes) -> None:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        self.status_line = lines[0]
+        self.status = int(lines[0].split(b" ")[1])
+        self.headers: dict[bytes, list[bytes]] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            self.headers.setdefault(name.strip().lower(), []).append(value.strip())
+        if self.headers.get(b"transfer-encoding") == [b"chunked"]:
+            self.body = b""
+            while True:
+                size, _, rest = rest.partition(b"\r\n")
+                if int(size, 16) == 0:
+                    break
+                self.body, rest = self.body + rest[:int(size, 16)], rest[int(size, 16) + 2:]
+        else:
+            self.body = rest[:int(self.headers.get(b"content-length", [b"%d" % len(rest)])[0])]
+
+    def header(self, name: bytes) -> bytes | None:
+        values = self.headers.get(name.lower())
+        return None if values is None else values[0]
+
+
+class _Exchange(Protocol):
+    def __init__(self, request: bytes) -> None:
+        self._request = request
+        self.received = b""
+        self.closed: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self._request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(self.received)
+
+
+async def exchange(port: int, request: bytes) -> RawResponse:
+    """Send ``request`` as raw bytes to a loopback port, read until the server closes, and
+    parse the response (send ``Connection: close`` where the request is well-formed)."""
+    client = _Exchange(request)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    return RawResponse(await client.closed)

@@ -10,16 +10,19 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mxproxy import __version__
 from mxproxy.csta.client import MXAddress
 from mxproxy.testing.mxsim import PBX
 from mxproxy.testing.mxsim.model import Contact
-from tests.support import Daemon, next_turn
+from tests.support import Daemon, RawResponse, exchange, next_turn
 
 ALICE = ("alice", "alice-secret")
+ALICE_HEADER = b"Authorization: Basic YWxpY2U6YWxpY2Utc2VjcmV0\r\n"
 DAY = 86_400
+SERVER = f"MXProxy/{__version__}".encode()
 
 
 def company(clock: Any = None, chunk_size: int = 32768) -> PBX:
@@ -336,6 +339,26 @@ class VoicemailTests(APITestCase):
         self.assertEqual(self.pbx.logins["alice"], 1)
         self.assertEqual(len([c for c in self.pbx.received if c.name == "MonitorStart"]), 1)
 
+    async def test_head_of_a_voicemail_answers_headers_without_the_download(self) -> None:
+        await self.daemon(company(chunk_size=1000))
+
+        def sent(name: str) -> int:
+            return len([c for c in self.pbx.received if c.name == name])
+
+        for size, cancels in ((100_000, 1), (500, 0)):  # 100 pieces; one, the whole file
+            mail = self.pbx.add_voicemail("alice", os.urandom(size))
+            asked, cancelled = sent("MailReceiveIncoming"), sent("MailCancelReceive")
+            response, body = await self.d.request("HEAD", f"/voicemail/{mail.mail_id}", ALICE)
+            self.assertEqual((response.code, body), (200, b""))
+            self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"audio/wave"])
+            self.assertEqual(response.headers.getRawHeaders(b"content-disposition"),
+                             [f'attachment; filename="m{mail.mail_id:04d}.wav"'.encode()])
+            self.assertEqual(sent("MailReceiveIncoming"), asked + 1, "only the first piece")
+            self.assertEqual(sent("MailCancelReceive"), cancelled + cancels)
+            response, body = await self.get(f"/voicemail/{mail.mail_id}")
+            self.assertEqual((response.code, body), (200, mail.content))
+        self.assertEqual(self.pbx.logins["alice"], 1, "the session stayed usable")
+
     async def test_unknown_format_is_octet_stream(self) -> None:
         await self.daemon()
         response = await self.download(b"data", file_format="xyz")
@@ -438,6 +461,154 @@ class SessionTests(APITestCase):
         self.assertEqual(response.code, 200, body)
         self.assertEqual(self.pbx.logins["alice"], 2)
 
+
+class HostileInputTests(APITestCase):
+    """Each input of the hardening list gets a 4xx in JSON with the API's headers, reaches no
+    MX when it cannot make a command, and logs nothing above info (no traceback)."""
+
+    async def daemon(self, pbx: PBX | None = None, **kwargs: Any) -> Daemon:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        return await super().daemon(pbx, **kwargs)
+
+    def assertQuietLog(self) -> None:
+        alarming = [event for event in self.events if event.get("log_failure") is not None
+                    or event.get("log_level") in (LogLevel.warn, LogLevel.error,
+                                                  LogLevel.critical)]
+        self.assertEqual(alarming, [])
+
+    async def raw(self, request: bytes) -> RawResponse:
+        return await exchange(self.d.http_port, request)
+
+    async def raw_get(self, target: bytes, method: bytes = b"GET",
+                      headers: bytes = b"Host: x\r\n") -> RawResponse:
+        return await self.raw(method + b" " + target + b" HTTP/1.1\r\n" + headers + ALICE_HEADER
+                              + b"Connection: close\r\n\r\n")
+
+    def assertRawError(self, response: RawResponse, status: int, text: str = "") -> None:
+        self.assertEqual(response.status, status, response.body)
+        self.assertEqual(response.header(b"content-type"), b"application/json")
+        self.assertEqual(response.header(b"server"), SERVER)
+        self.assertIn(text, loads(response.body)["error"])
+
+    async def test_unprintable_from_to_and_note_are_400_naming_the_field(self) -> None:
+        await self.daemon()
+        mail = self.pbx.add_voicemail("alice", b"x")
+        for body, name in ((b'{"from": "1\\u0000", "to": "2"}', "from"),
+                           (b'{"from": "1", "to": "2\\u007f"}', "to"),
+                           (b'{"from": "1\\u0085", "to": "2"}', "from"),
+                           (b'{"from": "1", "to": "\\ud800"}', "to"),
+                           (b'{"from": "\\udfff1", "to": "2"}', "from"),
+                           (b'{"from": "1", "to": "2\\t3"}', "to")):
+            self.assertError(await self.send("POST", "/call", raw=body), 400, f'"{name}"')
+        self.assertError(await self.send("POST", "/call", raw=b"from=1%00&to=2",
+                                         content_type="application/x-www-form-urlencoded"),
+                         400, '"from"')
+        for note in (b'"a\\u0001b"', b'"\\ud800"', b'"\\u007f"', b'"\\uffff"'):
+            self.assertError(await self.send("PATCH", f"/voicemail/{mail.mail_id}",
+                                             raw=b'{"note": ' + note + b"}"), 400, '"note"')
+        self.assertEqual(self.pbx.logins["alice"], 0, "refused before touching the MX")
+        response, _ = await self.send("PATCH", f"/voicemail/{mail.mail_id}",
+                                      {"note": "call back\r\nafter\t5"})
+        self.assertEqual(response.code, 204)
+        self.assertEqual(mail.note, "call back\r\nafter\t5")
+        self.assertQuietLog()
+
+    async def test_voicemail_ids_no_mx_has_are_404_without_a_word_to_the_mx(self) -> None:
+        await self.daemon()
+        for mail_id in ("%00", "abc", "1%0A", "-1", "1" * 21, "%C3%A9", "1.5", "%20"):
+            for method in ("GET", "HEAD", "DELETE"):
+                response, body = await self.d.request(method, f"/voicemail/{mail_id}", ALICE)
+                self.assertEqual(response.code, 404, (method, mail_id, body))
+                if method != "HEAD":
+                    self.assertIn("no voicemail", loads(body)["error"])
+            self.assertError(await self.send("PATCH", f"/voicemail/{mail_id}", {"note": "x"}),
+                             404, "no voicemail")
+        self.assertEqual(self.pbx.logins["alice"], 0)
+        self.assertQuietLog()
+
+    async def test_huge_digit_strings_are_400(self) -> None:
+        await self.daemon()
+        for fields, name in (({"from": "1", "to": "2", "ringDelay": "9" * 5000}, "ringDelay"),
+                             ({"from": "1", "to": "2", "vmDelay": "0" * 5000}, "vmDelay"),
+                             ({"from": "1", "to": "2", "ringDelay": "0" * 9 + "5"},
+                              "ringDelay")):
+            self.assertError(await self.send("POST", "/call", fields), 400, name)
+        self.assertError(await self.send("POST", "/call",
+                                         raw=b'{"from": "1", "ringDelay": ' + b"9" * 5000 + b"}"),
+                         400, "malformed JSON")
+        self.assertError(await self.get("/calllog?timestamp=" + "9" * 5000), 400, "timestamp")
+        self.assertEqual(self.pbx.logins["alice"], 0)
+        self.assertQuietLog()
+
+    async def test_deeply_nested_json_is_400(self) -> None:
+        await self.daemon()
+        for body in (b"[" * 32_000, b'{"from": ' + b"[" * 32_000, b'{"a": ' + b"{" * 32_000):
+            self.assertError(await self.send("POST", "/call", raw=body), 400, "malformed JSON")
+        self.assertQuietLog()
+
+    async def test_empty_segments_and_encoded_slashes_are_a_json_404(self) -> None:
+        await self.daemon()
+        for target in (b"/mx/dev//addressbook", b"//mx/dev/addressbook", b"/mx/dev/addressbook/",
+                       b"/mx//dev/calllog", b"/mx/dev/voicemail//1", b"/mx%2F/dev/calllog",
+                       b"/%2Fmx/dev/calllog", b"/mx/dev%2Fcalllog"):
+            self.assertRawError(await self.raw_get(target), 404, "not found")
+        self.assertQuietLog()
+
+    async def test_a_url_or_host_that_is_not_utf8_is_400(self) -> None:
+        await self.daemon()
+        for target, host in ((b"/mx/dev/voicemail/%FF", b"x"), (b"/mx/%C3/addressbook", b"x"),
+                             (b"/mx/dev/calllog", b"\xff")):
+            self.assertRawError(await self.raw_get(target, headers=b"Host: " + host + b"\r\n"),
+                                400, "not UTF-8")
+        self.assertQuietLog()
+
+    async def test_options_asterisk(self) -> None:
+        await self.daemon()
+        response = await self.raw_get(b"*", b"OPTIONS")
+        self.assertEqual((response.status, response.body), (204, b""))
+        self.assertEqual(response.header(b"allow"), b"DELETE, GET, HEAD, PATCH, POST")
+        self.assertEqual(response.header(b"server"), SERVER)
+        response = await self.raw_get(b"*", b"GET")
+        self.assertRawError(response, 405, "OPTIONS")
+        self.assertEqual(response.header(b"allow"), b"OPTIONS")
+        self.assertQuietLog()
+
+    async def test_absolute_form_target_is_served_as_its_path(self) -> None:
+        await self.daemon()
+        add_calls(self.pbx, 3)
+        response = await self.raw_get(b"http://mxproxy.example/mx/dev/addressbook")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(len(loads(response.body)["addressbook"]), 3)
+        response = await self.raw_get(b"HTTPS://user@mxproxy.example:8443/mx/dev/calllog?"
+                                      b"timestamp=1700000060")
+        self.assertEqual(response.status, 200, response.body)
+        self.assertEqual(len(loads(response.body)["callog"]), 2)
+        for target in (b"ftp://mxproxy.example/mx/dev/addressbook", b"http:///mx/dev/calllog",
+                       b"http://[::1/mx/dev/addressbook", b"mx/dev/addressbook"):
+            self.assertRawError(await self.raw_get(target), 404, "not found")
+        self.assertQuietLog()
+
+    async def test_requests_the_channel_refuses_are_answered_in_json(self) -> None:
+        await self.daemon()
+        head = b"Host: x\r\n" + ALICE_HEADER
+        for request, status in (
+                (b"GET /mx/dev/addressbook HTTP/1.1 x\r\n\r\n", 400),
+                (b"GET /mx/dev/addressbook HTTP/2.0\r\n\r\n", 400),
+                (b"GET /mx/dev/addressbook HTTP/1.1\r\nno colon\r\n\r\n", 400),
+                (b"POST /mx/dev/call HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+                (b"POST /mx/dev/call HTTP/1.1\r\n" + head
+                 + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+                (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n", 414),
+                (b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+                (b"GET / HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 501 + b"\r\n", 431),
+                (b"GET / HTTP/1.1\r\n" + (b"X-Big: " + b"b" * 1000 + b"\r\n") * 17
+                 + b"\r\n", 431)):
+            response = await self.raw(request)
+            self.assertRawError(response, status)
+            self.assertEqual(response.header(b"connection"), b"close")
+        self.assertQuietLog()
 
 async def _closed_port() -> int:
     port = reactor.listenTCP(0, ClientFactory(), interface="127.0.0.1")

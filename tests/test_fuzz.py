@@ -1,4 +1,5 @@
 """10,000 random and mutated frames into CSTAProtocol: nothing escapes, nothing goes unnoticed.
+And mutated HTTP requests into the API on loopback: each gets a JSON answer, never a 5xx.
 
 Each input goes to a fresh connection whose subscribers parse every known event into its typed
 message, as the daemon does. Every input must end in exactly one of: parsed (dispatched, and any
@@ -10,17 +11,20 @@ test through trial's logged-error check.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mxproxy import __version__
 from mxproxy.csta.frame import EVENT_ID, encode
 from mxproxy.csta.messages import EVENTS, parse_event
 from mxproxy.csta.protocol import CSTAProtocol, Trace
+from tests.support import Daemon, exchange
 
 INPUTS = 10_000
 SEED = 20261126
@@ -130,3 +134,71 @@ class FuzzTests(SynchronousTestCase):
         self.assertEqual(sum(outcomes.values()), INPUTS)
         for outcome, count in outcomes.items():
             self.assertGreater(count, 100, f"the corpus exercises {outcome!r}: {outcomes}")
+
+
+HTTP_INPUTS = 400
+HTTP_CORPUS = [
+    (b"GET", b"/mx/dev/addressbook", b""),
+    (b"GET", b"/mx/dev/calllog?timestamp=1700000000", b""),
+    (b"GET", b"/mx/dev/voicemail", b""),
+    (b"GET", b"/mx/dev/voicemail/1", b""),
+    (b"HEAD", b"/mx/dev/voicemail/1", b""),
+    (b"DELETE", b"/mx/dev/voicemail/2", b""),
+    (b"POST", b"/mx/dev/call", b'{"from": "3001", "to": "3002", "ringDelay": 2, "vmDelay": 20}'),
+    (b"POST", b"/mx/dev/call", b"from=3001&to=3002&ringDelay=2"),
+    (b"PATCH", b"/mx/dev/voicemail/1", b'{"note": "call back", "readed": true}'),
+]
+PATH_PIECES = [b"%00", b"%FF", b"%C3", b"%C3%A9", b"%2F", b"/", b"//", b"/..", b"?", b"?x=%FF",
+               b"#", b"%", b"\xc3\xa9", b"\x80", b"*", b"http://x", b"9" * 30]
+BODY_PIECES = [b"\\u0000", b"\\ud800", b"\\udfff", b"\\u007f", b"\\uffff", b'"', b"\\",
+               b"[" * 5000, b"{" * 5000, b"9" * 5000, b"-", b"1e999", b"null", b",", b"}", b"%00",
+               b"\xff\xfe", b"\x00"]
+STATUSES = {200, 204, 400, 401, 403, 404, 405, 413, 414, 429, 431}
+
+
+def mutate_request(rng: random.Random) -> tuple[bytes, bytes]:
+    """A request of the corpus with pieces spliced into its target or its body, framed right
+    (one request, Content-Length recomputed, Connection: close); returns (method, bytes)."""
+    method, target, body = rng.choice(HTTP_CORPUS)
+    for _ in range(rng.randrange(1, 4)):
+        if rng.randrange(2) or not body:
+            position = rng.randrange(1, len(target) + 1)
+            target = target[:position] + rng.choice(PATH_PIECES) + target[position:]
+        else:
+            position = rng.randrange(len(body) + 1)
+            body = body[:position] + rng.choice(BODY_PIECES) + body[position:]
+    head = (method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Authorization: Basic YWxpY2U6YWxpY2Utc2VjcmV0\r\n")
+    if body:
+        kind = b"json" if body.startswith(b"{") else b"x-www-form-urlencoded"
+        head += b"Content-Type: application/" + kind + b"\r\nContent-Length: %d\r\n" % len(body)
+    return method, head + b"\r\n" + body
+
+
+class HTTPFuzzTests(TestCase):
+    async def test_mutated_requests_get_json_answers_and_log_no_failure(self) -> None:
+        from tests.test_api import company
+
+        pbx = company(chunk_size=1000)
+        for _ in range(3):
+            pbx.add_voicemail("alice", b"RIFF" * 600)
+        daemon = await Daemon(self, pbx).start()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        rng = random.Random(SEED)
+        seen: dict[int, int] = {}
+        for _ in range(HTTP_INPUTS):
+            method, request = mutate_request(rng)
+            response = await exchange(daemon.http_port, request)
+            seen[response.status] = seen.get(response.status, 0) + 1
+            self.assertIn(response.status, STATUSES, request[:300])
+            self.assertEqual(response.header(b"server"), f"MXProxy/{__version__}".encode())
+            if response.status >= 400 and method != b"HEAD":
+                self.assertIsInstance(json.loads(response.body)["error"], str, request[:300])
+        alarming = [event for event in events if event.get("log_failure") is not None
+                    or event.get("log_level") in (LogLevel.warn, LogLevel.error,
+                                                  LogLevel.critical)]
+        self.assertEqual(alarming, [])
+        for status in (200, 400, 404):
+            self.assertGreater(seen.get(status, 0), 10, f"the corpus exercises {status}: {seen}")

@@ -17,7 +17,16 @@ from twisted.web.server import Request
 
 from mxproxy.api.errors import bad_request
 
-_DIGITS = re.compile(r"[0-9]+")
+_SMALL_NUMBER = re.compile(r"[0-9]{1,9}")
+"""A digit string worth reading as a number: ``int()`` of thousands of digits costs quadratic
+time (Python refuses more than 4,300), and no seconds field needs more than nine."""
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+"""Control characters, lone surrogates (JSON's ``"\\ud800"``) and the two non-characters: XML
+cannot carry them, so an MX command holding one could not even be built."""
+_UNPRINTABLE_IN_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+                                   "\ud800-\udfff\ufffe\uffff]")
+"""The same, tabs and line breaks allowed."""
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
                       r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
 _SPELLED = {"true": True, "1": True, "false": False, "0": False}
@@ -35,8 +44,10 @@ def body_fields(request: Request) -> dict[str, Any]:
     if body.lstrip().startswith(b"{") or _media_type(request) == b"application/json":
         try:
             fields = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as error:
+        except ValueError as error:  # UnicodeDecodeError included
             raise bad_request(f"malformed JSON: {error}") from None
+        except RecursionError:
+            raise bad_request("malformed JSON: nested too deeply") from None
         if not isinstance(fields, dict):
             raise bad_request("the JSON body must be an object")
         return fields
@@ -55,18 +66,27 @@ def flag(value: Any) -> Any:
 
 
 def text(fields: Mapping[str, Any], name: str) -> str:
-    """A required non-empty string, stripped."""
+    """A required non-empty string of printable characters, stripped."""
     value = fields.get(name)
     if not isinstance(value, str) or not value.strip():
         raise bad_request(f'"{name}" is required (a non-empty string)')
-    return value.strip()
+    return printable(value, name).strip()
+
+
+def printable(value: str, name: str, lines: bool = False) -> str:
+    """``value`` unless it holds a character an MX command cannot carry; with ``lines``, tabs
+    and line breaks are allowed (a note may span lines)."""
+    if (_UNPRINTABLE_IN_LINES if lines else _UNPRINTABLE).search(value):
+        raise bad_request(f'"{name}" must not contain control characters or unpaired '
+                          "surrogates")
+    return value
 
 
 def seconds(fields: Mapping[str, Any], name: str, default: int, lowest: int,
             highest: int) -> int:
     """A whole number of seconds in [lowest, highest], as a JSON number or a digit string."""
     value = fields.get(name, default)
-    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+    if isinstance(value, str) and _SMALL_NUMBER.fullmatch(value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
         raise bad_request(f'"{name}" must be a whole number of seconds from {lowest} to '
@@ -81,7 +101,7 @@ def timestamp(request: Request) -> int | None:
     if not values:
         return None
     raw = values[-1].decode("utf-8", "replace").strip()
-    if _DIGITS.fullmatch(raw):
+    if _UNIX_SECONDS.fullmatch(raw):
         return int(raw)
     moment = None
     if _RFC3339.fullmatch(raw):

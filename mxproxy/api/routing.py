@@ -77,6 +77,7 @@ class Routes(Resource):
                 self._fast_answers.inc()
                 self._fast_seconds.observe(self._clock.seconds() - started)
                 return body
+            refusal = request.path_refusal()
         request.notifyFinish().addBoth(self._finished, request, started)
         return refusal if refusal is not None else self._klein.render(request)
 
