@@ -142,10 +142,11 @@ async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
     ``mx_tls``: the MX link is TLS, unverified (the default of an MX entry without pinning)."""
     from mxproxy.api.access import MXAccess
     from mxproxy.api.app import API
-    from mxproxy.api.site import APISite
+    from mxproxy.api.site import APISite, ConnectionLimit
     from mxproxy.config import MXConfig
     from mxproxy.csta.client import CSTAFactory
     from mxproxy.mx import MXServer, SerialRegistry
+    from mxproxy.options import CONNECTIONS_PER_ADDRESS
     from mxproxy.sessions import SessionPool
 
     config = MXConfig(name="bench", host="127.0.0.1", port=mx_port, login=SERVER_LOGIN,
@@ -157,7 +158,8 @@ async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
     pool = (pool_class or SessionPool)(reactor, server.address, CSTAFactory(reactor))
     reactor.addSystemEventTrigger("before", "shutdown", pool.close_all)
     extra = () if call_log_timing is None else (call_log_timing,)
-    site = APISite(API({"bench": MXAccess(server, pool)}, reactor, *extra).resource(), reactor)
+    site = APISite(API({"bench": MXAccess(server, pool)}, reactor, *extra).resource(), reactor,
+                   ConnectionLimit(reactor, CONNECTIONS_PER_ADDRESS))
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     return {"port": port.getHost().port, "contacts": len(server.address_book)}
 

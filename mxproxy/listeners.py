@@ -79,7 +79,8 @@ def where(address: object) -> str:
 def api_listeners(options: Mapping[str, Any], site: APISite, parent: MultiService,
                   reactor: Any) -> tuple[list[Listener], ServingCertificate | None]:
     """The listeners of the API for these options, and the certificate served over HTTPS if
-    any; ACME, when used, joins ``parent``."""
+    any; ACME, when used, joins ``parent``. Port 80, when served, counts its connections in
+    the API's limit: a client address has one cap for both ports."""
     if options["listen"]:
         return [Listener(_endpoint(reactor, text, "--listen"), site, "HTTP", text)
                 for text in options["listen"]], None
@@ -103,7 +104,7 @@ def api_listeners(options: Mapping[str, Any], site: APISite, parent: MultiServic
         Listener(_endpoint(reactor, https, "--https-listen"), https_factory(site, certificate),
                  f"HTTPS for {host}", https),
         Listener(_endpoint(reactor, http, "--http-listen"),
-                 APISite(RedirectToHTTPS(host, challenges), reactor),
+                 APISite(RedirectToHTTPS(host, challenges), reactor, site.limit),
                  "HTTP (ACME challenges, redirect to HTTPS)", http),
     ], certificate
 

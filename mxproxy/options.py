@@ -31,6 +31,10 @@ ACME_DIRECTORIES = {
 }
 """Shorthands accepted by ``--acme-directory``: Let's Encrypt's two ACME v2 directories."""
 DEFAULT_ADMIN_LISTEN = "tcp:9473:interface=127.0.0.1"
+CONNECTIONS_PER_ADDRESS = 256
+"""Default cap on the open HTTP connections of one client address. An app keeps one to six; an
+office or a mobile carrier's NAT puts many users behind one address, so the cap is there to stop
+one host from taking every descriptor, not to ration users."""
 JSON_LOG_OBSERVER = "mxproxy.logs.json_observer"
 """What ``--json-logs`` hands to twistd as its ``--logger``: a factory of the JSON observer."""
 
@@ -130,6 +134,14 @@ class MXProxyOptions(usage.Options):
             "Seconds a user's MX session is kept without requests before it is logged out.",
             float,
         ],
+        [
+            "max-connections-per-address",
+            None,
+            CONNECTIONS_PER_ADDRESS,
+            "Open HTTP connections one client address may have; 0: no cap (e.g. behind a "
+            "reverse proxy, whose address all connections come from).",
+            int,
+        ],
     ]
     optFlags = [
         ["debug", None, "Log extra debugging information."],
@@ -150,6 +162,8 @@ class MXProxyOptions(usage.Options):
         self["logflag"] = int(logflag)
         if not self["session-idle"] > 0:
             raise usage.UsageError("--session-idle: expected a positive number of seconds")
+        if self["max-connections-per-address"] < 0:
+            raise usage.UsageError("--max-connections-per-address: expected 0 (no cap) or more")
         try:
             self["local_http"] = local_http_address(self["host"])
         except ValueError as error:

@@ -62,11 +62,13 @@ class Daemon:
     ``link_clock`` drives the server link's timers (reconnect delays without jitter).
     ``metrics`` (a :class:`mxproxy.metrics.Metrics`) receives the HTTP requests and the CSTA
     round trips of both the server link and the user sessions, as the daemon wires it.
+    ``connections_per_address`` caps the HTTP connections of one client address (0: none).
     """
 
     def __init__(self, test: TestCase, pbx: PBX, clock: Any = None,
                  idle_timeout: float = 60.0, user_address: MXAddress | None = None,
-                 push: Any = None, link_clock: Any = None, metrics: Any = None) -> None:
+                 push: Any = None, link_clock: Any = None, metrics: Any = None,
+                 connections_per_address: int = 0) -> None:
         self.test = test
         self.user_address = user_address
         self.pbx = pbx
@@ -75,6 +77,7 @@ class Daemon:
         self.push = push
         self.link_clock = link_clock
         self.metrics = metrics
+        self.connections_per_address = connections_per_address
         self.devices: Any = None
 
     async def start(self) -> Daemon:
@@ -82,7 +85,7 @@ class Daemon:
 
         from mxproxy.api.access import MXAccess
         from mxproxy.api.app import API
-        from mxproxy.api.site import APISite
+        from mxproxy.api.site import APISite, ConnectionLimit
         from mxproxy.config import MXConfig
         from mxproxy.csta.client import CSTAFactory
         from mxproxy.mx import MXServer, SerialRegistry
@@ -107,7 +110,8 @@ class Daemon:
         self.test.addCleanup(self.pool.close_all)
         self.api = API({"dev": MXAccess(self.server, self.pool, self.devices)}, self.clock,
                        metrics=self.metrics)
-        site = APISite(self.api.resource(), self.clock)
+        site = APISite(self.api.resource(), self.clock,
+                       ConnectionLimit(self.clock, self.connections_per_address))
         self.site = site
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.test.addCleanup(port.stopListening)
@@ -161,6 +165,16 @@ class RawResponse:
     def header(self, name: bytes) -> bytes | None:
         values = self.headers.get(name.lower())
         return None if values is None else values[0]
+
+
+class Silent(Protocol):
+    """A client that connects and says nothing; ``closed`` fires when the connection ends."""
+
+    def __init__(self) -> None:
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
 
 
 class _Exchange(Protocol):

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
@@ -24,7 +24,7 @@ from mxproxy.options import MXProxyOptions
 from mxproxy.service import makeService
 from mxproxy.testing.certs import certificate_authority
 from mxproxy.testing.mxsim import demo_pbx
-from tests.support import serve
+from tests.support import Silent, exchange, serve
 
 NAME = "mxproxy.test"
 ALICE = b"Basic " + base64.b64encode(b"alice:alice")
@@ -151,6 +151,24 @@ class RunningDaemonTests(TestCase):
         self.assertEqual(len(logouts), 2)
         with self.assertRaises(ConnectionRefusedError):
             await self.get("http://127.0.0.1/mx/dev/calllog", port, auth=ALICE)
+
+    async def test_connection_cap_from_the_flag_counts_https_and_port_80_together(self) -> None:
+        root, _ = await self.start_https("--max-connections-per-address", "1")
+        ports = self.ports(root)
+        idle = Silent()
+        await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", ports[f"HTTPS for {NAME}"]), idle)
+        request = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        port_80 = ports["HTTP (ACME challenges, redirect to HTTPS)"]
+        answer = await exchange(port_80, request)
+        self.assertEqual(answer.status, 503)
+        self.assertIn("too many connections", json.loads(answer.body)["error"])
+        assert idle.transport is not None
+        idle.transport.loseConnection()
+        await idle.closed
+        while (answer := await exchange(port_80, request)).status == 503:
+            pass  # until the server has seen the close
+        self.assertEqual(answer.status, 301)
 
     async def test_health_and_metrics_on_the_admin_endpoint_only(self) -> None:
         root, trust = await self.start_https("--admin-listen", "tcp:0:interface=127.0.0.1")

@@ -46,6 +46,15 @@ class MXProxyOptionsTests(SynchronousTestCase):
         for flag in ("debug", "csta", "demo"):
             self.assertTrue(parsed(MXProxyOptions, f"--{flag}")[flag], flag)
 
+    def test_connectionsPerAddress(self) -> None:
+        self.assertEqual(parsed(MXProxyOptions)["max-connections-per-address"], 256)
+        self.assertEqual(parsed(MXProxyOptions, "--max-connections-per-address=0")
+                         ["max-connections-per-address"], 0)
+        self.assertUsageError(["--max-connections-per-address", "-1"],
+                              "--max-connections-per-address: expected 0 (no cap) or more")
+        self.assertRaises(usage.UsageError, parsed, MXProxyOptions,
+                          "--max-connections-per-address", "many")
+
     def test_logflagMustBeAnInteger(self) -> None:
         self.assertUsageError(
             ["--logflag", "lshortfile"], '--logflag: expected an integer, got "lshortfile"'

@@ -41,6 +41,7 @@ REQUIRED = {
     ("Service", "KillSignal"): "SIGTERM",
     ("Service", "TimeoutStopSec"): "20",
     ("Service", "Restart"): "on-failure",
+    ("Service", "LimitNOFILE"): "65536",
     ("Service", "UMask"): "0077",
     ("Service", "NoNewPrivileges"): "yes",
     ("Service", "ProtectSystem"): "strict",
