@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from mxproxy import __version__
+from mxproxy.api.voicemail import STALL_TIMEOUT
 from mxproxy.csta.client import MXAddress
 from mxproxy.testing.mxsim import PBX
 from mxproxy.testing.mxsim.model import Contact
@@ -394,6 +396,36 @@ class VoicemailTests(APITestCase):
         self.assertEqual(pbx.logins["alice"], 1, "the same session served the next request")
         self.assertEqual(len([c for c in pbx.received if c.name == "MailReceiveIncoming"]), 2)
 
+    async def test_a_client_that_stops_reading_is_cut_and_frees_the_session(self) -> None:
+        """Stalled for STALL_TIMEOUT, the download is cancelled on the MX and the user's other
+        requests, which wait for the session, go on; before, they waited as long as the client
+        kept its connection open."""
+        clock = Clock()
+        pbx = company()  # chunks of 32 KiB
+        await self.daemon(pbx, clock=clock)
+        mail = pbx.add_voicemail("alice", os.urandom(400 * pbx.chunk_size))  # 12.5 MiB
+        client = await _reader_that_stops(self.d.http_port,
+                                          f"/mx/dev/voicemail/{mail.mail_id}".encode())
+        self.addCleanup(client.transport.abortConnection)
+        listing = Deferred.fromCoroutine(self.get("/voicemail"))  # waits for the session
+        while not [call for call in clock.getDelayedCalls()
+                   if getattr(call.func, "__name__", "") == "_stalled"]:
+            self.assertNoResult(listing)
+            await next_turn()
+        # Whenever the stall timer runs, the stream is paused with no chunk in flight (it only
+        # pauses on its own write), so the clock moves no MX reply timeout.
+        cancel = pbx.wait_for("MailCancelReceive")
+        clock.advance(STALL_TIMEOUT)
+        await cancel
+        response, body = await listing
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(pbx.logins["alice"], 1)
+        client.transport.resumeProducing()  # reading again, it finds its connection cut
+        await client.closed
+        self.assertLess(len(client.received), len(mail.content))
+
+    test_a_client_that_stops_reading_is_cut_and_frees_the_session.timeout = 30  # type: ignore
+
     async def test_patch_note_and_read(self) -> None:
         await self.daemon()
         mail = self.pbx.add_voicemail("alice", b"x")
@@ -638,6 +670,21 @@ class _RawClient(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closed.callback(None)
+
+
+async def _reader_that_stops(port: int, path: bytes) -> _RawClient:
+    """A GET with ALICE's credentials from a client that reads nothing of the answer, with a
+    small receive buffer so that the proxy's writes back up after a few megabytes."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))  # loopback: completes at once, before any accept
+    client = _RawClient(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + ALICE_HEADER + b"\r\n")
+    factory = Factory.forProtocol(lambda: client)
+    reactor.adoptStreamConnection(sock.fileno(), socket.AF_INET, factory)
+    sock.close()  # the reactor has its own descriptor
+    assert client.transport is not None
+    client.transport.pauseProducing()  # never read
+    return client
 
 
 async def _raw_get(url: str, auth: tuple[str, str]) -> _RawClient:

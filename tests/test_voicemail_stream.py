@@ -1,4 +1,5 @@
-"""VoicemailStream with a stand-in link and response: flow control and the chunk-sequence guard."""
+"""VoicemailStream with a stand-in link and response: flow control, the chunk-sequence guard and
+the client that stops reading."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import base64
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxproxy.api.voicemail import VoicemailStream, attachment, content_type
+from mxproxy.api.voicemail import STALL_TIMEOUT, VoicemailStream, attachment, content_type
 from mxproxy.csta import xml
 from mxproxy.csta.messages import Chunk
 from mxproxy.csta.protocol import Message
@@ -53,6 +56,7 @@ class Response:
         self.producer: Any = None
         self.lost = False
         self.finished: Deferred[None] = Deferred()
+        self.transport = StringTransport()
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         assert streaming
@@ -71,10 +75,12 @@ class Response:
         self.lost = True
 
 
-def stream(chunks: list[xml.Element]) -> tuple[VoicemailStream, ScriptedLink, Response]:
+def stream(chunks: list[xml.Element], clock: Clock | None = None,
+           ) -> tuple[VoicemailStream, ScriptedLink, Response]:
     link, response = ScriptedLink(chunks[1:]), Response()
     first = Chunk.from_xml(chunks[0])
-    voicemail = VoicemailStream(response, link, "7", first)  # type: ignore[arg-type]
+    voicemail = VoicemailStream(response, link, "7", first,  # type: ignore[arg-type]
+                                Clock() if clock is None else clock)
     voicemail.start()
     return voicemail, link, response
 
@@ -91,14 +97,25 @@ class StreamTests(SynchronousTestCase):
         self.assertIsNone(response.producer)
 
     def test_no_request_while_paused(self) -> None:
-        voicemail, link, _ = stream([chunk_element(n, 3, b"x") for n in (1, 2, 3)])
+        voicemail, link, _ = stream([chunk_element(n, 4, b"x") for n in (1, 2, 3, 4)])
         link.answer()  # chunk 2 written, chunk 3 requested at once
         self.assertEqual(len(link.sent), 2)
         voicemail.pauseProducing()
         link.answer()
-        self.assertNoResult(voicemail.when_done())  # the last chunk is in, but not yet...
+        self.assertEqual(len(link.sent), 2)  # chunk 4 waits for the client
         voicemail.resumeProducing()
+        self.assertEqual(len(link.sent), 3)
+
+    def test_last_chunk_written_while_paused_frees_the_session(self) -> None:
+        # The MX owes nothing more: the user's other requests need not wait until the client
+        # has read the rest of the response.
+        voicemail, link, response = stream([chunk_element(n, 3, b"x") for n in (1, 2, 3)])
+        link.answer()
+        voicemail.pauseProducing()
+        link.answer()
         self.successResultOf(voicemail.when_done())
+        self.assertIsNone(response.producer)
+        self.assertEqual(link.sent, ["MailReceiveIncoming"] * 2)
 
     def test_paused_before_the_reply_asks_for_nothing_more(self) -> None:
         voicemail, link, _ = stream([chunk_element(n, 4, b"x") for n in (1, 2, 3, 4)])
@@ -130,6 +147,66 @@ class StreamTests(SynchronousTestCase):
         self.successResultOf(voicemail.when_done())
         self.assertEqual(link.sent, ["MailReceiveIncoming", "MailCancelReceive"])
         self.assertEqual(response.written, [])
+
+
+class StalledClientTests(SynchronousTestCase):
+    """A client that stops reading pauses the stream; paused for STALL_TIMEOUT, the transfer is
+    cancelled, the connection cut and the session freed."""
+
+    def test_paused_too_long_cancels_and_cuts(self) -> None:
+        clock = Clock()
+        voicemail, link, response = stream([chunk_element(n, 4, b"x") for n in range(1, 5)],
+                                            clock)
+        link.answer()  # chunk 2 written, chunk 3 asked for
+        voicemail.pauseProducing()
+        link.answer()  # chunk 3 written; chunk 4 waits for the client
+        clock.advance(STALL_TIMEOUT - 0.1)
+        self.assertNoResult(voicemail.when_done())
+        self.assertFalse(response.transport.disconnecting)
+        clock.advance(0.1)
+        self.successResultOf(voicemail.when_done())
+        self.assertEqual(link.sent, ["MailReceiveIncoming"] * 2 + ["MailCancelReceive"])
+        self.assertTrue(response.transport.disconnected, "aborted, not closed gracefully")
+        self.assertIsNone(response.producer)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_reading_again_restarts_the_wait(self) -> None:
+        clock = Clock()
+        voicemail, link, response = stream([chunk_element(n, 4, b"x") for n in range(1, 5)],
+                                            clock)
+        link.answer()
+        voicemail.pauseProducing()
+        clock.advance(STALL_TIMEOUT - 1)
+        voicemail.resumeProducing()
+        voicemail.pauseProducing()
+        clock.advance(STALL_TIMEOUT - 1)
+        self.assertFalse(response.transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(response.transport.disconnected)
+
+    def test_stalled_with_a_chunk_in_flight_cancels_after_it(self) -> None:
+        clock = Clock()
+        voicemail, link, response = stream([chunk_element(n, 3, b"x") for n in (1, 2, 3)],
+                                            clock)
+        voicemail.pauseProducing()  # before chunk 2 has come
+        clock.advance(STALL_TIMEOUT)
+        self.assertTrue(response.transport.disconnected)
+        self.assertEqual(link.sent, ["MailReceiveIncoming"])
+        link.answer()
+        self.successResultOf(voicemail.when_done())
+        self.assertEqual(link.sent, ["MailReceiveIncoming", "MailCancelReceive"])
+        self.assertEqual(response.written, [])
+
+    def test_client_gone_while_paused_stops_the_clock(self) -> None:
+        clock = Clock()
+        voicemail, link, response = stream([chunk_element(n, 3, b"x") for n in (1, 2, 3)],
+                                            clock)
+        voicemail.pauseProducing()
+        response.finished.errback(ConnectionError("client went away"))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        link.answer()
+        self.successResultOf(voicemail.when_done())
+        self.assertFalse(response.transport.disconnecting, "closed by the client, not cut")
 
 
 class HeaderTests(SynchronousTestCase):

@@ -195,7 +195,7 @@ class API:
             pool.release(session)
             return
         request.write(first.content)
-        stream = VoicemailStream(request, session.protocol, mail_id, first)
+        stream = VoicemailStream(request, session.protocol, mail_id, first, self.clock)
         stream.when_done().addCallback(lambda _: pool.release(session))
         stream.start()
         await stream.when_done()

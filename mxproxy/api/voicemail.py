@@ -3,16 +3,18 @@
 The MX hands a file out in chunks, one request each. :class:`VoicemailStream` is a push producer
 on the HTTP response: it asks for the next chunk only while Twisted is not pausing it (the socket
 buffer is not full), so at most one chunk plus the socket buffer is in memory whatever the file
-size. If the client goes away, the transfer is cancelled on the MX so the session stays usable.
+size. If the client goes away, or stops reading for :data:`STALL_TIMEOUT`, the transfer is
+cancelled on the MX so the session stays usable, and is released for the user's other requests.
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
+from typing import cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -23,6 +25,9 @@ from mxproxy.csta.messages import Chunk
 from mxproxy.csta.protocol import CSTAProtocol
 from mxproxy.logs import Logger
 
+STALL_TIMEOUT = 60.0
+"""Seconds a download may stay paused by a client that reads nothing before it is given up:
+it holds the user's MX session, which the user's other requests wait for."""
 MEDIA_TYPES = {"wav": "audio/wave", "mp3": "audio/mpeg"}
 _UNSAFE_FILENAME = re.compile(r'[^A-Za-z0-9._ -]')
 
@@ -51,11 +56,14 @@ class VoicemailStream:
 
     log = Logger()
 
-    def __init__(self, request: Request, protocol: CSTAProtocol, mail_id: str,
-                 first: Chunk) -> None:
+    def __init__(self, request: Request, protocol: CSTAProtocol, mail_id: str, first: Chunk,
+                 clock: IReactorTime, stall_timeout: float = STALL_TIMEOUT) -> None:
         self._request = request
         self._protocol = protocol
         self._mail_id = mail_id
+        self._clock = clock
+        self._stall_timeout = stall_timeout
+        self._stall: IDelayedCall | None = None
         self._number = first.number
         self._total = first.total
         self._paused = False
@@ -83,9 +91,12 @@ class VoicemailStream:
 
     def pauseProducing(self) -> None:
         self._paused = True
+        if self._stall is None and not (self._stopped or self._ended):
+            self._stall = self._clock.callLater(self._stall_timeout, self._stalled)
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._stop_stall_timer()
         self._next()
 
     def stopProducing(self) -> None:
@@ -93,17 +104,35 @@ class VoicemailStream:
         if self._stopped or self._ended:
             return
         self._stopped = True
+        self._stop_stall_timer()
         if not self._fetching:
             Deferred.fromCoroutine(self._cancel())
+
+    def _stalled(self) -> None:
+        """The client has read nothing for the stall timeout: give its connection up (a
+        graceful close would wait for it to read) and cancel the transfer."""
+        self._stall = None
+        self.log.info("voicemail {id}: the client read nothing for {seconds:g} s; download "
+                      "cancelled", id=self._mail_id, seconds=self._stall_timeout)
+        self.stopProducing()
+        self._request.unregisterProducer()
+        cast(ITCPTransport, self._request.transport).abortConnection()
+
+    def _stop_stall_timer(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     # -- the transfer -------------------------------------------------------------------------
 
     def _next(self) -> None:
-        if self._paused or self._fetching or self._stopped or self._ended:
+        if self._fetching or self._stopped or self._ended:
             return
-        if self._number >= self._total:
+        if self._number >= self._total:  # all written: the session is free, paused or not
             self._request.unregisterProducer()
             self._end()
+            return
+        if self._paused:
             return
         self._fetching = True
         Deferred.fromCoroutine(self._fetch())
@@ -150,6 +179,7 @@ class VoicemailStream:
         if self._ended:
             return
         self._ended = True
+        self._stop_stall_timer()
         waiters, self._done = self._done, []
         for waiter in waiters:
             waiter.callback(None)
