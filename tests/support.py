@@ -200,3 +200,22 @@ async def exchange(port: int, request: bytes) -> RawResponse:
     client = _Exchange(request)
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
     return RawResponse(await client.closed)
+
+
+def open_descriptors() -> int:
+    """The test process's open file descriptors (it holds both ends of loopback links)."""
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def settled_descriptors(limit: int, turns: int = 200) -> int:
+    """Open descriptors once closing connections are gone: closing takes a few reactor turns,
+    so wait up to ``turns`` of them (never wall-clock time) for the count to fall to ``limit``."""
+    count = open_descriptors()
+    for _ in range(turns):
+        if count <= limit:
+            break
+        await next_turn()
+        count = open_descriptors()
+    return count

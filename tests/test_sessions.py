@@ -1,11 +1,19 @@
-"""The auth cache and the failed-login throttle, on a driven clock."""
+"""The auth cache and the failed-login throttle, on a driven clock; opening user sessions
+against the simulator."""
 
 from __future__ import annotations
 
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mxproxy.sessions import AuthCache, Identity, LoginThrottle, password_hash
+from mxproxy.csta.client import CSTAFactory, open_session
+from mxproxy.csta.errors import LoginError
+from mxproxy.csta.frame import FrameTooLarge
+from mxproxy.sessions import AuthCache, Identity, LoginThrottle, SessionPool, password_hash
+from mxproxy.testing.mxsim import PBX
+from tests.support import open_descriptors, serve, settled_descriptors
 
 ALICE = Identity("alice", "43884850000000001", "3001")
 
@@ -86,3 +94,54 @@ class ThrottleTests(SynchronousTestCase):
         self.fail(5, "address")
         self.assertEqual(self.throttle.retry_after("login", "address"), 60)
         self.assertEqual(self.throttle.retry_after("login"), 30)
+
+
+class SessionOpeningTests(TestCase):
+    """Whatever ends a login on a fresh link closes that link (issue 10, point 3): not only the
+    MX's refusals but a login lxml cannot put in XML, one too large for a frame, and the
+    caller cancelling. The test process holds both ends, so a leak shows in its descriptors."""
+
+    async def setUp(self) -> None:
+        self.pbx = PBX(sn="TEST1")
+        self.pbx.add_user("alice", "alice-secret", "3001")
+        self.address = serve(self, self.pbx)
+        self.pool = SessionPool(reactor, self.address, CSTAFactory(reactor))
+        self.addCleanup(self.pool.close_all)
+        # A first link allocates what the reactor keeps for good (the resolver's wake-up pipe).
+        protocol, _ = await open_session(reactor, self.address, CSTAFactory(reactor), "alice",
+                                         "alice-secret")
+        [session] = self.pbx.sessions
+        protocol.close()
+        await session.when_closed()
+
+    async def assertClosesItsLink(self, login: str, password: str,
+                                  error: type[Exception]) -> None:
+        before = open_descriptors()
+        for _ in range(20):
+            with self.assertRaises(error):
+                await self.pool.session(login, password)
+        self.assertEqual(await settled_descriptors(before), before)
+        self.assertEqual(self.pbx.sessions, [])
+        self.assertEqual(len(self.pool), 0)
+
+    async def test_control_character_in_the_login(self) -> None:
+        await self.assertClosesItsLink("a\x00b", "x", ValueError)
+
+    async def test_login_too_large_for_a_frame(self) -> None:
+        await self.assertClosesItsLink("a" * 70_000, "x", FrameTooLarge)
+
+    async def test_refused_login(self) -> None:
+        await self.assertClosesItsLink("alice", "wrong", LoginError)
+
+    async def test_cancelled_while_the_login_is_unanswered(self) -> None:
+        self.pbx.faults.no_reply = frozenset({"loginRequest"})
+        before = open_descriptors()
+        for _ in range(20):
+            opening = Deferred.fromCoroutine(open_session(
+                reactor, self.address, CSTAFactory(reactor), "alice", "alice-secret"))
+            await self.pbx.wait_for("loginRequest")
+            opening.cancel()
+            with self.assertRaises(CancelledError):
+                await opening
+        self.assertEqual(await settled_descriptors(before), before)
+        self.assertEqual(self.pbx.sessions, [])

@@ -24,7 +24,7 @@ from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
 from mxproxy.csta import commands, xml
-from mxproxy.csta.errors import LoginError, MXError, MXTimeout, MXUnavailable, ProtocolViolation
+from mxproxy.csta.errors import LoginError, MXTimeout, MXUnavailable, ProtocolViolation
 from mxproxy.csta.messages import LoginFailure, LoginResponse
 from mxproxy.csta.protocol import DEFAULT_REPLY_TIMEOUT, CSTAProtocol, RoundTrip, Trace
 from mxproxy.logs import Logger
@@ -202,7 +202,10 @@ async def open_session(reactor: Any, address: MXAddress, factory: CSTAFactory, u
     try:
         info = await login(protocol, user, password, kind=kind,
                            clear_text_retry=clear_text_retry)
-    except (MXError, xml.XMLError):
+    except BaseException:
+        # Not only the MX's refusals: a login lxml cannot put in XML (ValueError), one too
+        # large for a frame, the caller cancelling. Any link left open here is a descriptor
+        # lost for good: nothing else holds it.
         protocol.close()
         raise
     return protocol, info
