@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
@@ -75,3 +76,24 @@ def json_record(event: LogEvent) -> str | None:
         return None
     # ensure_ascii=False keeps names readable; JSON escapes newlines, so a record stays one line.
     return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+class LogRateLimit:
+    """Lets a recurring line through at most once per ``interval`` seconds and counts the ones
+    it held back, so that what hostile clients cause is logged without flooding the log."""
+
+    def __init__(self, clock: IReactorTime, interval: float = 60.0) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._next = float("-inf")
+        self._held = 0
+
+    def due(self) -> int | None:
+        """None while the line must wait; else how many were held back since the last one."""
+        now = self._clock.seconds()
+        if now < self._next:
+            self._held += 1
+            return None
+        self._next = now + self._interval
+        held, self._held = self._held, 0
+        return held

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -19,7 +20,15 @@ from mxproxy.api.voicemail import STALL_TIMEOUT
 from mxproxy.csta.client import MXAddress
 from mxproxy.testing.mxsim import PBX
 from mxproxy.testing.mxsim.model import Contact
-from tests.support import Daemon, RawResponse, exchange, next_turn
+from tests.support import (
+    Daemon,
+    RawResponse,
+    exchange,
+    next_turn,
+    open_descriptors,
+    settled_descriptors,
+)
+from tests.test_tls import capture_logs
 
 ALICE = ("alice", "alice-secret")
 ALICE_HEADER = b"Authorization: Basic YWxpY2U6YWxpY2Utc2VjcmV0\r\n"
@@ -701,3 +710,116 @@ async def _raw_get(url: str, auth: tuple[str, str]) -> _RawClient:
     endpoint = TCP4ClientEndpoint(reactor, parts.hostname or "", parts.port or 80)
     await connectProtocol(endpoint, client)
     return client
+
+
+class DescriptorTests(APITestCase):
+    """Every failure while a user session opens closes its MX connection (issue 10, point 3):
+    before, each login with a control character left one open, and ~750 requests used up
+    1,024 descriptors. The test process holds both ends of every MX connection."""
+
+    async def test_refused_credentials_open_no_mx_connection(self) -> None:
+        await self.daemon()
+        before = open_descriptors()
+        for n in range(200):
+            auth = (("a\x00b", "x"), ("alice", "pw\x01"), ("bob ", "bob-secret"),
+                    ("a" * 300, "x"))[n % 4]
+            response, _ = await self.get("/calllog", auth=auth)
+            self.assertEqual(response.code, 401)
+        self.assertEqual(await settled_descriptors(before), before)
+        self.assertEqual(len(self.pbx.sessions), 1, "only the server link")
+
+    async def test_a_login_left_unanswered_closes_its_connection(self) -> None:
+        clock = Clock()
+        await self.daemon(clock=clock)
+        self.pbx.faults.no_reply = frozenset({"loginRequest"})
+        before = open_descriptors()
+        for _ in range(20):
+            pending = Deferred.fromCoroutine(self.get("/calllog"))
+            await self.pbx.wait_for("loginRequest")
+            clock.advance(7)
+            self.assertError(await pending, 504)
+        self.assertEqual(await settled_descriptors(before), before)
+
+    async def test_a_link_dropped_mid_login_is_closed(self) -> None:
+        await self.daemon()
+        self.pbx.faults.no_reply = frozenset({"loginRequest"})
+        before = open_descriptors()
+        for _ in range(20):
+            pending = Deferred.fromCoroutine(self.get("/calllog"))
+            (await self.pbx.wait_for("loginRequest")).session.drop()
+            self.assertError(await pending, 503)
+        self.assertEqual(await settled_descriptors(before), before)
+
+
+
+class CredentialTests(APITestCase):
+    """Credentials no MX user can have are refused before any MX connection (issue 10,
+    point 3): they used to reach lxml (500, and a leaked link) or to make new logins."""
+
+    async def test_unusable_credentials_are_401_without_an_mx_connection(self) -> None:
+        await self.daemon()
+        cases = [
+            (("a\x00b", "x"), "the login contains a control character"),
+            (("alice", "pw\x01"), "the password contains a control character"),
+            (("alice\t", "alice-secret"), "the login contains a control character"),
+            (("alice", "alice-secret\r\n"), "the password contains a control character"),
+            (("al\x7fice", "x"), "the login contains a control character"),
+            (("al\x85ice", "x"), "the login contains a control character"),
+            (("alice", "x\uffff"), "the password contains a control character"),
+            (("bob ", "bob-secret"), "the login starts or ends with white space"),
+            ((" bob", "bob-secret"), "the login starts or ends with white space"),
+            (("bob\u00a0", "bob-secret"), "the login starts or ends with white space"),
+            (("a" * 257, "x"), "the login is longer than 256 characters"),
+            (("alice", "x" * 1025), "the password is longer than 1024 characters"),
+        ]
+        for auth, text in cases:
+            response, body = await self.get("/calllog", auth=auth)
+            self.assertError((response, body), 401, text)
+            self.assertEqual(response.headers.getRawHeaders(b"www-authenticate"),
+                             [b'Basic realm="mxproxy"'])
+            self.assertNotIn(auth[1].encode(), body)
+        self.assertEqual(len(self.pbx.sessions), 1, "only the server link")
+        self.assertEqual(self.d.pool.logins, 0)
+
+    async def test_credentials_that_are_not_utf8(self) -> None:
+        await self.daemon()
+        for raw in (b"al\xffice:x", b"alice:\xed\xa0\x80"):  # the second: a lone surrogate
+            header = "Basic " + base64.b64encode(raw).decode()
+            self.assertError(await self.get("/calllog", auth=None,
+                                            headers={"Authorization": header}),
+                             401, "not UTF-8")
+        self.assertEqual(len(self.pbx.sessions), 1)
+
+    async def test_a_password_may_have_spaces_anywhere(self) -> None:
+        pbx = company()
+        pbx.add_user("dave", " two words ", "3004")
+        await self.daemon(pbx)
+        response, body = await self.get("/calllog", auth=("dave", " two words "))
+        self.assertEqual(response.code, 200, body)
+
+    async def test_refusals_spend_no_throttle_budget(self) -> None:
+        """The answer does not depend on the password, so it tells a guesser nothing; and
+        refusing is cheap, so a flood of them leaves no records behind."""
+        await self.daemon()
+        for n in range(60):  # more than the client address's budget
+            self.assertError(await self.get("/calllog", auth=(f"guess{n}\x00", "x")), 401)
+        self.assertError(await self.get("/calllog", auth=("bob ", "x")), 401)
+        response, body = await self.get("/calllog", auth=("bob", "bob-secret"))
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(self.d.api.auth.throttle._records, {})
+
+    async def test_refusals_are_logged_once_a_minute(self) -> None:
+        clock = Clock()
+        await self.daemon(clock=clock)
+        lines = capture_logs(self, "mxproxy.api.auth")
+        for _ in range(10):
+            await self.get("/calllog", auth=("a\x00b", "secret\x00"))
+        self.assertEqual(lines, ["refused credentials no MX user can have: the login contains "
+                                 "a control character (logged at most once a minute: 0 more "
+                                 "since the last line)"])
+        clock.advance(60)
+        await self.get("/calllog", auth=("bob ", "x"))
+        self.assertEqual(lines[1:], ["refused credentials no MX user can have: the login "
+                                     "starts or ends with white space (logged at most once a "
+                                     "minute: 9 more since the last line)"])
+        self.assertNotIn("secret", "".join(lines))

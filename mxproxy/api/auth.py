@@ -1,6 +1,9 @@
 """Who is asking: HTTP Basic credentials, the client's address, failed-login throttling, and
 the one check every route makes — the auth cache, else a login to the MX (which pools the
 user's session for the commands that follow).
+
+Credentials no MX user can have (control characters, a login with spaces at its ends, absurd
+lengths) are refused with 401 before any MX connection.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -18,9 +22,18 @@ from twisted.web.server import Request
 from mxproxy.api.access import MXAccess
 from mxproxy.api.errors import HTTPError, not_found
 from mxproxy.csta.errors import LoginError
+from mxproxy.logs import Logger, LogRateLimit
 from mxproxy.sessions import AuthCache, Identity, LoginThrottle, UserSession
 
 T = TypeVar("T")
+
+MAX_LOGIN = 256
+MAX_PASSWORD = 1024
+"""Lengths no MX login or password comes near; longer ones are refused before any MX link."""
+_UNUSABLE = re.compile("[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
+"""C0 and C1 control characters (NUL, TAB, CR, LF...), DEL, and the two non-characters XML
+cannot carry: no user can type them, and lxml refuses most of them in a login request."""
+_REQUIRED = "HTTP Basic credentials of an MX user are required"
 
 
 @attrs.frozen
@@ -37,18 +50,29 @@ class Caller:
 class Authenticator:
     """The credential checks of every configured MX, with one auth cache and one throttle."""
 
+    log = Logger()
+
     def __init__(self, access: Mapping[str, MXAccess], clock: IReactorTime) -> None:
         self.access = dict(access)
         self.cache = AuthCache(clock)
         self.throttle = LoginThrottle(clock)
+        self._refusals = LogRateLimit(clock)
 
     def caller(self, request: Request, mx: str) -> Caller:
-        """The request's MX and credentials; 404 for an unknown MX, 401 without credentials,
-        429 while the login or the client address is throttled."""
+        """The request's MX and credentials; 404 for an unknown MX, 401 without usable
+        credentials, 429 while the login or the client address is throttled."""
         access = self.access.get(mx)
         if access is None:
             raise not_found(f"unknown MX {mx!r}")
-        login, password = basic_credentials(request)
+        try:
+            login, password = basic_credentials(request)
+        except UnusableCredentials as error:
+            held = self._refusals.due()
+            if held is not None:
+                self.log.warn("refused credentials no MX user can have: {reason} (logged at "
+                              "most once a minute: {held} more since the last line)",
+                              reason=error.message, held=held)
+            raise
         address = client_address(request)
         wait = self.throttle.retry_after((mx, login), address)
         if wait is not None:
@@ -105,18 +129,54 @@ def client_address(request: Request) -> str:
     return getattr(request.getClientAddress(), "host", "unknown")
 
 
+class UnusableCredentials(HTTPError):
+    """Basic credentials no MX user can have: refused without asking the MX, and without
+    spending any throttle budget (the answer does not depend on the password, so it tells a
+    guesser nothing)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(401, reason, _CHALLENGE)
+
+
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="mxproxy"'}
+
+
 def basic_credentials(request: Request) -> tuple[str, str]:
-    """(login, password) of the ``Authorization: Basic`` header; 401 when there is none."""
+    """(login, password) of the ``Authorization: Basic`` header; 401 when there is none, or
+    ``UnusableCredentials`` when they cannot be an MX user's."""
     header = request.getHeader(b"Authorization") or b""
     scheme, _, encoded = header.partition(b" ")
     try:
         if scheme.lower() != b"basic":
             raise ValueError
-        login, colon, password = base64.b64decode(encoded.strip(), validate=True).decode(
-            "utf-8").partition(":")
-        if not colon or not login:
-            raise ValueError
+        decoded = base64.b64decode(encoded.strip(), validate=True)
     except (ValueError, binascii.Error):
-        raise HTTPError(401, "HTTP Basic credentials of an MX user are required",
-                        {"WWW-Authenticate": 'Basic realm="mxproxy"'}) from None
+        raise HTTPError(401, _REQUIRED, _CHALLENGE) from None
+    try:
+        text = decoded.decode("utf-8")  # strict: lone surrogates are refused here too
+    except UnicodeDecodeError:
+        raise UnusableCredentials("the credentials are not UTF-8") from None
+    login, colon, password = text.partition(":")
+    if not colon or not login:
+        raise HTTPError(401, _REQUIRED, _CHALLENGE)
+    problem = _unusable(login, password)
+    if problem is not None:
+        raise UnusableCredentials(problem)
     return login, password
+
+
+def _unusable(login: str, password: str) -> str | None:
+    """Why no MX user can have these credentials, or None. Spaces at either end of a login
+    would make ``"bob "`` a login of its own (another session, another throttle budget); a
+    password may have them, as any character a user can type."""
+    if len(login) > MAX_LOGIN:
+        return f"the login is longer than {MAX_LOGIN} characters"
+    if len(password) > MAX_PASSWORD:
+        return f"the password is longer than {MAX_PASSWORD} characters"
+    if _UNUSABLE.search(login):
+        return "the login contains a control character"
+    if _UNUSABLE.search(password):
+        return "the password contains a control character"
+    if login != login.strip():
+        return "the login starts or ends with white space"
+    return None
