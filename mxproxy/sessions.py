@@ -4,8 +4,9 @@ The original opened a TLS connection and logged in for every request. Here a use
 for later requests and logged out after a quiet minute; a request that only needs to know who
 the user is (the address book) is answered from a 30-minute cache of successful logins, which
 holds a keyed hash of the password, never the password. Repeated failures are throttled per
-login and per client address, so the proxy can neither be used to guess passwords nor to get
-accounts locked on the MX.
+login, per login and client address, and per client address, so the proxy can neither be used
+to guess passwords nor to get accounts locked on the MX, and one client's failures do not lock
+out the logins of others.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ T = TypeVar("T")
 AUTH_TTL = 30 * 60.0
 IDLE_TIMEOUT = 60.0
 FAILURE_LIMIT = 5
+ADDRESS_FAILURE_LIMIT = 10 * FAILURE_LIMIT
 FAILURE_WINDOW = 60.0
 BLOCK_FIRST = 60.0
 BLOCK_MAX = 3600.0
@@ -76,15 +78,22 @@ class AuthCache:
         self._entries: dict[tuple[str, str], _Cached] = {}
 
     def check(self, mx: str, login: str, password: str) -> Identity | None:
-        entry = self._entries.get((mx, login))
-        if entry is None:
-            return None
-        if entry.expires <= self._clock.seconds():
-            del self._entries[(mx, login)]
-            return None
-        if not hmac.compare_digest(entry.digest, password_hash(login, password)):
+        entry = self._live(mx, login)
+        if entry is None or not hmac.compare_digest(entry.digest,
+                                                    password_hash(login, password)):
             return None
         return entry.identity
+
+    def knows(self, mx: str, login: str) -> bool:
+        """Whether a password of this login is cached, so the cache can tell it from others."""
+        return self._live(mx, login) is not None
+
+    def _live(self, mx: str, login: str) -> _Cached | None:
+        entry = self._entries.get((mx, login))
+        if entry is not None and entry.expires <= self._clock.seconds():
+            del self._entries[(mx, login)]
+            return None
+        return entry
 
     def store(self, mx: str, login: str, password: str, identity: Identity) -> None:
         self._entries[(mx, login)] = _Cached(identity, password_hash(login, password),
@@ -97,6 +106,15 @@ class AuthCache:
 # -- throttling --------------------------------------------------------------------------------
 
 
+@attrs.frozen
+class Attempt:
+    """A login as the throttle sees it: which account (a login on an MX), from which address."""
+
+    mx: str
+    login: str
+    address: str
+
+
 @attrs.define
 class _Failures:
     times: deque[float] = attrs.Factory(deque)
@@ -105,36 +123,62 @@ class _Failures:
 
 
 class LoginThrottle:
-    """After :data:`FAILURE_LIMIT` failed logins within :data:`FAILURE_WINDOW` for one key (a
-    login on an MX, or a client address), refuse that key for a while: 60 s, doubling with
-    every further block up to an hour. A success clears the key."""
+    """Failed logins spend three budgets; one that runs out within :data:`FAILURE_WINDOW` is
+    refused for 60 s, doubling with every further block up to an hour:
+
+    * the account, :data:`FAILURE_LIMIT`: guessing one password from anywhere, and the MX's
+      own lockout of the account. Its block refuses even a correct password.
+    * the account from one address, :data:`FAILURE_LIMIT`: one client guessing, which a
+      success elsewhere (the real user clearing the account's budget) does not reset.
+    * the address, :data:`ADDRESS_FAILURE_LIMIT`: password spraying, a few guesses at each
+      of many logins. Without it one address could spend every account's budget and lock the
+      whole MX out; at ten times the account's limit, people sharing an address (a NAT, a
+      reverse proxy not declared with ``--trusted-proxy``) who mistype do not block each other.
+
+    A success clears the account's budgets, not the address's: a client that knows one
+    password could otherwise reset its address between guesses at others.
+    """
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._records: dict[object, _Failures] = {}
 
-    def retry_after(self, *keys: object) -> float | None:
+    def account_wait(self, mx: str, login: str) -> float | None:
+        """Seconds until the account may try again; None if it is not blocked."""
+        return self._wait(("account", mx, login))
+
+    def address_wait(self, attempt: Attempt) -> float | None:
+        """Seconds until the address's budgets, its own or for this account, allow a try."""
+        return self._wait(_from_address(attempt), ("address", attempt.address))
+
+    def failed(self, attempt: Attempt) -> None:
+        now = self._clock.seconds()
+        self._forget_stale(now)
+        self._spend(now, FAILURE_LIMIT, ("account", attempt.mx, attempt.login),
+                    _from_address(attempt))
+        self._spend(now, ADDRESS_FAILURE_LIMIT, ("address", attempt.address))
+
+    def succeeded(self, attempt: Attempt) -> None:
+        self._records.pop(("account", attempt.mx, attempt.login), None)
+        self._records.pop(_from_address(attempt), None)
+
+    def _wait(self, *keys: object) -> float | None:
         """Seconds until the most blocked of ``keys`` may try again; None if none is."""
         now = self._clock.seconds()
         waits = [record.blocked_until - now for key in keys
                  if (record := self._records.get(key)) and record.blocked_until > now]
         return max(waits) if waits else None
 
-    def failed(self, *keys: object) -> None:
-        now = self._clock.seconds()
-        self._forget_stale(now)
+    def _spend(self, now: float, limit: int, *keys: object) -> None:
         for key in keys:
             record = self._records.setdefault(key, _Failures())
             record.times.append(now)
             while record.times and record.times[0] <= now - FAILURE_WINDOW:
                 record.times.popleft()
-            if len(record.times) >= FAILURE_LIMIT:
+            if len(record.times) >= limit:
                 record.times.clear()
                 record.blocked_until = now + min(BLOCK_FIRST * 2 ** record.blocks, BLOCK_MAX)
                 record.blocks += 1
-
-    def succeeded(self, key: object) -> None:
-        self._records.pop(key, None)
 
     def _forget_stale(self, now: float) -> None:
         """Keys with no recent failure and no block in force (bounded memory under attack)."""
@@ -143,6 +187,10 @@ class LoginThrottle:
                  and (not record.times or record.times[-1] <= now - FAILURE_WINDOW)]
         for key in stale:
             del self._records[key]
+
+
+def _from_address(attempt: Attempt) -> object:
+    return ("account from", attempt.address, attempt.mx, attempt.login)
 
 
 # -- pooled sessions ---------------------------------------------------------------------------

@@ -146,9 +146,11 @@ class AuthTests(APITestCase):
     async def test_throttle_per_client_address_across_logins(self) -> None:
         clock = Clock()
         await self.daemon(clock=clock)
-        for n in range(5):
+        for n in range(50):
             self.assertError(await self.get("/addressbook", auth=(f"guess{n}", "x")), 403)
-        self.assertError(await self.get("/addressbook", auth=("bob", "bob-secret")), 429)
+        response = self.assertError(await self.get("/addressbook", auth=("bob", "bob-secret")),
+                                    429)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"60"])
 
     async def test_common_headers(self) -> None:
         await self.daemon()
@@ -728,6 +730,13 @@ class DescriptorTests(APITestCase):
         self.assertEqual(await settled_descriptors(before), before)
         self.assertEqual(len(self.pbx.sessions), 1, "only the server link")
 
+    async def test_refused_logins_close_their_connections(self) -> None:
+        await self.daemon()
+        before = open_descriptors()
+        for n in range(40):  # distinct logins: under the client address's throttle budget
+            self.assertError(await self.get("/calllog", auth=(f"guess{n}", "x")), 403)
+        self.assertEqual(await settled_descriptors(before), before)
+
     async def test_a_login_left_unanswered_closes_its_connection(self) -> None:
         clock = Clock()
         await self.daemon(clock=clock)
@@ -823,3 +832,41 @@ class CredentialTests(APITestCase):
                                      "starts or ends with white space (logged at most once a "
                                      "minute: 9 more since the last line)"])
         self.assertNotIn("secret", "".join(lines))
+
+
+class AddressThrottleTests(APITestCase):
+    """One client's failures do not lock out other logins (issue 10, point 4)."""
+
+    async def guess(self, count: int, headers: dict[str, str] | None = None) -> None:
+        for n in range(count):
+            self.assertError(await self.get("/calllog", auth=(f"guess{n}", "x"),
+                                            headers=headers), 403)
+
+    async def test_one_address_failing_at_one_login_keeps_its_other_logins(self) -> None:
+        await self.daemon()
+        for _ in range(5):
+            self.assertError(await self.get("/calllog", auth=("alice", "nope")), 403)
+        self.assertError(await self.get("/calllog"), 429)
+        response, body = await self.get("/calllog", auth=("bob", "bob-secret"))
+        self.assertEqual(response.code, 200, body)
+
+    async def test_a_cached_password_passes_an_address_block(self) -> None:
+        await self.daemon()
+        self.assertEqual((await self.get("/calllog"))[0].code, 200)
+        await self.guess(50)
+        self.assertError(await self.get("/calllog", auth=("bob", "bob-secret")), 429)
+        for path in ("/addressbook", "/calllog", "/voicemail"):
+            response, body = await self.get(path)
+            self.assertEqual(response.code, 200, (path, body))
+
+    async def test_wrong_passwords_during_an_address_block_spend_the_login_budget(self) -> None:
+        """Else the blocked address could test passwords against the cache without limit:
+        429 for a wrong one, 200 for the right one."""
+        await self.daemon()
+        self.assertEqual((await self.get("/calllog"))[0].code, 200)
+        await self.guess(50)
+        for _ in range(5):
+            self.assertError(await self.get("/calllog", auth=("alice", "nope")), 429)
+        self.assertEqual(self.pbx.failed_logins["alice"], 0, "the MX was not asked")
+        self.assertError(await self.get("/addressbook"), 429)
+        self.assertError(await self.get("/calllog"), 429)

@@ -11,7 +11,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mxproxy.csta.client import CSTAFactory, open_session
 from mxproxy.csta.errors import LoginError
 from mxproxy.csta.frame import FrameTooLarge
-from mxproxy.sessions import AuthCache, Identity, LoginThrottle, SessionPool, password_hash
+from mxproxy.sessions import (
+    Attempt,
+    AuthCache,
+    Identity,
+    LoginThrottle,
+    SessionPool,
+    password_hash,
+)
 from mxproxy.testing.mxsim import PBX
 from tests.support import open_descriptors, serve, settled_descriptors
 
@@ -42,6 +49,12 @@ class AuthCacheTests(SynchronousTestCase):
         self.cache.evict("dev", "alice")
         self.assertIsNone(self.cache.check("dev", "alice", "secret"))
 
+    def test_knows_a_login_until_it_expires(self) -> None:
+        self.assertTrue(self.cache.knows("dev", "alice"))
+        self.assertFalse(self.cache.knows("dev", "bob"))
+        self.clock.advance(1800)
+        self.assertFalse(self.cache.knows("dev", "alice"))
+
     def test_the_password_is_not_kept(self) -> None:
         entries = repr(self.cache.__dict__)
         self.assertNotIn("secret", entries)
@@ -53,47 +66,86 @@ class ThrottleTests(SynchronousTestCase):
         self.clock = Clock()
         self.throttle = LoginThrottle(self.clock)
 
-    def fail(self, times: int, *keys: object) -> None:
+    def fail(self, times: int, *attempts: Attempt) -> None:
         for _ in range(times):
-            self.throttle.failed(*keys)
+            for attempt in attempts:
+                self.throttle.failed(attempt)
 
-    def test_five_failures_in_a_minute_block_for_sixty_seconds(self) -> None:
-        self.fail(4, "k")
-        self.assertIsNone(self.throttle.retry_after("k"))
-        self.fail(1, "k")
-        self.assertEqual(self.throttle.retry_after("k"), 60)
+    def test_five_failures_of_a_login_in_a_minute_block_it_for_sixty_seconds(self) -> None:
+        self.fail(1, *(Attempt("dev", "alice", f"192.0.2.{n}") for n in range(4)))
+        self.assertIsNone(self.throttle.account_wait("dev", "alice"))
+        self.fail(1, Attempt("dev", "alice", "192.0.2.9"))
+        self.assertEqual(self.throttle.account_wait("dev", "alice"), 60)
+        self.assertIsNone(self.throttle.account_wait("dev", "bob"))
+        self.assertIsNone(self.throttle.account_wait("prod", "alice"))
         self.clock.advance(59)
-        self.assertEqual(self.throttle.retry_after("k"), 1)
+        self.assertEqual(self.throttle.account_wait("dev", "alice"), 1)
         self.clock.advance(1)
-        self.assertIsNone(self.throttle.retry_after("k"))
+        self.assertIsNone(self.throttle.account_wait("dev", "alice"))
 
     def test_failures_spread_over_more_than_a_minute_do_not_block(self) -> None:
         for _ in range(10):
-            self.fail(1, "k")
+            self.fail(1, FROM_A)
             self.clock.advance(15)
-        self.assertIsNone(self.throttle.retry_after("k"))
+        self.assertIsNone(self.throttle.account_wait("dev", "alice"))
+        self.assertIsNone(self.throttle.address_wait(FROM_A))
 
     def test_blocks_double_up_to_an_hour(self) -> None:
         seen = []
         for _ in range(8):
-            self.fail(5, "k")
-            wait = self.throttle.retry_after("k")
+            self.fail(5, FROM_A)
+            wait = self.throttle.account_wait("dev", "alice")
             assert wait is not None
             seen.append(wait)
             self.clock.advance(wait)
         self.assertEqual(seen, [60, 120, 240, 480, 960, 1920, 3600, 3600])
 
-    def test_success_clears_a_key(self) -> None:
-        self.fail(5, "k")
-        self.throttle.succeeded("k")
-        self.assertIsNone(self.throttle.retry_after("k"))
+    def test_one_address_failing_at_one_login_keeps_its_other_logins(self) -> None:
+        self.fail(5, FROM_A)
+        self.assertEqual(self.throttle.address_wait(FROM_A), 60)
+        self.assertIsNone(self.throttle.address_wait(Attempt("dev", "bob", "192.0.2.1")))
+        self.assertIsNone(self.throttle.account_wait("dev", "bob"))
 
-    def test_the_most_blocked_key_decides(self) -> None:
-        self.fail(5, "login")
+    def test_an_address_failing_at_fifty_logins_is_blocked(self) -> None:
+        self.fail(1, *(Attempt("dev", f"guess{n}", "192.0.2.1") for n in range(49)))
+        self.assertIsNone(self.throttle.address_wait(Attempt("dev", "bob", "192.0.2.1")))
+        self.fail(1, Attempt("dev", "guess49", "192.0.2.1"))
+        self.assertEqual(self.throttle.address_wait(Attempt("dev", "bob", "192.0.2.1")), 60)
+        self.assertIsNone(self.throttle.address_wait(Attempt("dev", "bob", "192.0.2.2")))
+        self.assertIsNone(self.throttle.account_wait("dev", "bob"))
+
+    def test_success_clears_the_account_not_the_address(self) -> None:
+        self.fail(1, *(Attempt("dev", f"guess{n}", "192.0.2.1") for n in range(45)))
+        self.fail(5, FROM_A)
+        self.throttle.succeeded(FROM_A)
+        self.assertIsNone(self.throttle.account_wait("dev", "alice"))
+        self.assertEqual(self.throttle.address_wait(FROM_A), 60)  # 50 failures from there
+
+    def test_a_success_elsewhere_leaves_this_addresss_budget_for_the_login(self) -> None:
+        self.fail(4, FROM_A)
+        self.throttle.succeeded(Attempt("dev", "alice", "198.51.100.7"))  # the real user
+        self.fail(1, FROM_A)
+        self.assertIsNone(self.throttle.account_wait("dev", "alice"))
+        self.assertEqual(self.throttle.address_wait(FROM_A), 60)
+
+    def test_the_most_blocked_budget_decides(self) -> None:
+        self.fail(5, FROM_A)
         self.clock.advance(30)
-        self.fail(5, "address")
-        self.assertEqual(self.throttle.retry_after("login", "address"), 60)
-        self.assertEqual(self.throttle.retry_after("login"), 30)
+        self.fail(1, *(Attempt("dev", f"guess{n}", "192.0.2.1") for n in range(50)))
+        self.assertEqual(self.throttle.address_wait(FROM_A), 60)
+        self.assertEqual(self.throttle.address_wait(Attempt("dev", "bob", "192.0.2.1")), 60)
+        self.assertEqual(self.throttle.account_wait("dev", "alice"), 30)
+
+    def test_stale_records_are_forgotten(self) -> None:
+        """Memory stays bounded under a flood of failures: each makes three records."""
+        self.clock.advance(1_700_000_000)
+        self.fail(1, *(Attempt("dev", f"guess{n}", f"192.0.2.{n}") for n in range(100)))
+        self.clock.advance(61)
+        self.fail(1, FROM_A)
+        self.assertEqual(len(self.throttle._records), 3)
+
+
+FROM_A = Attempt("dev", "alice", "192.0.2.1")
 
 
 class SessionOpeningTests(TestCase):

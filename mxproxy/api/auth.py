@@ -23,7 +23,7 @@ from mxproxy.api.access import MXAccess
 from mxproxy.api.errors import HTTPError, not_found
 from mxproxy.csta.errors import LoginError
 from mxproxy.logs import Logger, LogRateLimit
-from mxproxy.sessions import AuthCache, Identity, LoginThrottle, UserSession
+from mxproxy.sessions import Attempt, AuthCache, Identity, LoginThrottle, UserSession
 
 T = TypeVar("T")
 
@@ -46,9 +46,21 @@ class Caller:
     password: str = attrs.field(repr=False)
     address: str
 
+    @property
+    def attempt(self) -> Attempt:
+        return Attempt(self.mx, self.login, self.address)
+
 
 class Authenticator:
-    """The credential checks of every configured MX, with one auth cache and one throttle."""
+    """The credential checks of every configured MX, with one auth cache and one throttle.
+
+    The throttle's address budgets (see :class:`LoginThrottle`) never refuse a password the
+    auth cache has verified: people behind one address must not lose their working logins to
+    another's failures. While they block, the cache stands in for the MX: a wrong password for
+    a login it knows counts as a failed login, else the blocked address could still test
+    passwords, against the cache and without limit (429 for a wrong one, 200 for the right
+    one). The account's own block refuses cached passwords too, for the same reason.
+    """
 
     log = Logger()
 
@@ -73,16 +85,27 @@ class Authenticator:
                               "most once a minute: {held} more since the last line)",
                               reason=error.message, held=held)
             raise
-        address = client_address(request)
-        wait = self.throttle.retry_after((mx, login), address)
+        caller = Caller(mx, access, login, password, client_address(request))
+        wait = self.throttle.account_wait(mx, login)
+        if wait is None:
+            wait = self._address_wait(caller)
         if wait is not None:
             raise HTTPError(429, "too many failed logins; try again later",
                             {"Retry-After": str(math.ceil(wait))})
-        return Caller(mx, access, login, password, address)
+        return caller
+
+    def _address_wait(self, caller: Caller) -> float | None:
+        wait = self.throttle.address_wait(caller.attempt)
+        if (wait is None
+                or self.cache.check(caller.mx, caller.login, caller.password) is not None):
+            return None
+        if self.cache.knows(caller.mx, caller.login):
+            self.throttle.failed(caller.attempt)
+        return wait
 
     def cached(self, request: Request, mx: str) -> MXAccess | None:
-        """The MX when the request's credentials are in the auth cache and nothing throttles
-        them; None whenever the full check must decide (it also produces the errors)."""
+        """The MX when the request's credentials are in the auth cache and their account is
+        not blocked; None whenever the full check must decide (it also produces the errors)."""
         access = self.access.get(mx)
         if access is None:
             return None
@@ -91,7 +114,7 @@ class Authenticator:
         except HTTPError:
             return None
         if (self.cache.check(mx, login, password) is None
-                or self.throttle.retry_after((mx, login), client_address(request)) is not None):
+                or self.throttle.account_wait(mx, login) is not None):
             return None
         return access
 
@@ -116,12 +139,12 @@ class Authenticator:
             result = await step
         except LoginError:
             self.cache.evict(caller.mx, caller.login)
-            self.throttle.failed((caller.mx, caller.login), caller.address)
+            self.throttle.failed(caller.attempt)
             raise
         session = caller.access.pool.logged_in(caller.login, caller.password)
         if session is not None:
             self.cache.store(caller.mx, caller.login, caller.password, session.identity)
-            self.throttle.succeeded((caller.mx, caller.login))
+            self.throttle.succeeded(caller.attempt)
         return result
 
 
