@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
+from typing import Literal
 
 from twisted.python import usage
 
@@ -38,6 +39,9 @@ one host from taking every descriptor, not to ration users."""
 JSON_LOG_OBSERVER = "mxproxy.logs.json_observer"
 """What ``--json-logs`` hands to twistd as its ``--logger``: a factory of the JSON observer."""
 
+TrustedProxy = ipaddress.IPv4Network | ipaddress.IPv6Network | Literal["unix"]
+"""A ``--trusted-proxy``: a network, or ``"unix"`` for every peer on a Unix socket."""
+
 
 def local_http_address(host: str) -> tuple[str, int] | None:
     """Where to serve plain HTTP for ``--host``, or None for a public name (served over HTTPS).
@@ -60,17 +64,38 @@ def local_http_address(host: str) -> tuple[str, int] | None:
     return "127.0.0.1", int(match["port"] or DEFAULT_LOCAL_HTTP_PORT)
 
 
+def trusted_proxy(value: str) -> TrustedProxy:
+    """A ``--trusted-proxy`` value: a network in CIDR notation (IPv4 or IPv6), a bare address
+    (one host: /32 or /128), or ``unix`` (connections to a ``--listen unix:...`` socket).
+
+    A network with host bits set (``10.0.0.1/8``) is refused rather than guessed at: did it
+    mean the network or the host? Raises ValueError with the reason.
+    """
+    if value == "unix":
+        return "unix"
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f'expected a network (CIDR), an IP address or unix, got "{value}"'
+                         ) from None
+    if ipaddress.ip_interface(value).ip != network.network_address:
+        raise ValueError(f'"{value}" has host bits set: the network is {network}')
+    return network
+
+
 class MXProxyOptions(usage.Options):
     """``twistd mxproxy``: the flags of the original Go binary, plus ``--demo``.
 
     After parsing, ``self["local_http"]`` holds the ``(interface, port)`` to serve plain HTTP on,
     or None when ``--host`` is a public name (HTTPS); ``self["listen"]`` the endpoints given with
-    ``--listen`` (they replace what ``--host`` would listen on).
+    ``--listen`` (they replace what ``--host`` would listen on); ``self["trusted-proxy"]`` the
+    :data:`TrustedProxy` values given with ``--trusted-proxy``.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["trusted-proxy"] = []
 
     def opt_version(self) -> None:
         """Print mxproxy's version and exit (twistd's own --version prints Twisted's)."""
@@ -81,6 +106,14 @@ class MXProxyOptions(usage.Options):
         """Serve the API as plain HTTP on this Twisted endpoint (e.g.
         tcp:8080:interface=127.0.0.1) behind a reverse proxy; repeatable."""
         self["listen"].append(endpoint)
+
+    def opt_trusted_proxy(self, network: str) -> None:
+        """A reverse proxy (CIDR network, IP address, or unix for a Unix socket) whose
+        X-Forwarded-For names the client; repeatable."""
+        try:
+            self["trusted-proxy"].append(trusted_proxy(network))
+        except ValueError as error:
+            raise usage.UsageError(f"--trusted-proxy: {error}") from None
 
     optParameters = [
         ["config", None, "mxproxy.json", "JSON configuration file: MX servers, push credentials."],

@@ -18,6 +18,7 @@ from mxproxy import __version__, logs
 from mxproxy.admin import admin_site
 from mxproxy.api.access import MXAccess
 from mxproxy.api.app import API
+from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.site import APISite, ConnectionLimit
 from mxproxy.config import Config, ConfigError, demo_config, load_config
 from mxproxy.csta.client import CSTAFactory, log_trace, stdout_trace
@@ -68,8 +69,10 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
                            idle_timeout=options["session-idle"])
         pool.setServiceParent(root)
         access[name] = MXAccess(server, pool, push.attach(server) if push else None)
-    site = APISite(API(access, reactor, metrics=metrics).resource(), reactor,
-                   ConnectionLimit(reactor, options["max-connections-per-address"]))
+    clients = ClientAddresses(reactor, options["trusted-proxy"])
+    site = APISite(API(access, reactor, metrics=metrics, clients=clients).resource(), reactor,
+                   ConnectionLimit(reactor, options["max-connections-per-address"]),
+                   log_formatter=clients.access_log)
     listeners, certificate = api_listeners(options, site, root, reactor)
     admin = admin_listener(options, admin_site(
         metrics, [entry.server for entry in access.values()], push, reactor,

@@ -9,15 +9,20 @@ import socket
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 from mxproxy import __version__
+from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.voicemail import STALL_TIMEOUT
 from mxproxy.csta.client import MXAddress
+from mxproxy.options import trusted_proxy
 from mxproxy.testing.mxsim import PBX
 from mxproxy.testing.mxsim.model import Contact
 from tests.support import (
@@ -870,3 +875,108 @@ class AddressThrottleTests(APITestCase):
         self.assertEqual(self.pbx.failed_logins["alice"], 0, "the MX was not asked")
         self.assertError(await self.get("/addressbook"), 429)
         self.assertError(await self.get("/calllog"), 429)
+
+    async def test_behind_a_trusted_proxy_each_client_has_its_own_budget(self) -> None:
+        await self.daemon()
+        self.trust("127.0.0.1")
+        await self.guess(50, {"X-Forwarded-For": "203.0.113.7"})
+        bob = ("bob", "bob-secret")
+        self.assertError(await self.get("/calllog", auth=bob,
+                                        headers={"X-Forwarded-For": "203.0.113.7"}), 429)
+        response, body = await self.get("/calllog", auth=bob,
+                                        headers={"X-Forwarded-For": "203.0.113.8"})
+        self.assertEqual(response.code, 200, body)
+
+    async def test_a_client_cannot_choose_its_address_behind_a_trusted_proxy(self) -> None:
+        await self.daemon()
+        self.trust("127.0.0.1")
+        for n in range(50):  # what the proxy appends is the truth; the left part is the client's
+            self.assertError(await self.get("/calllog", auth=(f"guess{n}", "x"), headers={
+                "X-Forwarded-For": f"198.51.100.{n}, 203.0.113.7"}), 403)
+        self.assertError(await self.get("/calllog", auth=("bob", "bob-secret"),
+                                        headers={"X-Forwarded-For": "203.0.113.7"}), 429)
+
+    async def test_the_header_of_an_untrusted_peer_is_ignored(self) -> None:
+        await self.daemon()
+        self.trust("192.0.2.1")
+        for n in range(50):
+            self.assertError(await self.get("/calllog", auth=(f"guess{n}", "x"), headers={
+                "X-Forwarded-For": f"198.51.100.{n}"}), 403)
+        self.assertError(await self.get("/calllog", auth=("bob", "bob-secret"),
+                                        headers={"X-Forwarded-For": "198.51.100.200"}), 429)
+
+    def trust(self, *networks: str) -> None:
+        self.d.api.auth.clients = ClientAddresses(
+            reactor, [trusted_proxy(network) for network in networks])
+
+
+class ClientAddressTests(SynchronousTestCase):
+    """X-Forwarded-For, read from the right as far as trusted proxies wrote it."""
+
+    def setUp(self) -> None:
+        self.clients = self.trusting("10.0.0.0/8")
+
+    def trusting(self, *trusted: str) -> ClientAddresses:
+        return ClientAddresses(Clock(), [trusted_proxy(value) for value in trusted])
+
+    def address(self, peer: IAddress, *forwarded: str,
+                clients: ClientAddresses | None = None) -> str:
+        self.request = DummyRequest([b""])
+        self.request.client = peer
+        if forwarded:
+            self.request.requestHeaders.setRawHeaders(b"X-Forwarded-For",
+                                                      [f.encode() for f in forwarded])
+        return (clients or self.clients).address(self.request)
+
+    def test_an_untrusted_peer_is_the_client(self) -> None:
+        self.assertEqual(self.address(PEER_OUTSIDE, "203.0.113.7"), "192.0.2.1")
+
+    def test_a_trusted_peer_without_the_header_is_the_client(self) -> None:
+        self.assertEqual(self.address(PEER_PROXY), "10.0.0.3")
+
+    def test_the_rightmost_address_no_trusted_proxy_wrote(self) -> None:
+        self.assertEqual(self.address(PEER_PROXY, "203.0.113.7"), "203.0.113.7")
+        self.assertEqual(self.address(PEER_PROXY, "198.51.100.1, 203.0.113.7, 10.0.0.2"),
+                         "203.0.113.7")
+        self.assertEqual(self.address(PEER_PROXY, "198.51.100.1", "203.0.113.7 ,10.0.0.2"),
+                         "203.0.113.7")  # two header lines are one list
+
+    def test_all_hops_trusted_the_leftmost_is_the_client(self) -> None:
+        self.assertEqual(self.address(PEER_PROXY, "10.1.1.1, 10.0.0.2"), "10.1.1.1")
+
+    def test_a_malformed_part_written_by_a_trusted_proxy_means_the_peer(self) -> None:
+        lines = capture_logs(self, "mxproxy.api.clients")
+        for forwarded in ("203.0.113.7, bogus", "203.0.113.7:443", "", "203.0.113.7,,",
+                          "[2001:db8::7]"):
+            self.assertEqual(self.address(PEER_PROXY, forwarded), "10.0.0.3", forwarded)
+        self.assertEqual(len(lines), 1)
+        self.assertIn("10.0.0.3", lines[0])
+
+    def test_what_the_client_wrote_is_never_parsed(self) -> None:
+        self.assertEqual(self.address(PEER_PROXY, "bogus, 203.0.113.7"), "203.0.113.7")
+
+    def test_ipv6(self) -> None:
+        peer = IPv6Address("TCP", "::1", 4321)
+        self.assertEqual(self.address(peer, "2001:db8::7", clients=self.trusting("::1")),
+                         "2001:db8::7")
+        self.assertEqual(self.address(peer, "2001:db8::7"), "::1")
+        self.assertEqual(self.address(IPv6Address("TCP", "::ffff:10.0.0.3", 4321),
+                                      "2001:db8::7"), "2001:db8::7")
+
+    def test_unix_socket_peers(self) -> None:
+        peer = UNIXAddress(b"/run/mxproxy/api.sock")
+        self.assertEqual(self.address(peer, "203.0.113.7"), "unknown")
+        self.assertEqual(self.address(peer, "203.0.113.7", clients=self.trusting("unix")),
+                         "203.0.113.7")
+        self.assertEqual(self.address(peer, clients=self.trusting("unix")), "unknown")
+
+    def test_the_access_log_names_the_client(self) -> None:
+        for peer, client in ((PEER_PROXY, "203.0.113.7"), (PEER_OUTSIDE, "192.0.2.1")):
+            self.address(peer, "198.51.100.1, 203.0.113.7")
+            self.request.uri, self.request.code, self.request.sentLength = b"/mx/dev/x", 200, 2
+            self.assertEqual(self.clients.access_log("[date]", self.request),
+                             f'"{client}" - - [date] "GET /mx/dev/x HTTP/1.0" 200 2 "-" "-"')
+
+
+PEER_PROXY = IPv4Address("TCP", "10.0.0.3", 4321)
+PEER_OUTSIDE = IPv4Address("TCP", "192.0.2.1", 4321)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
+
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -110,6 +112,22 @@ class MXProxyOptionsTests(SynchronousTestCase):
 
     def test_unknownOption(self) -> None:
         self.assertRaises(usage.UsageError, parsed, MXProxyOptions, "--hots", "localhost")
+
+    def test_trustedProxies(self) -> None:
+        self.assertEqual(parsed(MXProxyOptions)["trusted-proxy"], [])
+        options = parsed(MXProxyOptions, "--trusted-proxy", "10.0.0.0/8",
+                         "--trusted-proxy=192.0.2.7", "--trusted-proxy", "2001:db8::/32",
+                         "--trusted-proxy", "::1", "--trusted-proxy", "unix")
+        self.assertEqual(options["trusted-proxy"], [
+            IPv4Network("10.0.0.0/8"), IPv4Network("192.0.2.7/32"), IPv6Network("2001:db8::/32"),
+            IPv6Network("::1/128"), "unix"])
+
+    def test_badTrustedProxies(self) -> None:
+        for value in ("proxy.example.com", "10.0.0.0/33", "", "10.0.0.0/8,10.1.0.0/16"):
+            self.assertUsageError(["--trusted-proxy", value], "--trusted-proxy: expected a "
+                                  f'network (CIDR), an IP address or unix, got "{value}"')
+        self.assertUsageError(["--trusted-proxy", "10.0.0.1/8"], '--trusted-proxy: '
+                              '"10.0.0.1/8" has host bits set: the network is 10.0.0.0/8')
 
 
 class LocalHTTPAddressTests(SynchronousTestCase):

@@ -18,6 +18,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from mxproxy.api.access import MXAccess
 from mxproxy.api.auth import Authenticator
+from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.errors import HTTPError, as_http_error, bad_request, not_found, write_error
 from mxproxy.api.fields import (
     body_fields,
@@ -58,10 +59,10 @@ class API:
 
     def __init__(self, access: Mapping[str, MXAccess], clock: IReactorTime,
                  call_log_timing: CallLogTiming = DEFAULT_TIMING,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, clients: ClientAddresses | None = None) -> None:
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
-        self.auth = Authenticator(access, clock)
+        self.auth = Authenticator(access, clock, clients)
         self._call_log_timing = call_log_timing
         self._books: dict[str, tuple[AddressBook, int, bytes]] = {}
         """The encoded address book per MX, valid while the book and its version are."""

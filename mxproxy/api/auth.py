@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
 from mxproxy.api.access import MXAccess
+from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.errors import HTTPError, not_found
 from mxproxy.csta.errors import LoginError
 from mxproxy.logs import Logger, LogRateLimit
@@ -64,10 +65,12 @@ class Authenticator:
 
     log = Logger()
 
-    def __init__(self, access: Mapping[str, MXAccess], clock: IReactorTime) -> None:
+    def __init__(self, access: Mapping[str, MXAccess], clock: IReactorTime,
+                 clients: ClientAddresses | None = None) -> None:
         self.access = dict(access)
         self.cache = AuthCache(clock)
         self.throttle = LoginThrottle(clock)
+        self.clients = clients if clients is not None else ClientAddresses(clock)
         self._refusals = LogRateLimit(clock)
 
     def caller(self, request: Request, mx: str) -> Caller:
@@ -85,7 +88,7 @@ class Authenticator:
                               "most once a minute: {held} more since the last line)",
                               reason=error.message, held=held)
             raise
-        caller = Caller(mx, access, login, password, client_address(request))
+        caller = Caller(mx, access, login, password, self.clients.address(request))
         wait = self.throttle.account_wait(mx, login)
         if wait is None:
             wait = self._address_wait(caller)
@@ -146,10 +149,6 @@ class Authenticator:
             self.cache.store(caller.mx, caller.login, caller.password, session.identity)
             self.throttle.succeeded(caller.attempt)
         return result
-
-
-def client_address(request: Request) -> str:
-    return getattr(request.getClientAddress(), "host", "unknown")
 
 
 class UnusableCredentials(HTTPError):

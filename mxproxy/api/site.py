@@ -11,6 +11,7 @@ and every answer of the channel is JSON with the headers of the API.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.interfaces import (
@@ -25,7 +26,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from mxproxy.api.request import APIRequest, bare_answer
 from mxproxy.logs import Logger
@@ -169,9 +170,10 @@ class APISite(Site):
     protocol = APIChannel  # type: ignore[assignment]
     requestFactory = APIRequest
 
-    def __init__(self, resource: IResource, clock: IReactorTime,
-                 limit: ConnectionLimit) -> None:
-        super().__init__(resource, timeout=IDLE_TIMEOUT, reactor=clock)
+    def __init__(self, resource: IResource, clock: IReactorTime, limit: ConnectionLimit,
+                 log_formatter: Callable[[str, Request], str] | None = None) -> None:
+        super().__init__(resource, timeout=IDLE_TIMEOUT, reactor=clock,
+                         logFormatter=log_formatter)
         self.limit = limit
         self._clock = clock
 
