@@ -171,8 +171,8 @@ class MXProxyOptions(usage.Options):
             "max-connections-per-address",
             None,
             CONNECTIONS_PER_ADDRESS,
-            "Open HTTP connections one client address may have; 0: no cap (e.g. behind a "
-            "reverse proxy, whose address all connections come from).",
+            "Open HTTP connections one client address may have (trusted proxies: any); "
+            "0: no cap.",
             int,
         ],
     ]

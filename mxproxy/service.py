@@ -71,7 +71,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
         access[name] = MXAccess(server, pool, push.attach(server) if push else None)
     clients = ClientAddresses(reactor, options["trusted-proxy"])
     site = APISite(API(access, reactor, metrics=metrics, clients=clients).resource(), reactor,
-                   ConnectionLimit(reactor, options["max-connections-per-address"]),
+                   ConnectionLimit(reactor, options["max-connections-per-address"],
+                                   clients.is_proxy),
                    log_formatter=clients.access_log)
     listeners, certificate = api_listeners(options, site, root, reactor)
     admin = admin_listener(options, admin_site(

@@ -4,6 +4,7 @@ on real loopback connections."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
@@ -18,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from mxproxy import __version__
+from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.site import (
     IDLE_TIMEOUT,
     REFUSAL_GRACE,
@@ -175,6 +177,16 @@ class ConnectionCapTests(SynchronousTestCase):
         self.assertEqual(self.site.limit.open(CLIENT), 2)
         first.connectionLost(None)
         self.assertIsInstance(connect(self.site)[0], APIChannel)
+
+    def test_a_trusted_proxy_is_not_capped(self) -> None:
+        """Behind a reverse proxy every client's connection comes from the proxy's address."""
+        proxies = ClientAddresses(self.clock, [ipaddress.ip_network("10.0.0.0/8")])
+        site = APISite(Answer(), self.clock, ConnectionLimit(self.clock, 2, proxies.is_proxy))
+        channels = [connect(site, "10.1.2.3")[0] for _ in range(5)]
+        self.assertEqual({type(channel) for channel in channels}, {APIChannel})
+        connect(site)
+        connect(site)
+        self.assertIsInstance(connect(site)[0], Refusal)
 
     def test_a_refused_client_that_takes_no_answer_is_cut(self) -> None:
         connect(self.site)

@@ -52,6 +52,11 @@ class ClientAddresses:
         forwarded = self._forwarded(request, proxy)
         return proxy if forwarded is None else str(forwarded)
 
+    def is_proxy(self, host: str) -> bool:
+        """Whether a TCP peer is a trusted proxy: many clients' connections come from it, so
+        the per-address connection cap does not apply to it."""
+        return bool(self._networks) and self._trusts(_ip(host))
+
     def access_log(self, timestamp: str, request: Request) -> str:
         """twisted.web's combined log line (the Site's ``logFormatter``), naming the client
         as :meth:`address` does rather than the proxy it came through."""

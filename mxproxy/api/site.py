@@ -44,12 +44,15 @@ REFUSAL_LOG_INTERVAL = 60.0
 
 class ConnectionLimit:
     """The open connections per client address, at most ``cap`` each (0: no cap), shared by
-    the sites of one daemon. Refusals are logged at most once per :data:`REFUSAL_LOG_INTERVAL`,
-    with their count: a flood of them must not flood the log."""
+    the sites of one daemon; the addresses of trusted proxies (``exempt``) are not capped.
+    Refusals are logged at most once per :data:`REFUSAL_LOG_INTERVAL`, with their count: a
+    flood of them must not flood the log."""
 
-    def __init__(self, clock: IReactorTime, cap: int) -> None:
+    def __init__(self, clock: IReactorTime, cap: int,
+                 exempt: Callable[[str], bool] = lambda address: False) -> None:
         self.cap = cap
         self._clock = clock
+        self._exempt = exempt
         self._open: dict[str, int] = {}
         self._refused = 0
         self._logged_at: float | None = None
@@ -61,7 +64,7 @@ class ConnectionLimit:
     def admit(self, address: str) -> bool:
         """Count a new connection from ``address``, or refuse it (False) at the cap."""
         count = self._open.get(address, 0)
-        if self.cap and count >= self.cap:
+        if self.cap and count >= self.cap and not self._exempt(address):
             self._refuse(address)
             return False
         self._open[address] = count + 1
