@@ -2,7 +2,8 @@
 
 twistd owns the global log observer, so filtering happens on the way in: every mxproxy logger
 sends its events through :data:`FILTERED`, which forwards to the global publisher.
-``--json-logs`` replaces twistd's text observer with :func:`json_observer`.
+``--json-logs`` replaces twistd's text observer with :func:`json_observer`. A line that a peer
+can repeat at will goes through a :class:`RateLimitedLog`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
@@ -37,6 +38,61 @@ class Logger(_logger.Logger):
     def __init__(self, namespace: str | None = None, source: Any = None,
                  observer: Any = None) -> None:
         super().__init__(namespace, source, FILTERED if observer is None else observer)
+
+
+class RateLimitedLog:
+    """A log line that a peer can trigger at will (a malformed frame, a bad event): the first is
+    logged, later ones are only counted until ``window`` seconds have passed, and then one line
+    says how many were suppressed. A flood costs one line per window instead of one per event,
+    and the log still says how big it was.
+
+    While events keep coming, every window ends with such a count; a window without any ends
+    the quiet, so the next event is logged in full again. :meth:`stop` reports what is still
+    counted and leaves no timer behind; call it when the source goes away.
+    """
+
+    def __init__(self, logger: _logger.Logger, clock: IReactorTime, what: str,
+                 window: float = 60.0, level: LogLevel = LogLevel.warn) -> None:
+        self._logger = logger
+        self._clock = clock
+        self._what = what
+        self._window = window
+        self._level = level
+        self._quiet: IDelayedCall | None = None
+        self._since = 0.0
+        self.suppressed = 0
+        """Events counted and not logged since the last count was reported."""
+
+    def emit(self, format: str, **kwargs: Any) -> None:
+        if self._quiet is not None:
+            self.suppressed += 1
+            return
+        self._logger.emit(self._level, format, **kwargs)
+        self._start_quiet()
+
+    def stop(self) -> None:
+        if self._quiet is not None and self._quiet.active():
+            self._quiet.cancel()
+        self._quiet = None
+        self._report()
+
+    def _start_quiet(self) -> None:
+        self._since = self._clock.seconds()
+        self._quiet = self._clock.callLater(self._window, self._window_ended)
+
+    def _window_ended(self) -> None:
+        self._quiet = None
+        if self._report():
+            self._start_quiet()
+
+    def _report(self) -> bool:
+        """Log the count of suppressed events, if any; whether there was one."""
+        count, self.suppressed = self.suppressed, 0
+        if count:
+            self._logger.emit(self._level, "{what}: {count} more suppressed in {seconds:.0f} s",
+                              what=self._what, count=count,
+                              seconds=self._clock.seconds() - self._since)
+        return bool(count)
 
 
 def set_debug(enabled: bool) -> None:

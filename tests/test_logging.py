@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from twisted.logger import globalLogPublisher
+from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxproxy import logs
@@ -66,3 +67,48 @@ class DebugLevelTests(SynchronousTestCase):
         logs.set_debug(True)
         log.debug("now shown")
         self.assertEqual([e["log_format"] for e in events], ["shown", "now shown"])
+
+
+class RateLimitedLogTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.clock = Clock()
+        self.limited = logs.RateLimitedLog(Logger(observer=self.events.append), self.clock,
+                                           "mx.dev: bad frames", window=60)
+
+    def lines(self) -> list[str]:
+        return [formatEvent(event) for event in self.events]
+
+    def test_first_logged_then_counted_then_the_count(self) -> None:
+        for number in range(5):
+            self.limited.emit("bad frame {number}", number=number)
+        self.assertEqual(self.lines(), ["bad frame 0"])
+        self.assertEqual(self.limited.suppressed, 4)
+        self.clock.advance(60)
+        self.assertEqual(self.lines(), ["bad frame 0",
+                                        "mx.dev: bad frames: 4 more suppressed in 60 s"])
+        self.assertEqual(self.events[-1]["log_level"], LogLevel.warn)
+
+    def test_a_steady_flood_costs_one_line_per_window(self) -> None:
+        for second in range(600):
+            self.limited.emit("bad frame {second}", second=second)
+            self.clock.advance(1)
+        self.assertEqual(len(self.lines()), 11)
+        self.assertEqual(self.lines()[1:3], ["mx.dev: bad frames: 59 more suppressed in 60 s",
+                                             "mx.dev: bad frames: 60 more suppressed in 60 s"])
+
+    def test_a_quiet_window_ends_the_quiet(self) -> None:
+        self.limited.emit("first")
+        self.clock.advance(60)  # nothing suppressed: no line, and the next one is logged
+        self.limited.emit("second")
+        self.assertEqual(self.lines(), ["first", "second"])
+
+    def test_stop_reports_the_count_and_leaves_no_timer(self) -> None:
+        self.limited.emit("first")
+        self.limited.emit("second")
+        self.clock.advance(12)
+        self.limited.stop()
+        self.assertEqual(self.lines(), ["first", "mx.dev: bad frames: 1 more suppressed in 12 s"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.limited.stop()
+        self.assertEqual(len(self.lines()), 2)
