@@ -9,7 +9,17 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mxproxy.csta.errors import CSTAError, LoggedOut, MXTimeout, MXUnavailable, ProtocolViolation
 from mxproxy.csta.frame import MAX_BODY_SIZE, Frame, FrameDecoder, FrameTooLarge, encode
-from mxproxy.csta.protocol import KEEPALIVE_FRAME, CSTAProtocol, Message
+from mxproxy.csta.protocol import (
+    BAD_FRAME_LIMIT,
+    KEEPALIVE_FRAME,
+    PARTIAL_FRAME_TIMEOUT,
+    CSTAProtocol,
+    Message,
+)
+from tests.test_tls import capture_logs
+
+KEEPALIVE = Frame(0, b"<keepalive />")
+PROBE = b"<GetServiceList/>"
 
 
 class Link:
@@ -30,6 +40,23 @@ class Link:
 
     def receive(self, invoke_id: int, body: bytes) -> None:
         self.protocol.dataReceived(encode(invoke_id, body))
+
+    def dropped(self) -> Exception | None:
+        """Why the link was aborted (None unless it was, rather than closed politely); its
+        loss is then delivered, as the reactor would."""
+        if not self.transport.disconnected:
+            return None
+        self.protocol.connectionLost()
+        return self.protocol.close_reason
+
+    def timers(self) -> set[str]:
+        return {call.func.__name__ for call in self.clock.getDelayedCalls()}
+
+    def answer_probe(self, frames: list[Frame]) -> None:
+        """Answer the liveness probe among ``frames`` as the simulator does."""
+        [probe] = [frame for frame in frames if frame.body == PROBE]
+        self.receive(probe.invoke_id, b"<CSTAErrorCode><operation>unknownCommand</operation>"
+                                      b"</CSTAErrorCode>")
 
 
 class RequestTests(SynchronousTestCase):
@@ -65,14 +92,14 @@ class RequestTests(SynchronousTestCase):
         link.clock.advance(0.2)
         self.failureResultOf(result, MXTimeout)
         link.receive(1, b"<late/>")  # a late reply is dropped quietly
-        self.assertEqual(link.clock.getDelayedCalls()[0].func.__name__, "_send_keepalive")
+        self.assertEqual(link.timers(), {"_send_keepalive", "_check_liveness"})
 
     def test_cancel_forgets_the_waiter(self) -> None:
         link = Link()
         result = link.protocol.request(b"<x/>")
         result.cancel()
         self.failureResultOf(result, CancelledError)
-        self.assertEqual(len(link.clock.getDelayedCalls()), 1)  # only the keepalive remains
+        self.assertEqual(link.timers(), {"_send_keepalive", "_check_liveness"})  # no reply timer
         seen: list[Message] = []
         link.protocol.subscribe("reply", seen.append)
         link.receive(1, b"<reply/>")  # the late reply goes to subscribers only
@@ -197,17 +224,20 @@ class KeepaliveTests(SynchronousTestCase):
         link.clock.advance(59)
         self.assertEqual(link.transport.value(), b"")
         link.clock.advance(1)
-        self.assertEqual(link.transport.value(), KEEPALIVE_FRAME)
-        link.transport.clear()
+        frames = link.sent()
+        self.assertEqual(frames[0], KEEPALIVE)  # then the liveness probe: nothing came either
+        link.answer_probe(frames)
         link.clock.advance(60)
-        self.assertEqual(link.transport.value(), KEEPALIVE_FRAME)
+        self.assertEqual(link.sent()[0], KEEPALIVE)
 
     def test_sending_postpones_the_keepalive(self) -> None:
         link = Link()
         link.clock.advance(50)
         link.protocol.send(b"<x/>")
+        link.clock.advance(5)
+        link.receive(9999, b"<presence/>")  # no probe due before the keepalive
         link.transport.clear()
-        link.clock.advance(59)
+        link.clock.advance(54)
         self.assertEqual(link.transport.value(), b"")
         link.clock.advance(1)
         self.assertEqual(link.transport.value(), KEEPALIVE_FRAME)
@@ -252,3 +282,143 @@ class CloseTests(SynchronousTestCase):
         link.protocol.send(b"<out/>")
         link.receive(9999, b"<in/>")
         self.assertEqual(link.trace, [("->", 1, b"<out/>"), ("<-", 9999, b"<in/>")])
+
+
+class LivenessTests(SynchronousTestCase):
+    def test_silence_sends_a_probe_and_no_answer_drops_the_link(self) -> None:
+        link = Link()
+        link.clock.advance(59.9)
+        self.assertEqual(link.sent(), [])
+        link.clock.advance(0.1)
+        self.assertIn(PROBE, [frame.body for frame in link.sent()])
+        link.clock.advance(6.9)
+        self.assertIsNone(link.dropped())
+        link.clock.advance(0.1)
+        reason = link.dropped()
+        self.assertIsInstance(reason, MXUnavailable)
+        self.assertEqual(str(reason), "no answer to the liveness probe within 7 s")
+
+    def test_any_answer_proves_the_peer_alive(self) -> None:
+        link = Link()
+        for _ in range(3):  # one probe a minute, each answered with a CSTAErrorCode
+            link.clock.advance(60)
+            link.answer_probe(link.sent())
+        link.clock.advance(7)
+        self.assertFalse(link.transport.disconnecting)
+
+    def test_anything_received_postpones_the_probe(self) -> None:
+        link = Link()
+        link.clock.advance(50)
+        link.receive(9999, b"<presence/>")
+        link.clock.advance(59.9)
+        self.assertNotIn(PROBE, [frame.body for frame in link.sent()])
+        link.clock.advance(0.1)
+        self.assertIn(PROBE, [frame.body for frame in link.sent()])
+
+    def test_the_timers_end_with_the_link(self) -> None:
+        link = Link()
+        link.protocol.dataReceived(b"\0\0\xff\xff0001<x")  # a partial frame's timer too
+        self.assertEqual(link.timers(), {"_send_keepalive", "_check_liveness",
+                                         "_partial_expired"})
+        link.protocol.connectionLost()
+        self.assertEqual(link.clock.getDelayedCalls(), [])
+
+
+class PartialFrameTests(SynchronousTestCase):
+    HEADER = b"\0\0\xff\xff9999"  # announces 65,535 bytes
+
+    def test_a_frame_left_incomplete_drops_the_link(self) -> None:
+        link = Link()
+        link.protocol.dataReceived(self.HEADER + b"<ablist")
+        for _ in range(2):  # a trickle is no progress: only a completed frame is
+            link.clock.advance(10)
+            link.protocol.dataReceived(b" ")
+        link.clock.advance(PARTIAL_FRAME_TIMEOUT - 20 - 0.1)
+        self.assertFalse(link.transport.disconnecting)
+        link.clock.advance(0.1)
+        reason = link.dropped()
+        self.assertIsInstance(reason, ProtocolViolation)
+        self.assertEqual(str(reason), "a frame still incomplete after 30 s (17 of 65535 bytes)")
+
+    def test_frames_that_keep_completing_are_not_cut(self) -> None:
+        link = Link()
+        seen: list[Message] = []
+        link.protocol.subscribe("chunk", seen.append)
+        body = b"<chunk>" + b"A" * 60_000 + b"</chunk>"
+        frame = encode(9999, body)
+        link.protocol.dataReceived(frame[:30_000])
+        for _ in range(4):  # each read ends one frame and starts the next
+            link.clock.advance(PARTIAL_FRAME_TIMEOUT - 1)
+            link.protocol.dataReceived(frame[30_000:] + frame[:30_000])
+        self.assertEqual(len(seen), 4)
+        self.assertFalse(link.transport.disconnecting)
+
+    def test_a_completed_frame_ends_the_wait(self) -> None:
+        link = Link()
+        frame = encode(9999, b"<presence/>")
+        link.protocol.dataReceived(frame[:5])
+        link.protocol.dataReceived(frame[5:])
+        self.assertEqual(link.timers(), {"_send_keepalive", "_check_liveness"})
+
+
+class BadFrameTests(SynchronousTestCase):
+    def test_a_burst_of_unparseable_frames_drops_the_link(self) -> None:
+        lines = capture_logs(self, "mxproxy.csta")
+        link = Link()
+        for _ in range(BAD_FRAME_LIMIT - 1):
+            link.receive(9999, b"<broken")
+            link.clock.advance(3)
+        self.assertFalse(link.transport.disconnecting)
+        link.receive(9999, b"<broken")
+        reason = link.dropped()
+        self.assertIsInstance(reason, ProtocolViolation)
+        self.assertEqual(str(reason), "20 unparseable frames within 60 s")
+        self.assertTrue(lines.pop(0).startswith("MX link 192.168.1.1:54321: skipping frame "
+                                                "9999: malformed XML: "))
+        self.assertEqual(lines, [
+            "MX link 192.168.1.1:54321: 20 unparseable frames within 60 s; dropping the "
+            "connection",
+            "MX link 192.168.1.1:54321: unparseable frames: 19 more suppressed in 57 s"])
+
+    def test_bad_frames_spread_out_are_skipped(self) -> None:
+        link = Link()
+        seen: list[Message] = []
+        link.protocol.subscribe("ok", seen.append)
+        for _ in range(3 * BAD_FRAME_LIMIT):
+            link.receive(9999, b"<broken")
+            link.clock.advance(3.2)  # 19 within any minute
+        link.receive(9999, b"<ok/>")
+        self.assertEqual(len(seen), 1)
+        self.assertFalse(link.transport.disconnecting)
+
+    def test_a_flood_in_one_read_is_not_read_past_the_limit(self) -> None:
+        lines = capture_logs(self, "mxproxy.csta")
+        link = Link()
+        seen: list[Message] = []
+        link.protocol.subscribe("ok", seen.append)
+        link.protocol.dataReceived(encode(9999, b"<broken") * 10_000 + encode(9999, b"<ok/>"))
+        link.protocol.dataReceived(encode(9999, b"<ok/>"))
+        self.assertEqual(seen, [])
+        self.assertTrue(link.transport.disconnected)
+        self.assertEqual(len(lines), 2)  # the first frame, the drop; the count comes at the end
+        link.protocol.connectionLost()
+        self.assertEqual(lines[-1], "MX link 192.168.1.1:54321: unparseable frames: 19 more "
+                                    "suppressed in 0 s")
+
+    def test_malformed_events_are_logged_once_a_minute(self) -> None:
+        lines = capture_logs(self, "mxproxy.csta")
+        link = Link()
+        link.protocol.subscribe("AbAddUserEvent", self.unreadable)
+        for _ in range(100):
+            link.receive(9999, b"<AbAddUserEvent/>")
+        self.assertEqual(len(lines), 1)
+        link.clock.advance(60)
+        self.assertEqual(lines[1:], ["MX link 192.168.1.1:54321: malformed events: 99 more "
+                                     "suppressed in 60 s"])
+        self.assertFalse(link.transport.disconnecting, "an event it cannot read is no "
+                                                       "protocol violation")
+
+    def unreadable(self, message: Message) -> None:
+        from mxproxy.csta.xml import XMLError
+
+        raise XMLError("no abentry")

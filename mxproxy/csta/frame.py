@@ -100,3 +100,9 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes of an incomplete frame held back."""
         return len(self._buffer)
+
+    @property
+    def awaited(self) -> int:
+        """Size of the incomplete frame held back (its announced length once the header is in,
+        until then the header's); 0 when there is none."""
+        return self._needed() if self._buffer else 0

@@ -4,34 +4,49 @@ One reader dispatches every frame twice: to the waiter of its invoke id (request
 subscribers of its root name whatever its id (``ablist``, ``callloginfo``, call and address-book
 events arrive as id 9999). Waiters and subscribers are registered before the request is written,
 so a fast reply can never be lost. Nothing a subscriber or the MX does can stop the reader: bad
-frames close the connection cleanly, bad events are logged and skipped.
+frames close the connection, bad events are logged (rate-limited) and skipped.
+
+Nor can the MX hold the link in a state that looks up: a burst of unparseable frames, a frame
+left incomplete, or no answer to the liveness probe after a silence abort the connection, so
+that the owner (``MXServer``, the session pool) sees it down and reconnects.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from mxproxy.csta import xml
+from mxproxy.csta import commands, xml
 from mxproxy.csta.errors import (
     CSTAError,
     LoggedOut,
+    MXError,
     MXTimeout,
     MXUnavailable,
     ProtocolViolation,
 )
 from mxproxy.csta.frame import KEEPALIVE_ID, MAX_REQUEST_ID, FrameDecoder, encode
 from mxproxy.csta.messages import csta_error_text
-from mxproxy.logs import Logger
+from mxproxy.logs import Logger, RateLimitedLog
 
 DEFAULT_REPLY_TIMEOUT = 7.0
 KEEPALIVE_INTERVAL = 60.0
 KEEPALIVE_FRAME = encode(KEEPALIVE_ID, b"<keepalive />")
+PARTIAL_FRAME_TIMEOUT = 30.0
+"""Seconds a started frame may wait for its rest: a whole 65,535-byte frame at 2.2 KB/s, slower
+than any link an MX is usable over, and four reply timeouts."""
+BAD_FRAME_LIMIT = 20
+BAD_FRAME_WINDOW = 60.0
+"""A healthy MX sends no unparseable frame; one now and then is skipped as before, but this many
+within the window is a broken or hostile peer, and the link is dropped (each costs a parse)."""
+LOG_WINDOW = 60.0
+"""At most one line per window for each kind of bad input a peer can repeat."""
 
 Body = bytes | xml.Element
 Trace = Callable[[str, int, bytes], None]
@@ -69,8 +84,29 @@ class _Waiter(NamedTuple):
     sent: float
 
 
+class _Burst:
+    """Whether ``limit`` events fell within ``window`` seconds: the times of the last ``limit``."""
+
+    def __init__(self, clock: IReactorTime, limit: int, window: float) -> None:
+        self._clock = clock
+        self._times: deque[float] = deque(maxlen=limit)
+        self._window = window
+
+    def add(self) -> bool:
+        """Count one event now; True when it completes ``limit`` within the window."""
+        now = self._clock.seconds()
+        times = self._times
+        times.append(now)
+        return len(times) == times.maxlen and now - times[0] <= self._window
+
+
 class CSTAProtocol(Protocol):
-    """The client end of one MX link; above it, ``csta.client`` logs in and ``mx`` uses it."""
+    """The client end of one MX link; above it, ``csta.client`` logs in and ``mx`` uses it.
+
+    Liveness: after ``keepalive_interval`` without receiving anything, a ``GetServiceList``
+    probe goes out; any same-id answer (a list or ``CSTAErrorCode``) proves the peer alive, none
+    within the reply timeout ends the link. The MX does not answer the keep-alive frame itself.
+    """
 
     log = Logger()
 
@@ -92,6 +128,13 @@ class CSTAProtocol(Protocol):
         self._waiters: dict[int, _Waiter] = {}
         self._subscribers: dict[str, list[Subscriber]] = {}
         self._keepalive: IDelayedCall | None = None
+        self._liveness: IDelayedCall | None = None
+        self._partial: IDelayedCall | None = None
+        self._last_received = 0.0
+        self._bad_frames = _Burst(clock, BAD_FRAME_LIMIT, BAD_FRAME_WINDOW)
+        self._peer = "MX link"
+        self._skipped_frames: RateLimitedLog  # from connectionMade on, naming the peer
+        self._skipped_events: RateLimitedLog
         self._expectations: dict[Deferred[Message], IDelayedCall] = {}
         self._closed: list[Deferred[Exception]] = []
         self.up = False
@@ -107,13 +150,24 @@ class CSTAProtocol(Protocol):
     def connectionMade(self) -> None:
         self.up = True
         no_delay(self.transport)
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self._peer = f"MX link {getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self._skipped_frames = RateLimitedLog(self.log, self._clock,
+                                              f"{self._peer}: unparseable frames", LOG_WINDOW)
+        self._skipped_events = RateLimitedLog(self.log, self._clock,
+                                              f"{self._peer}: malformed events", LOG_WINDOW)
+        self._last_received = self._clock.seconds()
         self._keepalive = self._clock.callLater(self._keepalive_interval, self._send_keepalive)
+        self._liveness = self._clock.callLater(self._keepalive_interval, self._check_liveness)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.up = False
-        if self._keepalive is not None and self._keepalive.active():
-            self._keepalive.cancel()
-        self._keepalive = None
+        for timer in (self._keepalive, self._liveness, self._partial):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._keepalive = self._liveness = self._partial = None
+        self._skipped_frames.stop()
+        self._skipped_events.stop()
         if self.close_reason is None:
             self.close_reason = MXUnavailable(f"connection lost: {reason.getErrorMessage()}")
         waiters, self._waiters = self._waiters, {}
@@ -144,6 +198,17 @@ class CSTAProtocol(Protocol):
             self.close_reason = reason or MXUnavailable("connection closed by mxproxy")
         if self.transport is not None:
             self.transport.loseConnection()
+
+    def abort(self, reason: MXError) -> None:
+        """Drop a broken or hostile peer at once: no flush and no TLS goodbye, which a peer that
+        stopped reading would hold up forever (and the descriptor with it)."""
+        if self.close_reason is not None:
+            return
+        self.log.warn("{peer}: {reason}; dropping the connection", peer=self._peer,
+                      reason=reason)
+        self.close_reason = reason
+        if self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
 
     def logout(self) -> None:
         """End the session politely: ``<logout/>`` (no reply exists), then close."""
@@ -253,6 +318,32 @@ class CSTAProtocol(Protocol):
         self._keepalive = self._clock.callLater(self._keepalive_interval, self._send_keepalive)
         self._write(KEEPALIVE_ID, KEEPALIVE_FRAME)
 
+    def _check_liveness(self) -> None:
+        """Probe after a whole interval without receiving anything; else look again when one
+        would have passed (reads only note their time: no timer is reset per read)."""
+        self._liveness = None
+        if self.close_reason is not None:
+            return
+        silent = self._clock.seconds() - self._last_received
+        if silent < self._keepalive_interval:
+            self._watch_liveness(self._keepalive_interval - silent)
+            return
+        self.request(commands.get_service_list()).addCallbacks(self._alive, self._probe_failed)
+
+    def _watch_liveness(self, delay: float) -> None:
+        if self.up and self.close_reason is None:
+            self._liveness = self._clock.callLater(delay, self._check_liveness)
+
+    def _alive(self, _: object = None) -> None:
+        self._watch_liveness(self._keepalive_interval)
+
+    def _probe_failed(self, failure: Failure) -> None:
+        if failure.check(MXTimeout):
+            self.abort(MXUnavailable(f"no answer to the liveness probe within "
+                                     f"{self.reply_timeout:g} s"))
+        elif failure.check(CSTAError, ProtocolViolation):
+            self._alive()  # an answer all the same
+
     def _expire(self, invoke_id: int, wait: float) -> None:
         entry = self._waiters.pop(invoke_id, None)
         if entry is not None:
@@ -261,12 +352,32 @@ class CSTAProtocol(Protocol):
     # -- receiving --------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.close_reason is not None:
+            return  # closing: what else arrives is not read (a flood would go on costing)
+        self._last_received = self._clock.seconds()
         decoder = self._decoder
-        for invoke_id, body in decoder.feed(data):
+        frames = decoder.feed(data)
+        for invoke_id, body in frames:
             self._dispatch(invoke_id, body)
-        if decoder.error is not None and self.close_reason is None:
-            self.log.error("MX link: {error}; closing the connection", error=decoder.error)
-            self.close(ProtocolViolation(f"bad frame from the MX: {decoder.error}"))
+            if self.close_reason is not None:
+                return
+        if decoder.error is not None:
+            self.abort(ProtocolViolation(f"bad frame from the MX: {decoder.error}"))
+        elif not decoder.buffered:
+            if self._partial is not None and self._partial.active():
+                self._partial.cancel()
+            self._partial = None
+        elif self._partial is None:
+            self._partial = self._clock.callLater(PARTIAL_FRAME_TIMEOUT, self._partial_expired)
+        elif frames:  # progress: the frame now waiting is another one
+            self._partial.reset(PARTIAL_FRAME_TIMEOUT)
+
+    def _partial_expired(self) -> None:
+        self._partial = None
+        decoder = self._decoder
+        self.abort(ProtocolViolation(
+            f"a frame still incomplete after {PARTIAL_FRAME_TIMEOUT:g} s ({decoder.buffered} of "
+            f"{decoder.awaited} bytes)"))
 
     def _dispatch(self, invoke_id: int, body: bytes) -> None:
         if self._trace is not None:
@@ -279,10 +390,14 @@ class CSTAProtocol(Protocol):
         try:
             element = xml.parse(body)
         except xml.XMLError as error:
-            self.log.warn("MX link: skipping frame {id:04d}: {error}", id=invoke_id, error=error)
+            self._skipped_frames.emit("{peer}: skipping frame {id:04d}: {error}",
+                                      peer=self._peer, id=invoke_id, error=error)
             self.unreadable_frames += 1
             if waiter is not None:
                 waiter.reply.errback(ProtocolViolation(f"unparseable reply: {error}"))
+            if self._bad_frames.add():
+                self.abort(ProtocolViolation(f"{BAD_FRAME_LIMIT} unparseable frames within "
+                                             f"{BAD_FRAME_WINDOW:g} s"))
             return
         message = Message(invoke_id, xml.local_name(element), element)
         if waiter is not None:
@@ -296,13 +411,15 @@ class CSTAProtocol(Protocol):
                 try:
                     subscriber(message)
                 except xml.XMLError as error:
-                    self.log.warn("MX link: skipping malformed {name} event: {error}",
-                                  name=message.name, error=error)
+                    self._skipped_events.emit("{peer}: skipping malformed {name} event: {error}",
+                                              peer=self._peer, name=message.name, error=error)
                 except Exception:
-                    self.log.failure("MX link: subscriber for {name} failed", name=message.name)
+                    self.log.failure("{peer}: subscriber for {name} failed", peer=self._peer,
+                                     name=message.name)
         if message.name == "Logout":
             mode = element.get("mode", "")
-            self.log.warn("MX link: the MX logged this session out (mode {mode!r})", mode=mode)
+            self.log.warn("{peer}: the MX logged this session out (mode {mode!r})",
+                          peer=self._peer, mode=mode)
             self.close(LoggedOut(mode))
 
 
