@@ -28,7 +28,8 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _TOP_KEYS = ("mx", "apns", "gfcm", "push")
 _APNS_KEY_KEYS = ("keyId", "teamId", "topics")
 _PUSH_KEYS = ("apnsHost", "apnsSandboxHost", "ca", "fcmUrl", "maxInFlight", "maxQueued")
-_MX_KEYS = ("addr", "login", "password", "tls", "fingerprint", "ca", "clearTextRetry")
+_MX_KEYS = ("addr", "login", "password", "tls", "fingerprint", "ca", "clearTextRetry",
+            "maxContacts")
 _MX_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _PLAIN_PATH_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _ADDR = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[0-9]{1,5}))?")
@@ -66,6 +67,8 @@ class MXConfig:
     fingerprint: bytes | None = None  # SHA-256 of the MX certificate (32 bytes) to pin
     ca: str | None = None  # absolute path of a PEM file of CA certificates to verify against
     clear_text_retry: bool = False
+    max_contacts: int = 100_000
+    """Contacts the address book may hold; an MX announcing or sending more fails the link."""
 
 
 @attrs.frozen
@@ -217,6 +220,14 @@ class _Parser:
             raise self.error(_child(path, key), f"expected {expected}, got {_json_type(value)}")
         return value
 
+    def whole_number(self, obj: Mapping[str, Any], path: str, key: str,
+                     least: int) -> int | None:
+        """``obj[key]`` if present, a whole number ≥ ``least``; None if absent."""
+        value = self.typed(obj, path, key, int)
+        if value is not None and (isinstance(value, bool) or value < least):
+            raise self.error(_child(path, key), f"expected a whole number ≥ {least}")
+        return value
+
     def required_string(self, obj: Mapping[str, Any], path: str, key: str) -> str:
         value = self.typed(obj, path, key, str)
         if value is None:
@@ -280,12 +291,9 @@ class _Parser:
         limits: dict[str, int] = {}  # the fields given; the others keep PushConfig's defaults
         for key, field, least in (("maxInFlight", "max_in_flight", 1),
                                   ("maxQueued", "max_queued", 0)):
-            limit = self.typed(section, "push", key, int)
-            if limit is None:
-                continue
-            if isinstance(limit, bool) or limit < least:
-                raise self.error(_child("push", key), f"expected a whole number ≥ {least}")
-            limits[field] = limit
+            limit = self.whole_number(section, "push", key, least)
+            if limit is not None:
+                limits[field] = limit
         return PushConfig(apns_host=hosts["apnsHost"], apns_sandbox_host=hosts["apnsSandboxHost"],
                           ca=None if ca is None else self.ca_file(ca, "push.ca"),
                           fcm_url=fcm_url, **limits)
@@ -324,6 +332,7 @@ class _Parser:
                 _child(path, "clearTextRetry"),
                 "user passwords may be sent in clear text over an unencrypted connection",
             )
+        max_contacts = self.whole_number(entry, path, "maxContacts", 1)
         return MXConfig(
             name=name,
             host=host,
@@ -334,6 +343,7 @@ class _Parser:
             fingerprint=None if fingerprint is None else self.sha256(fingerprint, path),
             ca=None if ca is None else self.ca_file(ca, _child(path, "ca")),
             clear_text_retry=clear_text_retry,
+            **({} if max_contacts is None else {"max_contacts": max_contacts}),
         )
 
     def host_port(self, entry: Mapping[str, Any], entry_path: str) -> tuple[str, int]:

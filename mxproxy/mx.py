@@ -3,6 +3,9 @@
 The server link is long-lived: logged in as the configured server account, it loads the whole
 address book, asks for live ``Ab*UserEvent`` updates, and is re-established after any loss with
 capped exponential backoff and a full reload, so the cache is never older than the link.
+
+One MX cannot hurt the others: whatever it answers (another entry's serial number, an endless
+address book, a flood of bad frames, silence), only its own link fails and is retried.
 """
 
 from __future__ import annotations
@@ -21,23 +24,40 @@ from twisted.python.failure import Failure
 from mxproxy.config import MXConfig
 from mxproxy.csta import commands
 from mxproxy.csta.client import CSTAFactory, MXAddress, connect, login
-from mxproxy.csta.errors import LoggedOut, MXError, MXTimeout
+from mxproxy.csta.errors import LoggedOut, MXError, MXTimeout, ProtocolViolation
 from mxproxy.csta.messages import AbDelete, AbUpdate, AddressBookPage, Contact, LoginResponse
 from mxproxy.csta.protocol import CSTAProtocol, Message, RoundTrip, Trace
 from mxproxy.logs import Logger
 
 RECONNECT_INITIAL = 1.0
 RECONNECT_MAX = 30.0
+STABLE_AFTER = 60.0
+"""Seconds a link must stay up before the reconnect delays start again from 1 s: an MX whose
+link fails soon after every login (a flood of bad frames, silence) is retried ever more slowly."""
+DUPLICATE_RETRY = 300.0
+"""Seconds before an entry that answered with another entry's ``sn`` is tried again (a spoof
+may end, the other entry's MX may be replaced); the first refusal is logged, not the retries."""
+PAGE_TIME = 0.15
+"""Seconds allowed per address-book page (50 contacts) for as many pages as ``maxContacts``
+needs, so 5 minutes for the default 100,000: the simulator serves those in 16 s over loopback,
+which leaves a round trip of ~140 ms per page across a WAN."""
+MIN_LOAD_TIME = 60.0
 ContactObserver = Callable[[Contact | None, Contact | None], None]
 AB_EVENTS = ("AbAddUserEvent", "AbUpdateUserEvent", "AbDeleteUserEvent")
 
 
 class DuplicateSerial(MXError):
-    """Two configured MX entries lead to the same phone system (same ``sn``)."""
+    """An entry's MX answered with the ``sn`` of a system another entry already serves: the
+    same MX configured twice, or one impersonating the other."""
 
 
 class SerialRegistry:
-    """Which configured MX answered with which ``sn``; one system must not be served twice."""
+    """Which configured MX serves which ``sn``; one phone system must not be served twice.
+
+    The entry that claimed a serial keeps it while its link is up and releases it when the
+    link ends: after a drop, whichever entry logs in first holds it, and the other is then
+    the duplicate (a legitimate MX may thus lose to an impostor that reconnects faster).
+    """
 
     def __init__(self) -> None:
         self._owners: dict[str, str] = {}
@@ -45,7 +65,14 @@ class SerialRegistry:
     def claim(self, sn: str, name: str) -> None:
         owner = self._owners.setdefault(sn, name)
         if owner != name:
-            raise DuplicateSerial(f"mx.{name} and mx.{owner} are the same MX (sn {sn})")
+            raise DuplicateSerial(f"the MX answered with serial number {sn}, which mx.{owner} "
+                                  "already serves: the same MX configured twice, or an "
+                                  "impostor")
+
+    def release(self, name: str) -> None:
+        """Whatever ``name`` holds: its link ended."""
+        for sn in [sn for sn, owner in self._owners.items() if owner == name]:
+            del self._owners[sn]
 
 
 class AddressBook:
@@ -68,6 +95,13 @@ class AddressBook:
 
     def by_ext(self, ext: str) -> Contact | None:
         return self._by_ext.get(ext)
+
+    def apply(self, jid: str, contact: Contact | None) -> None:
+        """Store ``contact`` (the new state of ``jid``), or forget ``jid`` (None)."""
+        if contact is None:
+            self.delete(jid)
+        else:
+            self.upsert(contact)
 
     def upsert(self, contact: Contact) -> None:
         self.delete(contact.jid)
@@ -94,28 +128,53 @@ class LinkState:
     """When the next connection attempt is due (clock seconds), while one is scheduled."""
 
 
-async def load_address_book(protocol: CSTAProtocol) -> dict[str, Contact]:
-    """Every contact, page by page, until ``size`` entries arrived (page size is the MX's)."""
+def load_time_limit(max_contacts: int) -> float:
+    """How long loading an address book of at most ``max_contacts`` may take."""
+    return max(MIN_LOAD_TIME, max_contacts / 50 * PAGE_TIME)
+
+
+async def load_address_book(protocol: CSTAProtocol, max_contacts: int, clock: IReactorTime,
+                            time_limit: float) -> dict[str, Contact]:
+    """Every contact, page by page, until ``size`` entries arrived (page size is the MX's).
+
+    Whatever the MX announces or sends, at most ``max_contacts`` are kept and the load ends
+    within ``time_limit`` seconds (and one reply timeout): each page is asked for once, every
+    contact received counts (repeats too), and a ``size`` over the limit fails at once.
+    """
     contacts: dict[str, Contact] = {}
     received = 0
     index = 0
+    deadline = clock.seconds() + time_limit
     while True:
         waiter = protocol.expect("ablist", match=_page_matcher(str(index)))
         protocol.send(commands.addressbook_page(index))
         page = AddressBookPage.from_xml((await waiter).element)
+        received += len(page.contacts)
+        if page.size > max_contacts:
+            raise AddressBookTooLarge(f"the MX announces an address book of {page.size} "
+                                      f"contacts, over maxContacts ({max_contacts})")
+        if received > max_contacts:
+            raise AddressBookTooLarge(f"the MX sent {received} contacts, over maxContacts "
+                                      f"({max_contacts})")
         for contact in page.contacts:
             contacts[contact.jid] = contact
-        received += len(page.contacts)
         if received >= page.size:
             return contacts
         if not page.contacts:
             raise MXError(f"address book page {index} is empty after {received} of {page.size}")
+        if clock.seconds() > deadline:
+            raise MXTimeout(f"address book not loaded within {time_limit:g} s ({received} of "
+                            f"{page.size} contacts)")
         index += 1
 
 
 def _page_matcher(index: str) -> Callable[[Message], bool]:
     """Pages are told apart by ``index``; an MX that omits it is trusted to answer in order."""
     return lambda message: message.element.get("index", index) == index
+
+
+class AddressBookTooLarge(ProtocolViolation):
+    """The MX announces or sends more contacts than ``maxContacts`` allows."""
 
 
 class MXServer(Service):
@@ -133,7 +192,6 @@ class MXServer(Service):
         reactor: Any,
         serials: SerialRegistry,
         trace: Trace | None = None,
-        on_fatal: Callable[[Exception], None] | None = None,
         jitter: Callable[[], float] = random.random,
         clock: IReactorTime | None = None,
         on_round_trip: RoundTrip | None = None,
@@ -145,7 +203,7 @@ class MXServer(Service):
         self._reactor = reactor
         self._clock: IReactorTime = reactor if clock is None else clock
         self._serials = serials
-        self._on_fatal = on_fatal
+        self._duplicate_logged = False
         self._factory = CSTAFactory(self._clock, trace, on_round_trip=on_round_trip)
         self._backoff = backoffPolicy(RECONNECT_INITIAL, RECONNECT_MAX, 2.0, jitter)
         self._jitter = jitter
@@ -172,6 +230,7 @@ class MXServer(Service):
     def stopService(self) -> Deferred[None]:
         """Stop retrying, abandon an attempt in progress, log out of a live link."""
         super().stopService()
+        self._serials.release(self.config.name)
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if self._attempt is not None:
@@ -215,26 +274,46 @@ class MXServer(Service):
                       name=self.name, sn=info.sn, size=len(book))
 
     async def _load(self, protocol: CSTAProtocol) -> AddressBook:
-        """The whole address book, kept current by the events that arrive while it loads."""
-        pending: list[Message] = []
-        unsubscribes = [protocol.subscribe(name, pending.append) for name in AB_EVENTS]
+        """The whole address book, kept current by the events that arrive while it loads (the
+        last change of each contact, so a flood of them is bounded like the book)."""
+        limit = self.config.max_contacts
+        pending: dict[str, Contact | None] = {}
+
+        def hold(message: Message) -> None:
+            jid, contact = _change(message)
+            pending[jid] = contact
+            if len(pending) > limit:
+                protocol.abort(AddressBookTooLarge(f"more than maxContacts ({limit}) contacts "
+                                                   "changed while the address book loaded"))
+
+        unsubscribes = [protocol.subscribe(name, hold) for name in AB_EVENTS]
         try:
             await protocol.request(commands.monitor_start_ab())
         except MXTimeout:
             self.log.warn("mx.{name}: no reply to MonitorStartAb; expecting updates anyway",
                           name=self.name)
-        book = AddressBook(await load_address_book(protocol))
+        book = AddressBook(await load_address_book(protocol, limit, self._clock,
+                                                   load_time_limit(limit)))
         for unsubscribe in unsubscribes:
             unsubscribe()
-        for message in pending:
-            _apply(book, message)
+        for jid, contact in pending.items():
+            book.apply(jid, contact)
+        if len(book) > limit:
+            raise AddressBookTooLarge(f"the address book grew to {len(book)} contacts while it "
+                                      f"loaded, over maxContacts ({limit})")
         for name in AB_EVENTS:
-            protocol.subscribe(name, self._live_update)
+            protocol.subscribe(name, lambda message: self._live_update(protocol, message))
         return book
 
-    def _live_update(self, message: Message) -> None:
-        jid, before = _apply(self.address_book, message)
-        after = self.address_book.get(jid)
+    def _live_update(self, protocol: CSTAProtocol, message: Message) -> None:
+        jid, after = _change(message)
+        book = self.address_book
+        before = book.get(jid)
+        if after is not None and before is None and len(book) >= self.config.max_contacts:
+            protocol.abort(AddressBookTooLarge(f"the MX adds a contact beyond maxContacts "
+                                               f"({self.config.max_contacts})"))
+            return
+        book.apply(jid, after)
         for observer in tuple(self._contact_observers):
             observer(before, after)
 
@@ -251,7 +330,7 @@ class MXServer(Service):
         if not isinstance(result, Failure):
             if self.state.since is not None:
                 self.state.reconnects += 1
-            self._retries = 0
+            self._duplicate_logged = False
             self.state.connected, self.state.since = True, self._clock.seconds()
             self.state.last_error = None
             assert self.protocol is not None
@@ -263,11 +342,15 @@ class MXServer(Service):
             return
         if not self.running:
             return  # stopService abandoned the attempt
+        self._serials.release(self.config.name)
         self.state.last_error = result.getErrorMessage()
         if result.check(DuplicateSerial):
-            self.log.critical("mx.{name}: {error}", name=self.name, error=result.value)
-            if self._on_fatal is not None:
-                self._on_fatal(result.value)
+            delay = self._schedule_retry(DUPLICATE_RETRY + self._jitter())
+            if not self._duplicate_logged:
+                self._duplicate_logged = True
+                self.log.error("mx.{name}: refused: {error}; only this link stays down, "
+                               "retrying every {delay:.0f} s", name=self.name,
+                               error=self.state.last_error, delay=delay)
             return
         delay = self._schedule_retry(self._backoff(self._retries))
         self.log.error("mx.{name}: cannot establish the MX link: {error}; retrying in "
@@ -277,7 +360,11 @@ class MXServer(Service):
         if protocol is not self.protocol:
             return
         self.protocol = None
-        self.state.connected, self.state.since = False, self._clock.seconds()
+        self._serials.release(self.config.name)
+        now = self._clock.seconds()
+        if self.state.since is not None and now - self.state.since >= STABLE_AFTER:
+            self._retries = 0
+        self.state.connected, self.state.since = False, now
         self.state.last_error = str(reason)
         if not self.running:
             return
@@ -296,14 +383,9 @@ class MXServer(Service):
         return delay
 
 
-def _apply(book: AddressBook, message: Message) -> tuple[str, Contact | None]:
-    """Apply one Ab*UserEvent; returns the JID and the contact as it was before."""
+def _change(message: Message) -> tuple[str, Contact | None]:
+    """What one Ab*UserEvent says: the JID and its contact from now on (None: deleted)."""
     if message.name == "AbDeleteUserEvent":
-        jid = AbDelete.from_xml(message.element).jid
-        before = book.get(jid)
-        book.delete(jid)
-        return jid, before
+        return AbDelete.from_xml(message.element).jid, None
     contact = AbUpdate.from_xml(message.element).contact
-    before = book.get(contact.jid)
-    book.upsert(contact)
-    return contact.jid, before
+    return contact.jid, contact

@@ -6,8 +6,6 @@ with a one-line reason and a non-zero status instead of a half-started daemon.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +31,6 @@ from mxproxy.sessions import SessionPool
 
 log = logs.Logger(__name__)
 
-EXIT_FATAL = 1
 DEMO_CONTROL_PORT = 7780
 
 
@@ -55,13 +52,11 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     if push is not None:
         push.setServiceParent(root)  # first in, last out: it outlives the links that feed it
     serials = SerialRegistry()
-    abort = FatalStop(reactor)
     access = {}
     for name, mx in config.mx.items():
         trace = _trace(options, f"mx.{name}")
         round_trip = metrics.round_trips(name)
-        server = MXServer(mx, reactor, serials, trace=trace, on_fatal=abort,
-                          on_round_trip=round_trip)
+        server = MXServer(mx, reactor, serials, trace=trace, on_round_trip=round_trip)
         server.setServiceParent(root)
         pool = SessionPool(reactor, server.address,
                            CSTAFactory(reactor, trace, on_round_trip=round_trip),
@@ -143,24 +138,3 @@ def _start_demo_mx(reactor: Any) -> Config:
              control=DEMO_CONTROL_PORT)
     return demo_config(address.host, address.port)
 
-
-class FatalStop:
-    """Stops the daemon for a configuration error only the MX could reveal, exiting non-zero."""
-
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-        self._stopping = False
-
-    def __call__(self, error: Exception) -> None:
-        if self._stopping:
-            return
-        self._stopping = True
-        log.critical("mxproxy: stopping: {error}", error=error)
-        self._reactor.addSystemEventTrigger("after", "shutdown", _exit_fatal)
-        self._reactor.stop()
-
-
-def _exit_fatal() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_FATAL)  # twistd exits 0 after any reactor stop; systemd must see the failure

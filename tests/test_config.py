@@ -265,6 +265,21 @@ class TLSTests(ConfigTestCase):
         )
 
 
+class MaxContactsTests(ConfigTestCase):
+    def test_default_and_given(self) -> None:
+        config, _ = parse_config(with_mx(), "test.json")
+        self.assertEqual(config.mx["dev"].max_contacts, 100_000)
+        config, warnings = parse_config(with_mx(maxContacts=250_000), "test.json")
+        self.assertEqual((config.mx["dev"].max_contacts, warnings), (250_000, []))
+
+    def test_a_whole_number_of_at_least_one(self) -> None:
+        for bad in (0, -5, True):
+            self.assertConfigError(with_mx(maxContacts=bad),
+                                   "mx.dev.maxContacts: expected a whole number ≥ 1")
+        self.assertConfigError(with_mx(maxContacts="100"),
+                               "mx.dev.maxContacts: expected a number, got a string")
+
+
 class PushSectionTests(ConfigTestCase):
     def test_mustBeObjects(self) -> None:
         for key in ("apns", "gfcm", "push"):

@@ -8,10 +8,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mxproxy.config import MXConfig
 from mxproxy.csta.client import MXAddress
-from mxproxy.mx import DuplicateSerial, MXServer, SerialRegistry
+from mxproxy.mx import DUPLICATE_RETRY, DuplicateSerial, MXServer, SerialRegistry
 from mxproxy.testing.mxsim import PBX
 from mxproxy.testing.mxsim.model import Contact
 from tests.support import drop_sessions, next_turn, serve
+from tests.test_tls import capture_logs
 
 JID_BASE = 43884850000000000
 
@@ -31,11 +32,10 @@ class Running:
     def __init__(self, test: TestCase, address: MXAddress, name: str = "dev",
                  serials: SerialRegistry | None = None) -> None:
         self.clock = Clock()
-        self.fatal: list[Exception] = []
         config = MXConfig(name=name, host=address.host, port=address.port, login="server",
                           password="server-secret", tls=address.tls)
         self.server = MXServer(config, reactor, serials or SerialRegistry(),
-                               on_fatal=self.fatal.append, jitter=lambda: 0.0, clock=self.clock)
+                               jitter=lambda: 0.0, clock=self.clock)
         self.server.startService()
         test.addCleanup(self.server.stopService)
 
@@ -188,20 +188,38 @@ class ReconnectTests(TestCase):
 
 
 class DuplicateSerialTests(TestCase):
-    async def test_two_entries_for_one_mx_are_fatal(self) -> None:
+    async def test_a_second_entry_for_one_mx_fails_alone_and_retries_slowly(self) -> None:
         pbx = company(1)
         address = serve(self, pbx)
         serials = SerialRegistry()
         first = Running(self, address, "first", serials)
         await first.server.when_ready()
+        lines = capture_logs(self, "mxproxy.mx")
         second = Running(self, address, "second", serials)
-        await pbx.wait_for("loginRequest")
-        while not second.fatal:
+        state = second.server.state
+        while state.next_attempt is None:
             await next_turn()
-        self.assertIsInstance(second.fatal[0], DuplicateSerial)
-        self.assertIn("mx.second and mx.first", str(second.fatal[0]))
-        self.assertFalse(second.server.state.connected)
-        self.flushLoggedErrors()
+        self.assertIn("serial number TEST1, which mx.first already serves", state.last_error)
+        self.assertFalse(state.connected)
+        self.assertEqual(state.next_attempt, DUPLICATE_RETRY)
+        self.assertTrue(first.server.state.connected)
+        self.assertEqual(len(first.server.address_book), 1)
+        [refusal] = [line for line in lines if "refused" in line]
+        self.assertTrue(refusal.startswith("mx.second: refused: the MX answered with serial "
+                                           "number TEST1, which mx.first already serves"),
+                        refusal)
+
+        second.clock.advance(DUPLICATE_RETRY)  # refused again: not logged again
+        while state.next_attempt is None:  # the attempt runs over real sockets
+            await next_turn()
+        self.assertEqual(state.next_attempt, 2 * DUPLICATE_RETRY)
+        self.assertEqual(len([line for line in lines if "refused" in line]), 1)
+
+        await first.server.stopService()  # the serial is free again
+        ready = second.server.when_ready()
+        second.clock.advance(DUPLICATE_RETRY)
+        await ready
+        self.assertEqual(second.server.sn, "TEST1")
 
 
 class SerialRegistryTests(SynchronousTestCase):
@@ -211,4 +229,11 @@ class SerialRegistryTests(SynchronousTestCase):
         serials.claim("ABC", "dev")  # a reconnect of the same entry
         self.assertRaises(DuplicateSerial, serials.claim, "ABC", "prod")
 
-
+    def test_a_released_serial_goes_to_the_next_claim(self) -> None:
+        serials = SerialRegistry()
+        serials.claim("ABC", "dev")
+        serials.release("prod")  # holds nothing: no effect
+        self.assertRaises(DuplicateSerial, serials.claim, "ABC", "prod")
+        serials.release("dev")
+        serials.claim("ABC", "prod")
+        self.assertRaises(DuplicateSerial, serials.claim, "ABC", "dev")

@@ -1,4 +1,4 @@
-"""makeService wiring and the fatal stop, with a stand-in reactor (nothing listens)."""
+"""makeService wiring, with a stand-in reactor (nothing listens)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mxproxy.acme import ACMEService
 from mxproxy.listeners import Listener, acme_dir
-from mxproxy.mx import DuplicateSerial, MXServer
+from mxproxy.mx import MXServer
 from mxproxy.options import MXProxyOptions
-from mxproxy.service import FatalStop, _exit_fatal, makeService
+from mxproxy.service import makeService
 from mxproxy.testing.certs import certificate_authority
 
 
 class RecordingReactor:
-    """Records what FatalStop asks of the reactor."""
+    """Records what the services ask of the reactor."""
 
     def __init__(self) -> None:
         self.triggers: list[tuple[str, str, Any]] = []
@@ -32,16 +32,6 @@ class RecordingReactor:
 
     def seconds(self) -> float:
         return 0.0
-
-
-class FatalStopTests(SynchronousTestCase):
-    def test_stops_once_and_exits_non_zero_after_shutdown(self) -> None:
-        reactor = RecordingReactor()
-        abort = FatalStop(reactor)
-        abort(DuplicateSerial("mx.b and mx.a are the same MX (sn X)"))
-        abort(DuplicateSerial("again, from the next retry"))
-        self.assertEqual(reactor.stops, 1)
-        self.assertEqual(reactor.triggers, [("after", "shutdown", _exit_fatal)])
 
 
 class MakeServiceTests(SynchronousTestCase):
