@@ -127,12 +127,28 @@ class TwistdProcess(ProcessProtocol):
         self.linked: Deferred[None] = Deferred()
         self.ended: Deferred[BaseException] = Deferred()
         self.unfinished = b""
+        self._awaited: list[tuple[bytes, Deferred[bytes]]] = []
+
+    def until(self, text: bytes) -> Deferred[bytes]:
+        """The first stdout line containing ``text``, whether already printed or to come."""
+        found: Deferred[bytes] = Deferred()
+        self._awaited.append((text, found))
+        self._match(self.lines)
+        return found
 
     def outReceived(self, data: bytes) -> None:
         *lines, self.unfinished = (self.unfinished + data).split(b"\n")
         self.lines.extend(lines)
         if not self.linked.called and any(b"connected to MX" in line for line in lines):
             self.linked.callback(None)
+        self._match(lines)
+
+    def _match(self, lines: list[bytes]) -> None:
+        for text, found in tuple(self._awaited):
+            line = next((line for line in lines if text in line), None)
+            if line is not None:
+                self._awaited.remove((text, found))
+                found.callback(line)
 
     def errReceived(self, data: bytes) -> None:
         self.errors += data
@@ -147,6 +163,9 @@ class TwistdProcess(ProcessProtocol):
             self.linked.errback(RuntimeError(
                 f"twistd ended before the MX link came up ({reason.value}):\n"
                 + output.decode("utf-8", "replace")))
+        awaited, self._awaited = self._awaited, []
+        for text, found in awaited:
+            found.errback(RuntimeError(f"twistd ended before printing {text!r}"))
         self.ended.callback(reason.value)
 
 
