@@ -58,6 +58,22 @@ class DecoderTests(SynchronousTestCase):
         self.assertEqual(decoder.buffered, 10)
         self.assertEqual(decoder.feed(data[10:]), [Frame(3, b"<abc/>")])
 
+    def test_frames_are_decoded_only_when_taken(self) -> None:
+        decoder = FrameDecoder()
+        frames = decoder.frames(encode(1, b"<ok/>") + b"\x01\x00\x00\x0c0002<x/>")
+        self.assertEqual(next(frames), Frame(1, b"<ok/>"))
+        self.assertIsNone(decoder.error, "what follows was not even looked at")
+        self.assertEqual(list(frames), [])
+        self.assertIn("header bytes 0-1", str(decoder.error))
+
+    def test_awaited_is_the_size_of_the_frame_held_back(self) -> None:
+        decoder = FrameDecoder()
+        self.assertEqual(decoder.awaited, 0)
+        decoder.feed(b"\0\0")
+        self.assertEqual(decoder.awaited, 8)  # a header, at least
+        decoder.feed(b"\xff\xff0001<x")
+        self.assertEqual((decoder.buffered, decoder.awaited), (10, 65535))
+
     def test_empty_body_is_a_frame(self) -> None:
         self.assertEqual(FrameDecoder().feed(b"\0\0\0\x080001"), [Frame(1, b"")])
 

@@ -6,6 +6,7 @@ Pure functions and a small incremental decoder; nothing here knows about XML or 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 HEADER_SIZE = 8
@@ -45,7 +46,7 @@ class FrameDecoder:
 
     A broken header puts the stream out of sync for good: :meth:`feed` still returns the frames
     that preceded it, sets :attr:`error`, and ignores all later input; the caller must close the
-    connection.
+    connection. :meth:`frames` is the same, lazily.
     """
 
     def __init__(self) -> None:
@@ -53,36 +54,40 @@ class FrameDecoder:
         self.error: FrameError | None = None
 
     def feed(self, data: bytes) -> list[Frame]:
+        return list(self.frames(data))
+
+    def frames(self, data: bytes) -> Iterator[Frame]:
+        """The frames ``data`` completes, each decoded only when taken: a reader that stops
+        early (it is dropping the link) leaves the rest of a flood undecoded, and lost."""
         if self.error is not None:
-            return []
+            return
         if self._buffer:
             # Continue an unfinished frame; only copy once the whole of it can be there.
             self._buffer += data
             if len(self._buffer) < self._needed():
-                return []
+                return
             data = bytes(self._buffer)
             self._buffer.clear()
-        frames: list[Frame] = []
         pos = 0
         available = len(data)
         while available - pos >= HEADER_SIZE:
             if data[pos] or data[pos + 1]:
-                found = data[pos:pos + 2].hex()
-                return self._fail(frames, f"header bytes 0-1 are {found}, expected 0000")
+                self._fail(f"header bytes 0-1 are {data[pos:pos + 2].hex()}, expected 0000")
+                return
             length = (data[pos + 2] << 8) | data[pos + 3]
             if length < HEADER_SIZE:
-                return self._fail(frames, f"frame length {length} is shorter than the 8-byte "
-                                          "header")
+                self._fail(f"frame length {length} is shorter than the 8-byte header")
+                return
             if available - pos < length:
                 break
             ident = data[pos + 4:pos + 8]
             if not ident.isdigit():
-                return self._fail(frames, f"invoke id {ident!r} is not 4 decimal digits")
-            frames.append(Frame(int(ident), data[pos + HEADER_SIZE:pos + length]))
+                self._fail(f"invoke id {ident!r} is not 4 decimal digits")
+                return
+            yield Frame(int(ident), data[pos + HEADER_SIZE:pos + length])
             pos += length
         if pos < available:
             self._buffer += data[pos:]
-        return frames
 
     def _needed(self) -> int:
         """Bytes the buffered frame needs before it can be decoded (a header at least)."""
@@ -91,10 +96,9 @@ class FrameDecoder:
             return HEADER_SIZE  # a broken header is reported once complete, whatever its length
         return max(HEADER_SIZE, (buffer[2] << 8) | buffer[3])
 
-    def _fail(self, frames: list[Frame], reason: str) -> list[Frame]:
+    def _fail(self, reason: str) -> None:
         self.error = FrameError(reason)
         self._buffer.clear()
-        return frames
 
     @property
     def buffered(self) -> int:

@@ -356,11 +356,12 @@ class CSTAProtocol(Protocol):
             return  # closing: what else arrives is not read (a flood would go on costing)
         self._last_received = self._clock.seconds()
         decoder = self._decoder
-        frames = decoder.feed(data)
-        for invoke_id, body in frames:
+        progress = False
+        for invoke_id, body in decoder.frames(data):
             self._dispatch(invoke_id, body)
             if self.close_reason is not None:
                 return
+            progress = True
         if decoder.error is not None:
             self.abort(ProtocolViolation(f"bad frame from the MX: {decoder.error}"))
         elif not decoder.buffered:
@@ -369,7 +370,7 @@ class CSTAProtocol(Protocol):
             self._partial = None
         elif self._partial is None:
             self._partial = self._clock.callLater(PARTIAL_FRAME_TIMEOUT, self._partial_expired)
-        elif frames:  # progress: the frame now waiting is another one
+        elif progress:  # the frame now waiting is another one
             self._partial.reset(PARTIAL_FRAME_TIMEOUT)
 
     def _partial_expired(self) -> None:
