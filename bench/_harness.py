@@ -136,10 +136,12 @@ def listen_mx(reactor: Any, pbx: Any, tls: bool = False) -> int:
 
 
 async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
-                      call_log_timing: Any = None, mx_tls: bool = False) -> dict[str, Any]:
+                      call_log_timing: Any = None, mx_tls: bool = False,
+                      others: dict[str, int] | None = None) -> dict[str, Any]:
     """mxproxy as ``service.makeService`` wires it, for one MX named ``bench`` at ``mx_port``:
     MXServer (address book loaded before this returns), SessionPool, API, APISite.
-    ``mx_tls``: the MX link is TLS, unverified (the default of an MX entry without pinning)."""
+    ``mx_tls``: the MX link is TLS, unverified (the default of an MX entry without pinning).
+    ``others``: more MX entries (name: port, same login) linked beside it, not waited for."""
     from mxproxy.api.access import MXAccess
     from mxproxy.api.app import API
     from mxproxy.api.site import APISite, ConnectionLimit
@@ -149,16 +151,24 @@ async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
     from mxproxy.options import CONNECTIONS_PER_ADDRESS
     from mxproxy.sessions import SessionPool
 
-    config = MXConfig(name="bench", host="127.0.0.1", port=mx_port, login=SERVER_LOGIN,
-                      password=SERVER_PASSWORD, tls=mx_tls)
-    server = MXServer(config, reactor, SerialRegistry())
-    server.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    serials = SerialRegistry()
+
+    def link(name: str, port: int) -> MXAccess:
+        config = MXConfig(name=name, host="127.0.0.1", port=port, login=SERVER_LOGIN,
+                          password=SERVER_PASSWORD, tls=mx_tls)
+        server = MXServer(config, reactor, serials)
+        server.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+        pool = (pool_class or SessionPool)(reactor, server.address, CSTAFactory(reactor))
+        reactor.addSystemEventTrigger("before", "shutdown", pool.close_all)
+        return MXAccess(server, pool)
+
+    access = {name: link(name, port) for name, port in {"bench": mx_port, **(others or {})}
+              .items()}
+    server = access["bench"].server
     await server.when_ready()
-    pool = (pool_class or SessionPool)(reactor, server.address, CSTAFactory(reactor))
-    reactor.addSystemEventTrigger("before", "shutdown", pool.close_all)
     extra = () if call_log_timing is None else (call_log_timing,)
-    site = APISite(API({"bench": MXAccess(server, pool)}, reactor, *extra).resource(), reactor,
+    site = APISite(API(access, reactor, *extra).resource(), reactor,
                    ConnectionLimit(reactor, CONNECTIONS_PER_ADDRESS))
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     return {"port": port.getHost().port, "contacts": len(server.address_book)}

@@ -39,7 +39,8 @@ AfterLoad = Literal["flood", "partial", "silent"]
 JID_BASE = 43884850000000000
 MALFORMED_FRAME = encode(EVENT_ID, b"<flood")
 """A well-framed event whose XML never parses: what the flood is made of."""
-FLOOD_BATCH = MALFORMED_FRAME * (65_536 // len(MALFORMED_FRAME))
+FLOOD_FRAMES = 65_536 // len(MALFORMED_FRAME)
+FLOOD_BATCH = MALFORMED_FRAME * FLOOD_FRAMES
 PARTIAL_FRAME = b"\0\0\xff\xff9999<ablist"
 """A header announcing 65,535 bytes, and the first few of them."""
 KEPT = 1000
@@ -76,6 +77,8 @@ class HostileMX(ServerFactory):
         self.connections = 0
         self.received: deque[str] = deque(maxlen=KEPT)
         """Names of the commands received (``iq:addressbook`` for pages), oldest first."""
+        self.flooded = 0
+        """Malformed frames written by floods."""
         self._held: list[tuple[Session, int]] = []
         self._waiters: list[tuple[str, Deferred[None]]] = []
 
@@ -109,9 +112,16 @@ class HostileMX(ServerFactory):
             session.abort()
 
     def flood(self) -> None:
-        """Start flooding every open session now."""
+        """Flood every open session now, and every new one after its address book."""
+        self.script.after_load = "flood"
         for session in tuple(self.sessions):
             session.flood()
+
+    def calm(self) -> None:
+        """End every flood; the sessions stay open and silent."""
+        self.script.after_load = None
+        for session in tuple(self.sessions):
+            session.calm()
 
     def record(self, name: str) -> None:
         self.received.append(name)
@@ -132,6 +142,7 @@ class Session(Protocol):
     def __init__(self, mx: HostileMX) -> None:
         self.mx = mx
         self.silent = False
+        self._flooding = False
         self._decoder = FrameDecoder()
 
     def connectionMade(self) -> None:
@@ -202,14 +213,20 @@ class Session(Protocol):
             self.silent = True
 
     def flood(self) -> None:
-        if self.transport is not None and not self.silent:
-            self.silent = True
+        if self.transport is not None and not self._flooding:
+            self.silent = self._flooding = True
             cast(IConsumer, self.transport).registerProducer(self, False)
+
+    def calm(self) -> None:
+        if self.transport is not None and self._flooding:
+            self._flooding = False
+            cast(IConsumer, self.transport).unregisterProducer()
 
     def resumeProducing(self) -> None:
         """The client has read the last batch: write the next one."""
         if self.transport is not None:
             self.transport.write(FLOOD_BATCH)
+            self.mx.flooded += FLOOD_FRAMES
 
     def stopProducing(self) -> None:
         pass
