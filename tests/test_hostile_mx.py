@@ -20,17 +20,16 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from mxproxy.config import MXConfig
 from mxproxy.csta.client import MXAddress
 from mxproxy.csta.protocol import PARTIAL_FRAME_TIMEOUT
-from mxproxy.mx import MXServer, SerialRegistry
+from mxproxy.mx import SerialRegistry
 from mxproxy.testing.hostilemx import HostileMX, Script
 from mxproxy.testing.mxsim import PBX
 from tests.crash_daemon import write
 from tests.support import next_turn, serve
 from tests.test_crash import basic
 from tests.test_json_logs import TwistdProcess, start_twistd
-from tests.test_mx import company
+from tests.test_mx import Running, company
 from tests.test_tls import capture_logs
 
 
@@ -50,41 +49,12 @@ def listen(test: TestCase, script: Script, clock: Clock | None = None,
     return hostile, MXAddress("127.0.0.1", port.getHost().port, tls=tls)
 
 
-class Link:
-    """An MXServer named ``name`` on ``clock``, stopped at cleanup."""
-
-    def __init__(self, test: TestCase, address: MXAddress, clock: Clock, name: str = "evil",
-                 max_contacts: int = 100_000, serials: SerialRegistry | None = None) -> None:
-        self.clock = clock
-        config = MXConfig(name=name, host=address.host, port=address.port, login="server",
-                          password="server-secret", tls=address.tls, max_contacts=max_contacts)
-        self.server = MXServer(config, reactor, serials or SerialRegistry(), jitter=lambda: 0.0,
-                               clock=clock)
-        self.state = self.server.state
-        self.server.startService()
-        test.addCleanup(self.server.stopService)
-
-    async def failed(self) -> str:
-        """Until an attempt or the link has failed and a retry is scheduled; the error."""
-        while self.state.next_attempt is None:
-            await next_turn()
-        return self.state.last_error or ""
-
-    async def down_after(self, step: float) -> float:
-        """Advance the clock ``step`` at a time until the link is down; the time it took."""
-        start = self.clock.seconds()
-        while self.state.connected:
-            self.clock.advance(step)
-            await next_turn()
-        return self.clock.seconds() - start
-
-
 class AddressBookLimitTests(TestCase):
     async def test_an_endless_address_book_fails_the_link_at_once(self) -> None:
         lines = capture_logs(self, "mxproxy.mx")
         clock = Clock()
         hostile, address = listen(self, Script(contacts=999_999_999), clock)
-        link = Link(self, address, clock)
+        link = Running(self, address, "evil", clock=clock)
         self.assertEqual(await link.failed(), "the MX announces an address book of 999999999 "
                                               "contacts, over maxContacts (100000)")
         self.assertEqual(list(hostile.received).count("iq:addressbook"), 1)
@@ -97,7 +67,7 @@ class AddressBookLimitTests(TestCase):
     async def test_a_size_that_keeps_growing_stops_at_the_cap(self) -> None:
         clock = Clock()
         hostile, address = listen(self, Script(contacts=10_000, growing=True), clock)
-        link = Link(self, address, clock, max_contacts=120)
+        link = Running(self, address, "evil", max_contacts=120, clock=clock)
         self.assertEqual(await link.failed(), "the MX announces an address book of 150 "
                                               "contacts, over maxContacts (120)")
         self.assertEqual(list(hostile.received).count("iq:addressbook"), 2)
@@ -106,14 +76,24 @@ class AddressBookLimitTests(TestCase):
     async def test_a_page_past_the_cap_fails_the_link(self) -> None:
         clock = Clock()
         _, address = listen(self, Script(contacts=150, announced=10, page_size=150), clock)
-        link = Link(self, address, clock, max_contacts=120)
+        link = Running(self, address, "evil", max_contacts=120, clock=clock)
         self.assertEqual(await link.failed(), "the MX sent 150 contacts, over maxContacts (120)")
+
+    async def test_changes_while_it_loads_count_against_the_cap(self) -> None:
+        for adds, error in ((100, "more than maxContacts (120) contacts changed while the "
+                                  "address book loaded"),
+                            (15, "the address book grew to 130 contacts while it loaded, over "
+                                 "maxContacts (120)")):
+            clock = Clock()
+            _, address = listen(self, Script(contacts=100, adds_per_page=adds), clock)
+            link = Running(self, address, "evil", max_contacts=120, clock=clock)
+            self.assertEqual(await link.failed(), error)
 
     async def test_a_page_with_an_index_not_asked_for_is_waited_for_no_longer(self) -> None:
         clock = Clock()
         hostile, address = listen(self, Script(contacts=100, index_shift=1), clock)
         asked = hostile.wait_for("iq:addressbook")
-        link = Link(self, address, clock)
+        link = Running(self, address, "evil", clock=clock)
         await asked
         clock.advance(7)
         self.assertEqual(await link.failed(), "no ablist within 7 s")
@@ -122,7 +102,7 @@ class AddressBookLimitTests(TestCase):
         clock = Clock()
         hostile, address = listen(self, Script(contacts=1000, page_delay=5.0), clock)
         asked = hostile.wait_for("iq:addressbook")
-        link = Link(self, address, clock, max_contacts=1000)  # a minute for the load
+        link = Running(self, address, "evil", max_contacts=1000, clock=clock)  # a minute to load
         while link.state.next_attempt is None:
             await asked
             asked = hostile.wait_for("iq:addressbook")
@@ -140,10 +120,10 @@ class FloodTests(TestCase):
         clock = Clock()
         serials = SerialRegistry()
         pbx = company(3)
-        good = Link(self, serve(self, pbx), clock, name="good", serials=serials)
+        good = Running(self, serve(self, pbx), "good", serials, clock=clock)
         await good.server.when_ready()
         hostile, address = listen(self, Script(after_load="flood"), clock)
-        evil = Link(self, address, clock, serials=serials)
+        evil = Running(self, address, "evil", serials, clock=clock)
         delays = []
         for _ in range(3):
             await evil.server.when_ready()
@@ -167,7 +147,7 @@ class SilentPeerTests(TestCase):
         clock = Clock()
         script = Script(after_load="partial")
         hostile, address = listen(self, script, clock)
-        link = Link(self, address, clock)
+        link = Running(self, address, "evil", clock=clock)
         await link.server.when_ready()
         took = await link.down_after(1.0)
         self.assertLessEqual(took, PARTIAL_FRAME_TIMEOUT + 2)
@@ -183,7 +163,7 @@ class SilentPeerTests(TestCase):
         clock = Clock()
         script = Script(after_load="silent")
         hostile, address = listen(self, script, clock, tls=True)
-        link = Link(self, address, clock)
+        link = Running(self, address, "evil", clock=clock)
         await link.server.when_ready()
         probed = hostile.wait_for("GetServiceList")
         clock.advance(60)

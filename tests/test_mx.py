@@ -27,17 +27,35 @@ def company(contacts: int, page_size: int = 50, sn: str = "TEST1") -> PBX:
 
 
 class Running:
-    """An MXServer for one test: started on a Clock for its timers, stopped at cleanup."""
+    """An MXServer for one test: started on a Clock for its timers (its own unless given),
+    stopped at cleanup."""
 
     def __init__(self, test: TestCase, address: MXAddress, name: str = "dev",
-                 serials: SerialRegistry | None = None) -> None:
-        self.clock = Clock()
+                 serials: SerialRegistry | None = None, max_contacts: int = 100_000,
+                 clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
         config = MXConfig(name=name, host=address.host, port=address.port, login="server",
-                          password="server-secret", tls=address.tls)
+                          password="server-secret", tls=address.tls, max_contacts=max_contacts)
         self.server = MXServer(config, reactor, serials or SerialRegistry(),
                                jitter=lambda: 0.0, clock=self.clock)
+        self.state = self.server.state
         self.server.startService()
         test.addCleanup(self.server.stopService)
+
+    async def failed(self) -> str:
+        """Until an attempt or the link has failed and a retry is scheduled (the attempts run
+        over real sockets); the error."""
+        while self.state.next_attempt is None:
+            await next_turn()
+        return self.state.last_error or ""
+
+    async def down_after(self, step: float) -> float:
+        """Advance the clock ``step`` at a time until the link is down; the time it took."""
+        start = self.clock.seconds()
+        while self.state.connected:
+            self.clock.advance(step)
+            await next_turn()
+        return self.clock.seconds() - start
 
     async def lose_link(self, pbx: PBX) -> None:
         """Drop the link from the simulator's side and wait until the server noticed."""
@@ -115,6 +133,21 @@ class LiveUpdateTests(TestCase):
         await self.change(server, "AbDeleteUserEvent", lambda: pbx.remove_contact(new.jid))
         self.assertIsNone(server.address_book.get(new.jid))
         self.assertEqual(len(server.address_book), 2)
+
+
+class ContactLimitTests(TestCase):
+    async def test_a_live_addition_beyond_the_cap_fails_the_link(self) -> None:
+        pbx = company(2)
+        running = Running(self, serve(self, pbx), max_contacts=3)
+        server = running.server
+        await server.when_ready()
+        assert server.protocol is not None
+        closed = server.protocol.when_closed()
+        pbx.add_contact(Contact(jid="43884850000009998", first_name="Third"))
+        pbx.add_contact(Contact(jid="43884850000009999", first_name="Fourth"))
+        reason = await closed
+        self.assertEqual(str(reason), "the MX adds a contact beyond maxContacts (3)")
+        self.assertEqual(len(server.address_book), 3)
 
 
 class ReconnectTests(TestCase):
@@ -196,10 +229,8 @@ class DuplicateSerialTests(TestCase):
         await first.server.when_ready()
         lines = capture_logs(self, "mxproxy.mx")
         second = Running(self, address, "second", serials)
-        state = second.server.state
-        while state.next_attempt is None:
-            await next_turn()
-        self.assertIn("serial number TEST1, which mx.first already serves", state.last_error)
+        state = second.state
+        self.assertIn("serial number TEST1, which mx.first already serves", await second.failed())
         self.assertFalse(state.connected)
         self.assertEqual(state.next_attempt, DUPLICATE_RETRY)
         self.assertTrue(first.server.state.connected)
@@ -210,8 +241,7 @@ class DuplicateSerialTests(TestCase):
                         refusal)
 
         second.clock.advance(DUPLICATE_RETRY)  # refused again: not logged again
-        while state.next_attempt is None:  # the attempt runs over real sockets
-            await next_turn()
+        await second.failed()
         self.assertEqual(state.next_attempt, 2 * DUPLICATE_RETRY)
         self.assertEqual(len([line for line in lines if "refused" in line]), 1)
 

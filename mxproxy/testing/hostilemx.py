@@ -62,6 +62,8 @@ class Script:
     """Pages answer with the asked index plus this (0: the one asked for)."""
     page_delay: float = 0.0
     """Seconds (of the double's clock) before each page goes out."""
+    adds_per_page: int = 0
+    """``AbAddUserEvent`` of contacts not in the book sent before each page."""
     hold_logins: bool = False
     """Logins wait for :meth:`HostileMX.release_logins`."""
     after_load: AfterLoad | None = None
@@ -79,6 +81,8 @@ class HostileMX(ServerFactory):
         """Names of the commands received (``iq:addressbook`` for pages), oldest first."""
         self.flooded = 0
         """Malformed frames written by floods."""
+        self.added = 0
+        """Contacts announced by ``AbAddUserEvent`` so far."""
         self._held: list[tuple[Session, int]] = []
         self._waiters: list[tuple[str, Deferred[None]]] = []
 
@@ -198,6 +202,10 @@ class Session(Protocol):
         size = script.contacts if script.announced is None else script.announced
         if script.growing:
             size = first + count + script.page_size
+        for _ in range(script.adds_per_page):
+            self.mx.added += 1
+            added = Contact(jid=str(JID_BASE - self.mx.added), first_name="Added")
+            self._send(EVENT_ID, wire.ab_event("AbAddUserEvent", added))
         self._send(EVENT_ID, wire.ablist(size, index + script.index_shift, contacts))
         if first + count >= size:
             self._after_load()
