@@ -8,7 +8,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mxproxy.config import MXConfig
 from mxproxy.csta.client import MXAddress
-from mxproxy.mx import DUPLICATE_RETRY, DuplicateSerial, MXServer, SerialRegistry
+from mxproxy.mx import (
+    DUPLICATE_RETRY,
+    STABLE_AFTER,
+    DuplicateSerial,
+    MXServer,
+    SerialRegistry,
+)
 from mxproxy.testing.mxsim import PBX
 from mxproxy.testing.mxsim.model import Contact
 from tests.support import drop_sessions, next_turn, serve
@@ -170,6 +176,21 @@ class ReconnectTests(TestCase):
         self.assertEqual(server.state.reconnects, 1)
         self.assertEqual(len(server.address_book), 4)
         self.assertEqual(pbx.logins["server"], 2)
+
+    async def test_the_delays_start_again_only_after_a_minute_up(self) -> None:
+        pbx = company(1)
+        running = Running(self, serve(self, pbx))
+        await running.server.when_ready()
+        delays = []
+        for up_for in (0.0, 0.0, STABLE_AFTER):
+            running.clock.advance(up_for)
+            await running.lose_link(pbx)
+            assert running.state.next_attempt is not None
+            delays.append(running.state.next_attempt - running.clock.seconds())
+            ready = running.server.when_ready()
+            running.clock.advance(delays[-1])
+            await ready
+        self.assertEqual(delays, [1.0, 2.0, 1.0])
 
     async def test_logout_from_the_mx_waits_the_longest_delay(self) -> None:
         pbx = company(1)
