@@ -84,22 +84,6 @@ class _Waiter(NamedTuple):
     sent: float
 
 
-class _Burst:
-    """Whether ``limit`` events fell within ``window`` seconds: the times of the last ``limit``."""
-
-    def __init__(self, clock: IReactorTime, limit: int, window: float) -> None:
-        self._clock = clock
-        self._times: deque[float] = deque(maxlen=limit)
-        self._window = window
-
-    def add(self) -> bool:
-        """Count one event now; True when it completes ``limit`` within the window."""
-        now = self._clock.seconds()
-        times = self._times
-        times.append(now)
-        return len(times) == times.maxlen and now - times[0] <= self._window
-
-
 class CSTAProtocol(Protocol):
     """The client end of one MX link; above it, ``csta.client`` logs in and ``mx`` uses it.
 
@@ -131,7 +115,8 @@ class CSTAProtocol(Protocol):
         self._liveness: IDelayedCall | None = None
         self._partial: IDelayedCall | None = None
         self._last_received = 0.0
-        self._bad_frames = _Burst(clock, BAD_FRAME_LIMIT, BAD_FRAME_WINDOW)
+        self._bad_frames: deque[float] = deque(maxlen=BAD_FRAME_LIMIT)
+        """When the last unparseable frames arrived."""
         self._peer = "MX link"
         self._skipped_frames: RateLimitedLog  # from connectionMade on, naming the peer
         self._skipped_events: RateLimitedLog
@@ -396,7 +381,9 @@ class CSTAProtocol(Protocol):
             self.unreadable_frames += 1
             if waiter is not None:
                 waiter.reply.errback(ProtocolViolation(f"unparseable reply: {error}"))
-            if self._bad_frames.add():
+            now, bad = self._clock.seconds(), self._bad_frames
+            bad.append(now)
+            if len(bad) == BAD_FRAME_LIMIT and now - bad[0] <= BAD_FRAME_WINDOW:
                 self.abort(ProtocolViolation(f"{BAD_FRAME_LIMIT} unparseable frames within "
                                              f"{BAD_FRAME_WINDOW:g} s"))
             return
