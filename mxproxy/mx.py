@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from mxproxy.config import MXConfig
 from mxproxy.csta import commands
 from mxproxy.csta.client import CSTAFactory, MXAddress, connect, login
-from mxproxy.csta.errors import LoggedOut, MXError, MXTimeout, ProtocolViolation
+from mxproxy.csta.errors import LoggedOut, MXError, MXTimeout, MXUnavailable, ProtocolViolation
 from mxproxy.csta.messages import AbDelete, AbUpdate, AddressBookPage, Contact, LoginResponse
 from mxproxy.csta.protocol import CSTAProtocol, Message, RoundTrip, Trace
 from mxproxy.logs import Logger
@@ -42,6 +42,9 @@ PAGE_TIME = 0.15
 needs, so 5 minutes for the default 100,000: the simulator serves those in 16 s over loopback,
 which leaves a round trip of ~140 ms per page across a WAN."""
 MIN_LOAD_TIME = 60.0
+LOGOUT_GRACE = 2.0
+"""Seconds a stopping link waits for the MX to take its logout and close; then it is cut: a
+hung MX never says goodbye (which a close over TLS waits for), and a stop must end."""
 ContactObserver = Callable[[Contact | None, Contact | None], None]
 AB_EVENTS = ("AbAddUserEvent", "AbUpdateUserEvent", "AbDeleteUserEvent")
 
@@ -240,7 +243,9 @@ class MXServer(Service):
             return succeed(None)
         closed = protocol.when_closed()
         protocol.logout()
-        return closed.addCallback(lambda _: None)
+        cut = self._clock.callLater(LOGOUT_GRACE, protocol.abort,
+                                    MXUnavailable("the MX did not close after the logout"))
+        return closed.addCallback(lambda _: cut.cancel() if cut.active() else None)
 
     def when_ready(self) -> Deferred[None]:
         """Fires once the link is logged in and the address book is loaded."""
@@ -266,7 +271,9 @@ class MXServer(Service):
             self._serials.claim(info.sn, self.config.name)
             book = await self._load(protocol)
         except BaseException:
-            protocol.close()
+            # Aborted, not closed: over TLS a polite close waits for the peer's goodbye, which
+            # a hung MX never sends, and each failed attempt would leave a descriptor behind.
+            protocol.abort(MXUnavailable("the attempt to establish the link failed"))
             raise
         self.address_book, self.info, self.protocol = book, info, protocol
         protocol.when_closed().addCallback(self._lost, protocol)

@@ -12,7 +12,7 @@ import os
 import re
 import signal
 
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 
 from mxproxy.csta.client import MXAddress
 from mxproxy.csta.protocol import PARTIAL_FRAME_TIMEOUT
-from mxproxy.mx import SerialRegistry
+from mxproxy.mx import LOGOUT_GRACE, SerialRegistry
 from mxproxy.testing.hostilemx import HostileMX, Script
 from mxproxy.testing.mxsim import PBX
 from tests.crash_daemon import write
@@ -181,6 +181,59 @@ class SilentPeerTests(TestCase):
         await ready
 
 
+def open_links(port: int) -> int:
+    """Sockets of this process still connected to the loopback ``port``."""
+    selectables = set(reactor.getReaders()) | set(reactor.getWriters())
+    return sum(1 for selectable in selectables
+               if isinstance(selectable, tcp.Client) and selectable.getPeer().port == port)
+
+
+class HungPeerTests(TestCase):
+    """An MX that stops reading its socket over TLS, where a polite close waits for the peer's
+    goodbye: the link must be cut, never left waiting (one descriptor per attempt, a stop that
+    never ends)."""
+
+    async def cut(self, port: int) -> None:
+        for _ in range(20):
+            if not open_links(port):
+                return
+            await next_turn()
+        self.fail(f"{open_links(port)} connection(s) to the hung MX left open")
+
+    async def test_a_failed_attempt_leaves_no_connection_behind(self) -> None:
+        clock = Clock()
+        script = Script(contacts=10, index_shift=1, after_load="deaf")  # page 0 never comes
+        hostile, address = listen(self, script, clock, tls=True)
+        asked = hostile.wait_for("iq:addressbook")
+        link = Running(self, address, "evil", clock=clock)
+        await asked
+        clock.advance(7)
+        self.assertEqual(await link.failed(), "no ablist within 7 s")
+        await self.cut(address.port)
+
+    async def test_the_probe_finds_it_and_cuts_the_link(self) -> None:
+        clock = Clock()
+        _, address = listen(self, Script(after_load="deaf"), clock, tls=True)
+        link = Running(self, address, "evil", clock=clock)
+        await link.server.when_ready()
+        clock.advance(60)
+        clock.advance(7)
+        self.assertEqual(await link.failed(), "no answer to the liveness probe within 7 s")
+        await self.cut(address.port)
+
+    async def test_a_stop_does_not_wait_for_it(self) -> None:
+        clock = Clock()
+        _, address = listen(self, Script(after_load="deaf"), clock, tls=True)
+        link = Running(self, address, "evil", clock=clock)
+        await link.server.when_ready()
+        stopped = link.server.stopService()
+        await next_turn()
+        self.assertNoResult(stopped)  # the logout went out; the goodbye never comes back
+        clock.advance(LOGOUT_GRACE)
+        await stopped
+        await self.cut(address.port)
+
+
 SERVING = re.compile(rb"serving (HTTP|the admin endpoint) .*?on 127\.0\.0\.1:(\d+)")
 
 
@@ -252,3 +305,4 @@ class TwinSerialTests(TestCase):
         hostile.drop()
         await daemon.until(b"mx.second: refused")
         await self.assert_only_the_second_fails(daemon)
+

@@ -185,15 +185,21 @@ class CSTAProtocol(Protocol):
             self.transport.loseConnection()
 
     def abort(self, reason: MXError) -> None:
-        """Drop a broken or hostile peer at once: no flush and no TLS goodbye, which a peer that
-        stopped reading would hold up forever (and the descriptor with it)."""
-        if self.close_reason is not None:
-            return
-        self.log.warn("{peer}: {reason}; dropping the connection", peer=self._peer,
-                      reason=reason)
-        self.close_reason = reason
-        if self.transport is not None:
+        """Drop the connection at once, even one closing politely: no flush and no TLS goodbye,
+        which a peer that stopped reading would hold up for ever (and the descriptor with it).
+        ``reason`` is what pending requests fail with, unless one was given before; the caller
+        says why in the log."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self.up and self.transport is not None:
             cast(ITCPTransport, self.transport).abortConnection()
+
+    def _drop(self, reason: MXError) -> None:
+        """Abort for what the peer did (or did not do), logged once."""
+        if self.close_reason is None:
+            self.log.warn("{peer}: {reason}; dropping the connection", peer=self._peer,
+                          reason=reason)
+            self.abort(reason)
 
     def logout(self) -> None:
         """End the session politely: ``<logout/>`` (no reply exists), then close."""
@@ -324,7 +330,7 @@ class CSTAProtocol(Protocol):
 
     def _probe_failed(self, failure: Failure) -> None:
         if failure.check(MXTimeout):
-            self.abort(MXUnavailable(f"no answer to the liveness probe within "
+            self._drop(MXUnavailable(f"no answer to the liveness probe within "
                                      f"{self.reply_timeout:g} s"))
         elif failure.check(CSTAError, ProtocolViolation):
             self._alive()  # an answer all the same
@@ -348,7 +354,7 @@ class CSTAProtocol(Protocol):
                 return
             progress = True
         if decoder.error is not None:
-            self.abort(ProtocolViolation(f"bad frame from the MX: {decoder.error}"))
+            self._drop(ProtocolViolation(f"bad frame from the MX: {decoder.error}"))
         elif not decoder.buffered:
             if self._partial is not None and self._partial.active():
                 self._partial.cancel()
@@ -361,7 +367,7 @@ class CSTAProtocol(Protocol):
     def _partial_expired(self) -> None:
         self._partial = None
         decoder = self._decoder
-        self.abort(ProtocolViolation(
+        self._drop(ProtocolViolation(
             f"a frame still incomplete after {PARTIAL_FRAME_TIMEOUT:g} s ({decoder.buffered} of "
             f"{decoder.awaited} bytes)"))
 
@@ -384,7 +390,7 @@ class CSTAProtocol(Protocol):
             now, bad = self._clock.seconds(), self._bad_frames
             bad.append(now)
             if len(bad) == BAD_FRAME_LIMIT and now - bad[0] <= BAD_FRAME_WINDOW:
-                self.abort(ProtocolViolation(f"{BAD_FRAME_LIMIT} unparseable frames within "
+                self._drop(ProtocolViolation(f"{BAD_FRAME_LIMIT} unparseable frames within "
                                              f"{BAD_FRAME_WINDOW:g} s"))
             return
         message = Message(invoke_id, xml.local_name(element), element)

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import (
     IConsumer,
     IListeningPort,
     IPullProducer,
+    IPushProducer,
     IReactorTime,
     ITCPTransport,
 )
@@ -35,7 +36,7 @@ from mxproxy.testing.mxsim import wire
 from mxproxy.testing.mxsim.model import Contact
 from mxproxy.testing.mxsim.server import command_name
 
-AfterLoad = Literal["flood", "partial", "silent"]
+AfterLoad = Literal["flood", "partial", "silent", "deaf"]
 JID_BASE = 43884850000000000
 MALFORMED_FRAME = encode(EVENT_ID, b"<flood")
 """A well-framed event whose XML never parses: what the flood is made of."""
@@ -67,6 +68,8 @@ class Script:
     hold_logins: bool = False
     """Logins wait for :meth:`HostileMX.release_logins`."""
     after_load: AfterLoad | None = None
+    """Once the last page is out: ``flood`` malformed frames, send half a frame and fall
+    ``silent``, only fall silent, or go ``deaf`` (stop reading the socket: a hung MX)."""
 
 
 class HostileMX(ServerFactory):
@@ -219,6 +222,9 @@ class Session(Protocol):
             self.silent = True
         elif action == "silent":
             self.silent = True
+        elif action == "deaf":
+            self.silent = True
+            cast(IPushProducer, self.transport).pauseProducing()
 
     def flood(self) -> None:
         if self.transport is not None and not self._flooding:
