@@ -211,27 +211,29 @@ class HungPeerTests(TestCase):
         self.assertEqual(await link.failed(), "no ablist within 7 s")
         await self.cut(address.port)
 
-    async def test_the_probe_finds_it_and_cuts_the_link(self) -> None:
+    async def hung_after_the_load(self) -> tuple[Running, int]:
+        """A link up, to an MX that then stops reading; and the MX's port."""
         clock = Clock()
         _, address = listen(self, Script(after_load="deaf"), clock, tls=True)
         link = Running(self, address, "evil", clock=clock)
         await link.server.when_ready()
-        clock.advance(60)
-        clock.advance(7)
+        return link, address.port
+
+    async def test_the_probe_finds_it_and_cuts_the_link(self) -> None:
+        link, port = await self.hung_after_the_load()
+        link.clock.advance(60)
+        link.clock.advance(7)
         self.assertEqual(await link.failed(), "no answer to the liveness probe within 7 s")
-        await self.cut(address.port)
+        await self.cut(port)
 
     async def test_a_stop_does_not_wait_for_it(self) -> None:
-        clock = Clock()
-        _, address = listen(self, Script(after_load="deaf"), clock, tls=True)
-        link = Running(self, address, "evil", clock=clock)
-        await link.server.when_ready()
+        link, port = await self.hung_after_the_load()
         stopped = link.server.stopService()
         await next_turn()
         self.assertNoResult(stopped)  # the logout went out; the goodbye never comes back
-        clock.advance(LOGOUT_GRACE)
+        link.clock.advance(LOGOUT_GRACE)
         await stopped
-        await self.cut(address.port)
+        await self.cut(port)
 
 
 SERVING = re.compile(rb"serving (HTTP|the admin endpoint) .*?on 127\.0\.0\.1:(\d+)")
