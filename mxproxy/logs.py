@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
@@ -41,14 +41,13 @@ class Logger(_logger.Logger):
 
 
 class RateLimitedLog:
-    """A log line that a peer can trigger at will (a malformed frame, a bad event): the first is
-    logged, later ones are only counted until ``window`` seconds have passed, and then one line
-    says how many were suppressed. A flood costs one line per window instead of one per event,
-    and the log still says how big it was.
+    """A log line that a peer can trigger at will (a malformed frame, unusable credentials): the
+    first is logged, later ones are only counted until ``window`` seconds have passed; the next
+    one after that is logged again, after a line saying how many were suppressed. A flood costs
+    two lines per window instead of one per event, and the log still says how big it was.
 
-    While events keep coming, every window ends with such a count; a window without any ends
-    the quiet, so the next event is logged in full again. :meth:`stop` reports what is still
-    counted and leaves no timer behind; call it when the source goes away.
+    No timer: the objects that own one live as long as the daemon or a connection, and
+    :meth:`stop` reports a count still held when the source goes away.
     """
 
     def __init__(self, logger: _logger.Logger, clock: IReactorTime, what: str,
@@ -58,41 +57,30 @@ class RateLimitedLog:
         self._what = what
         self._window = window
         self._level = level
-        self._quiet: IDelayedCall | None = None
+        self._quiet_until: float | None = None
         self._since = 0.0
         self.suppressed = 0
         """Events counted and not logged since the last count was reported."""
 
     def emit(self, format: str, **kwargs: Any) -> None:
-        if self._quiet is not None:
+        now = self._clock.seconds()
+        if self._quiet_until is not None and now < self._quiet_until:
             self.suppressed += 1
             return
+        self._report()
         self._logger.emit(self._level, format, **kwargs)
-        self._start_quiet()
+        self._since, self._quiet_until = now, now + self._window
 
     def stop(self) -> None:
-        if self._quiet is not None and self._quiet.active():
-            self._quiet.cancel()
-        self._quiet = None
         self._report()
+        self._quiet_until = None
 
-    def _start_quiet(self) -> None:
-        self._since = self._clock.seconds()
-        self._quiet = self._clock.callLater(self._window, self._window_ended)
-
-    def _window_ended(self) -> None:
-        self._quiet = None
-        if self._report():
-            self._start_quiet()
-
-    def _report(self) -> bool:
-        """Log the count of suppressed events, if any; whether there was one."""
+    def _report(self) -> None:
         count, self.suppressed = self.suppressed, 0
         if count:
             self._logger.emit(self._level, "{what}: {count} more suppressed in {seconds:.0f} s",
                               what=self._what, count=count,
                               seconds=self._clock.seconds() - self._since)
-        return bool(count)
 
 
 def set_debug(enabled: bool) -> None:
@@ -132,24 +120,3 @@ def json_record(event: LogEvent) -> str | None:
         return None
     # ensure_ascii=False keeps names readable; JSON escapes newlines, so a record stays one line.
     return json.dumps(record, ensure_ascii=False) + "\n"
-
-
-class LogRateLimit:
-    """Lets a recurring line through at most once per ``interval`` seconds and counts the ones
-    it held back, so that what hostile clients cause is logged without flooding the log."""
-
-    def __init__(self, clock: IReactorTime, interval: float = 60.0) -> None:
-        self._clock = clock
-        self._interval = interval
-        self._next = float("-inf")
-        self._held = 0
-
-    def due(self) -> int | None:
-        """None while the line must wait; else how many were held back since the last one."""
-        now = self._clock.seconds()
-        if now < self._next:
-            self._held += 1
-            return None
-        self._next = now + self._interval
-        held, self._held = self._held, 0
-        return held

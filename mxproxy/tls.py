@@ -27,13 +27,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from mxproxy.logs import Logger
+from mxproxy.logs import Logger, RateLimitedLog
 
 CHALLENGE_PATH = b"/.well-known/acme-challenge/"
 """Where an ACME server fetches an HTTP-01 key authorization (RFC 8555 §8.3)."""
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 """Forward secrecy and AEAD only; TLS 1.3 suites are all modern and keep OpenSSL's defaults."""
-_REFUSAL_LOG_INTERVAL = 60.0
 """Seconds between two "no certificate yet" lines, so a scanner cannot flood the log."""
 
 
@@ -59,7 +58,7 @@ class ServingCertificate:
         self._options: ssl.CertificateOptions | None = None
         self._without_certificate = _options()  # handshakes fail: no certificate to offer
         self._not_after: datetime.datetime | None = None
-        self._refusal_logged_at: float | None = None
+        self._refusals = RateLimitedLog(self.log, self._clock, f"https: TLS refused for {name}")
 
     @property
     def not_after(self) -> datetime.datetime | None:
@@ -83,17 +82,10 @@ class ServingCertificate:
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         """A connection with the newest certificate (IOpenSSLServerConnectionCreator)."""
         if self._options is None:
-            self._log_refusal()
+            self._refusals.emit("https: no certificate for {name} yet: refusing TLS until "
+                                "ACME issues one", name=self.name)
             return self._without_certificate.serverConnectionForTLS(tlsProtocol)
         return self._options.serverConnectionForTLS(tlsProtocol)
-
-    def _log_refusal(self) -> None:
-        now = self._clock.seconds()
-        last = self._refusal_logged_at
-        if last is None or now - last >= _REFUSAL_LOG_INTERVAL:
-            self._refusal_logged_at = now
-            self.log.warn("https: no certificate for {name} yet: refusing TLS until ACME "
-                          "issues one", name=self.name)
 
 
 def load_pem_files(cert_path: str, key_path: str) -> tuple[bytes, bytes]:

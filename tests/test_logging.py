@@ -84,22 +84,29 @@ class RateLimitedLogTests(SynchronousTestCase):
             self.limited.emit("bad frame {number}", number=number)
         self.assertEqual(self.lines(), ["bad frame 0"])
         self.assertEqual(self.limited.suppressed, 4)
-        self.clock.advance(60)
+        self.clock.advance(59)
+        self.limited.emit("bad frame 5")
+        self.assertEqual(self.lines(), ["bad frame 0"])
+        self.clock.advance(1)
+        self.limited.emit("bad frame 6")
         self.assertEqual(self.lines(), ["bad frame 0",
-                                        "mx.dev: bad frames: 4 more suppressed in 60 s"])
-        self.assertEqual(self.events[-1]["log_level"], LogLevel.warn)
+                                        "mx.dev: bad frames: 5 more suppressed in 60 s",
+                                        "bad frame 6"])
+        self.assertEqual(self.events[-2]["log_level"], LogLevel.warn)
 
-    def test_a_steady_flood_costs_one_line_per_window(self) -> None:
+    def test_a_steady_flood_costs_two_lines_per_window(self) -> None:
         for second in range(600):
             self.limited.emit("bad frame {second}", second=second)
             self.clock.advance(1)
-        self.assertEqual(len(self.lines()), 11)
-        self.assertEqual(self.lines()[1:3], ["mx.dev: bad frames: 59 more suppressed in 60 s",
-                                             "mx.dev: bad frames: 60 more suppressed in 60 s"])
+        self.assertEqual(len(self.lines()), 19)
+        self.assertEqual(self.lines()[:4], ["bad frame 0",
+                                            "mx.dev: bad frames: 59 more suppressed in 60 s",
+                                            "bad frame 60",
+                                            "mx.dev: bad frames: 59 more suppressed in 60 s"])
 
-    def test_a_quiet_window_ends_the_quiet(self) -> None:
+    def test_nothing_suppressed_nothing_counted(self) -> None:
         self.limited.emit("first")
-        self.clock.advance(60)  # nothing suppressed: no line, and the next one is logged
+        self.clock.advance(60)
         self.limited.emit("second")
         self.assertEqual(self.lines(), ["first", "second"])
 

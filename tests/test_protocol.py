@@ -413,8 +413,9 @@ class BadFrameTests(SynchronousTestCase):
             link.receive(9999, b"<AbAddUserEvent/>")
         self.assertEqual(len(lines), 1)
         link.clock.advance(60)
+        link.receive(9999, b"<AbAddUserEvent/>")
         self.assertEqual(lines[1:], ["MX link 192.168.1.1:54321: malformed events: 99 more "
-                                     "suppressed in 60 s"])
+                                     "suppressed in 60 s", lines[0]])
         self.assertFalse(link.transport.disconnecting, "an event it cannot read is no "
                                                        "protocol violation")
 

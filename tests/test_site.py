@@ -13,7 +13,7 @@ from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -23,7 +23,6 @@ from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.site import (
     IDLE_TIMEOUT,
     REFUSAL_GRACE,
-    REFUSAL_LOG_INTERVAL,
     APIChannel,
     APISite,
     ConnectionLimit,
@@ -227,13 +226,15 @@ class ConnectionCapTests(SynchronousTestCase):
         connect(self.site)
         for _ in range(10):
             connect(self.site)
-        warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
-        self.assertEqual([e["count"] for e in warnings], [1])
-        self.clock.advance(REFUSAL_LOG_INTERVAL)
+        warned = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        refused = f"refused a connection from {CLIENT}: 2 open already (the cap per client " \
+                  "address)"
+        self.assertEqual(warned, [refused])
+        self.clock.advance(60)
         connect(self.site)
-        warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
-        self.assertEqual([(e["count"], e["address"]) for e in warnings],
-                         [(1, CLIENT), (10, CLIENT)])
+        warned = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(warned, [refused, "connections refused over the cap: 9 more suppressed "
+                                           "in 60 s", refused])
 
 
 class LoopbackCapTests(TestCase):

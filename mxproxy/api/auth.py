@@ -23,7 +23,7 @@ from mxproxy.api.access import MXAccess
 from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.errors import HTTPError, not_found
 from mxproxy.csta.errors import LoginError
-from mxproxy.logs import Logger, LogRateLimit
+from mxproxy.logs import Logger, RateLimitedLog
 from mxproxy.sessions import Attempt, AuthCache, Identity, LoginThrottle, UserSession
 
 T = TypeVar("T")
@@ -71,7 +71,7 @@ class Authenticator:
         self.cache = AuthCache(clock)
         self.throttle = LoginThrottle(clock)
         self.clients = clients if clients is not None else ClientAddresses(clock)
-        self._refusals = LogRateLimit(clock)
+        self._refusals = RateLimitedLog(self.log, clock, "refused unusable credentials")
 
     def caller(self, request: Request, mx: str) -> Caller:
         """The request's MX and credentials; 404 for an unknown MX, 401 without usable
@@ -82,11 +82,8 @@ class Authenticator:
         try:
             login, password = basic_credentials(request)
         except UnusableCredentials as error:
-            held = self._refusals.due()
-            if held is not None:
-                self.log.warn("refused credentials no MX user can have: {reason} (logged at "
-                              "most once a minute: {held} more since the last line)",
-                              reason=error.message, held=held)
+            self._refusals.emit("refused credentials no MX user can have: {reason}",
+                                reason=error.message)
             raise
         caller = Caller(mx, access, login, password, self.clients.address(request))
         wait = self.throttle.account_wait(mx, login)

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Request
 
-from mxproxy.logs import Logger, LogRateLimit
+from mxproxy.logs import Logger, RateLimitedLog
 from mxproxy.options import TrustedProxy
 
 log = Logger(__name__)
@@ -36,7 +36,8 @@ class ClientAddresses:
         trusted = list(trusted)
         self._networks = [network for network in trusted if network != "unix"]
         self._unix = "unix" in trusted
-        self._malformed = LogRateLimit(clock)
+        self._malformed = RateLimitedLog(log, clock, "malformed X-Forwarded-For from trusted "
+                                         "proxies")
 
     def address(self, request: Request) -> str:
         """The client's IP address as text, or ``unknown``."""
@@ -81,12 +82,9 @@ class ClientAddresses:
         for hop in reversed(b",".join(headers).split(b",")):
             ip = _ip(hop.strip().decode("ascii", "replace"))
             if ip is None:
-                held = self._malformed.due()
-                if held is not None:
-                    log.warn("X-Forwarded-For from trusted proxy {proxy} is not a list of IP "
-                             "addresses; taking the proxy for the client (logged at most once "
-                             "a minute: {held} more since the last line)", proxy=proxy,
-                             held=held)
+                self._malformed.emit("X-Forwarded-For from trusted proxy {proxy} is not a list "
+                                     "of IP addresses; taking the proxy for the client",
+                                     proxy=proxy)
                 return None
             if not self._trusts(ip):
                 return ip

@@ -29,7 +29,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from mxproxy.api.request import APIRequest, bare_answer
-from mxproxy.logs import Logger
+from mxproxy.logs import Logger, RateLimitedLog
 
 log = Logger(__name__)
 
@@ -39,14 +39,12 @@ once its first byte came (64 KiB at the body limit is then still ~1 KiB/s)."""
 REFUSAL_GRACE = 5.0
 """Seconds a refused connection has to take its 503 before it is cut (a TLS client that never
 finishes its handshake would otherwise keep it)."""
-REFUSAL_LOG_INTERVAL = 60.0
 
 
 class ConnectionLimit:
     """The open connections per client address, at most ``cap`` each (0: no cap), shared by
     the sites of one daemon; the addresses of trusted proxies (``exempt``) are not capped.
-    Refusals are logged at most once per :data:`REFUSAL_LOG_INTERVAL`, with their count: a
-    flood of them must not flood the log."""
+    Refusals are logged rate-limited: a flood of them must not flood the log."""
 
     def __init__(self, clock: IReactorTime, cap: int,
                  exempt: Callable[[str], bool] = lambda address: False) -> None:
@@ -54,8 +52,7 @@ class ConnectionLimit:
         self._clock = clock
         self._exempt = exempt
         self._open: dict[str, int] = {}
-        self._refused = 0
-        self._logged_at: float | None = None
+        self._refusals = RateLimitedLog(log, clock, "connections refused over the cap")
 
     def open(self, address: str) -> int:
         """Connections open from ``address``."""
@@ -65,7 +62,8 @@ class ConnectionLimit:
         """Count a new connection from ``address``, or refuse it (False) at the cap."""
         count = self._open.get(address, 0)
         if self.cap and count >= self.cap and not self._exempt(address):
-            self._refuse(address)
+            self._refusals.emit("refused a connection from {address}: {cap} open already "
+                                "(the cap per client address)", address=address, cap=self.cap)
             return False
         self._open[address] = count + 1
         return True
@@ -76,16 +74,6 @@ class ConnectionLimit:
             self._open[address] = count
         else:
             del self._open[address]
-
-    def _refuse(self, address: str) -> None:
-        self._refused += 1
-        now = self._clock.seconds()
-        if self._logged_at is not None and now - self._logged_at < REFUSAL_LOG_INTERVAL:
-            return
-        log.warn("refused {count} connection(s) over the cap of {cap} per client address, "
-                 "the last from {address}", count=self._refused, cap=self.cap, address=address)
-        self._refused = 0
-        self._logged_at = now
 
 
 class APIChannel(HTTPChannel):
