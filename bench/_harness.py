@@ -58,6 +58,12 @@ def verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 
 
+def machine_load() -> str:
+    """The 1-minute load average against the CPUs: what else competed for them (on a shared
+    machine, latencies grow with it)."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+
+
 # -- server subprocesses (the child side) ------------------------------------------------------
 
 
@@ -122,6 +128,18 @@ def _log_warnings_to_stderr() -> None:
     observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
                                     [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def add_contacts(pbx: Any, count: int) -> None:
+    """``count`` generated address-book entries, every field filled as on a real MX."""
+    from mxproxy.testing.mxsim import Contact
+
+    for number in range(count):
+        pbx.add_contact(Contact(
+            jid="", first_name=f"First{number}", last_name=f"Last{number}",
+            business_phone=str(3000 + number), cell_phone=f"+1555010{number:04d}",
+            email=f"user{number}@example.invalid", home_system="43884850000099999",
+            did=f"+1212555{number:04d}"))
 
 
 def listen_mx(reactor: Any, pbx: Any, tls: bool = False) -> int:
@@ -279,7 +297,9 @@ def get(url: str, auth: str | None = None, timeout: float = 30.0) -> tuple[int, 
 
 @dataclass
 class Load:
-    """One load run: completed requests, over how long, failures and latency."""
+    """One load run: completed requests, over how long, failures and latency; ``late``: the
+    requests in flight at the end, answered after it and not counted (python client only;
+    wrk abandons them)."""
 
     tool: str
     requests: int
@@ -287,6 +307,7 @@ class Load:
     errors: int
     p50_ms: float
     p99_ms: float
+    late: int = 0
 
     @property
     def rate(self) -> float:
@@ -341,7 +362,7 @@ def load(tool: str, url: str, seconds: float, connections: int,
                          check=True, preexec_fn=_pinned(LOAD_CPUS)).stdout
     result = json.loads(out)
     return Load("python", result["requests"], result["seconds"], result["errors"],
-                result["p50_ms"], result["p99_ms"])
+                result["p50_ms"], result["p99_ms"], result["late"])
 
 
 def _wrk(url: str, seconds: float, connections: int, auths: Sequence[str]) -> Load:
@@ -367,11 +388,16 @@ def _wrk(url: str, seconds: float, connections: int, auths: Sequence[str]) -> Lo
 
 @dataclass
 class Rounds:
-    """What :func:`alternate` measured: req/s per URL, and CPU milliseconds per request of each
-    charged process (``cpu[url name][process label]``), one value per round."""
+    """What :func:`alternate` measured, one value per round: req/s, p50 and p99 latency (ms)
+    per URL, CPU milliseconds per request of each charged process
+    (``cpu[url name][process label]``) and the growth per request of each counter
+    (``counts[url name][counter]``)."""
 
     rates: dict[str, list[float]]
     cpu: dict[str, dict[str, list[float]]]
+    p50_ms: dict[str, list[float]]
+    p99_ms: dict[str, list[float]]
+    counts: dict[str, dict[str, list[float]]]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -381,26 +407,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+Counters = Callable[[], dict[str, float]]
+"""Reads cumulative counters of a server (e.g. a relay's tally), before and after a round."""
+
+
 def alternate(tool: str, urls: dict[str, str], args: Any, auths: Sequence[str],
-              charged: dict[str, dict[str, int]] | None = None) -> Rounds:
+              charged: dict[str, dict[str, int]] | None = None,
+              counted: dict[str, Counters] | None = None) -> Rounds:
     """Warm every URL up, then measure them in alternating rounds. ``charged[name]`` names the
-    processes (label: pid) whose CPU time a round of URL ``name`` is charged per request."""
-    charged = charged or {}
+    processes (label: pid) whose CPU time a round of URL ``name`` is charged per request;
+    ``counted[name]`` reads counters whose growth it is charged per request."""
+    charged, counted = charged or {}, counted or {}
     for url in urls.values():  # warm-up, not counted
         load(tool, url, args.warmup, args.connections, auths)
     rounds = Rounds({name: [] for name in urls},
-                    {name: {label: [] for label in charged.get(name, {})} for name in urls})
+                    {name: {label: [] for label in charged.get(name, {})} for name in urls},
+                    {name: [] for name in urls}, {name: [] for name in urls},
+                    {name: {} for name in urls})
     for _ in range(args.rounds):
         for name, url in urls.items():
             pids = charged.get(name, {})
             before = {label: cpu_seconds(pid) for label, pid in pids.items()}
+            counters = counted[name]() if name in counted else {}
             run = load(tool, url, args.seconds, args.connections, auths)
             if run.errors or not run.requests:
                 raise SystemExit(f"{name}: {run.errors} failed requests out of {run.requests}")
             rounds.rates[name].append(run.rate)
+            rounds.p50_ms[name].append(run.p50_ms)
+            rounds.p99_ms[name].append(run.p99_ms)
+            served = run.requests + run.late  # what the servers' CPU and counters saw
+            if name in counted:
+                for key, value in counted[name]().items():
+                    rounds.counts[name].setdefault(key, []).append(
+                        (value - counters[key]) / served)
             spent = []
             for label, pid in pids.items():
-                per_request = (cpu_seconds(pid) - before[label]) * 1000 / run.requests
+                per_request = (cpu_seconds(pid) - before[label]) * 1000 / served
                 rounds.cpu[name][label].append(per_request)
                 spent.append(f"{label} {per_request:.2f}")
             cpu = f"; CPU ms/request: {', '.join(spent)}" if spent else ""
@@ -460,7 +502,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int, bool]:
 
 
 async def _connection(host: str, port: int, request: bytes, deadline: float,
-                      latencies: list[float], errors: list[int]) -> None:
+                      latencies: list[float], errors: list[int], late: list[int]) -> None:
     clock = asyncio.get_running_loop().time
     reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
     try:
@@ -469,6 +511,7 @@ async def _connection(host: str, port: int, request: bytes, deadline: float,
             writer.write(request)
             status, _, keep_alive = await asyncio.wait_for(_read_response(reader), 30)
             if clock() > deadline:
+                late[0] += 1
                 break  # finished after the end: not counted, as wrk does
             if status >= 400:
                 errors[0] += 1
@@ -485,7 +528,7 @@ async def _load(url: str, seconds: float, connections: int,
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     latencies: list[float] = []
-    errors = [0]
+    errors, late = [0], [0]
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + seconds
@@ -493,14 +536,15 @@ async def _load(url: str, seconds: float, connections: int,
     for index in range(connections):
         auth = f"Authorization: {auths[index % len(auths)]}\r\n" if auths else ""
         request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode()
-        tasks.append(_connection(host, port, request, deadline, latencies, errors))
+        tasks.append(_connection(host, port, request, deadline, latencies, errors, late))
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     errors[0] += sum(isinstance(outcome, BaseException) for outcome in outcomes)
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             print(f"load: a connection failed: {outcome!r}", file=sys.stderr)
     ordered = sorted(latencies) or [0.0]
-    return {"requests": len(latencies), "seconds": seconds, "errors": errors[0],
+    return {"requests": len(latencies), "late": late[0], "seconds": seconds,
+            "errors": errors[0],
             "p50_ms": ordered[len(ordered) // 2] * 1e3,
             "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3}
 
