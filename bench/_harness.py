@@ -298,8 +298,8 @@ def get(url: str, auth: str | None = None, timeout: float = 30.0) -> tuple[int, 
 @dataclass
 class Load:
     """One load run: completed requests, over how long, failures and latency; ``late``: the
-    requests in flight at the end, answered after it and not counted (python client only;
-    wrk abandons them)."""
+    requests in flight at the end, served after it and not counted (counted by the Python
+    client; wrk abandons them, one per connection)."""
 
     tool: str
     requests: int
@@ -382,8 +382,10 @@ def _wrk(url: str, seconds: float, connections: int, auths: Sequence[str]) -> Lo
     if line is None:
         raise RuntimeError(f"wrk printed no result:\n{out}")
     result = json.loads(line[len("WRKJSON "):])
+    # Each connection has one request in flight when wrk stops; the servers serve it, at
+    # least in part.
     return Load("wrk", result["requests"], result["duration_us"] / 1e6, result["errors"],
-                result["p50_us"] / 1e3, result["p99_us"] / 1e3)
+                result["p50_us"] / 1e3, result["p99_us"] / 1e3, late=connections)
 
 
 @dataclass
