@@ -32,16 +32,11 @@ TARGET = 0.8
 
 
 async def serve_mx(reactor: Any, contacts: int) -> dict[str, Any]:
-    from mxproxy.testing.mxsim import PBX, Contact
+    from mxproxy.testing.mxsim import PBX
 
     pbx = PBX(sn="BENCH1", clock=reactor)
     pbx.add_user(LOGIN, PASSWORD, EXTENSION, first_name="Bench", last_name="User")
-    for number in range(contacts - 1):  # the user is an entry of the address book too
-        pbx.add_contact(Contact(
-            jid="", first_name=f"First{number}", last_name=f"Last{number}",
-            business_phone=str(3000 + number), cell_phone=f"+1555010{number:04d}",
-            email=f"user{number}@example.invalid", home_system="43884850000099999",
-            did=f"+1212555{number:04d}"))
+    h.add_contacts(pbx, contacts - 1)  # the user is an entry of the address book too
     return {"port": h.listen_mx(reactor, pbx), "contacts": len(pbx.contacts)}
 
 
