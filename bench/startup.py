@@ -39,6 +39,8 @@ import _harness as h
 import _relay
 
 TARGET_SECONDS = 2.0
+TARGET_CONTACTS = 10_000
+"""Target: healthy within TARGET_SECONDS with an address book of TARGET_CONTACTS."""
 HEALTHY_TIMEOUT = 60.0
 CHECKOUT = os.path.dirname(h.HERE)
 
@@ -172,13 +174,15 @@ def measure(args: argparse.Namespace) -> None:
               f"{max(start.healthy for start in starts[name]):.3f} s)")
     print(f"full / empty healthy time: {healthy['full'] / healthy['empty']:.2f} "
           f"(the address book's share of the start)")
+    setting = "" if args.contacts == TARGET_CONTACTS and not args.rtt_ms else (
+        f", set for {TARGET_CONTACTS:,} contacts on loopback")
     print(f"healthy with {args.contacts:,} contacts: {healthy['full']:.3f} s (target <= "
-          f"{TARGET_SECONDS:g} s: {h.verdict(healthy['full'] <= TARGET_SECONDS)})")
+          f"{TARGET_SECONDS:g} s{setting}: {h.verdict(healthy['full'] <= TARGET_SECONDS)})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contacts", type=int, default=10_000)
+    parser.add_argument("--contacts", type=int, default=TARGET_CONTACTS)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
                         help="TLS between proxy and MX (default)")
