@@ -97,6 +97,28 @@ class MXProxyOptions(usage.Options):
         self["listen"] = []
         self["trusted-proxy"] = []
 
+    def _local_http(self) -> tuple[str, int] | None:
+        """Where plain HTTP is served for ``--host`` (None: HTTPS for a public name, or only
+        the ``--listen`` endpoints). There is no default name: the original's defaulted to the
+        author's domain, for which a daemon started without --host ordered certificates."""
+        host = self["host"]
+        if host is None:
+            if self["demo"]:
+                return "127.0.0.1", DEFAULT_LOCAL_HTTP_PORT
+            if not self["listen"]:
+                raise usage.UsageError(
+                    "say where to serve the API: --host <public name> (HTTPS, Let's Encrypt), "
+                    "--host localhost[:port] (plain HTTP on loopback) or --listen <endpoint> "
+                    "(behind a reverse proxy)")
+            return None
+        try:
+            local = local_http_address(host)
+        except ValueError as error:
+            raise usage.UsageError(f"--host: {error}") from None
+        if self["demo"] and local is None:
+            raise usage.UsageError("--demo serves plain HTTP: use --host localhost[:port]")
+        return local
+
     def opt_version(self) -> None:
         """Print mxproxy's version and exit (twistd's own --version prints Twisted's)."""
         print(f"mxproxy {__version__}")
@@ -121,9 +143,9 @@ class MXProxyOptions(usage.Options):
         [
             "host",
             None,
-            "mxproxy.connector73.net",
+            None,
             "Public server name (HTTPS); localhost[:port] or 127.0.0.1[:port] serves plain HTTP "
-            f"(port {DEFAULT_LOCAL_HTTP_PORT} if omitted).",
+            f"(port {DEFAULT_LOCAL_HTTP_PORT} if omitted). Required unless --listen or --demo.",
         ],
         [
             "logflag",
@@ -197,16 +219,11 @@ class MXProxyOptions(usage.Options):
             raise usage.UsageError("--session-idle: expected a positive number of seconds")
         if self["max-connections-per-address"] < 0:
             raise usage.UsageError("--max-connections-per-address: expected 0 (no cap) or more")
-        try:
-            self["local_http"] = local_http_address(self["host"])
-        except ValueError as error:
-            raise usage.UsageError(f"--host: {error}") from None
-        if self["demo"] and self["local_http"] is None:
-            if self["host"] != self.defaults["host"]:
-                raise usage.UsageError("--demo serves plain HTTP: use --host localhost[:port]")
-            self["local_http"] = ("127.0.0.1", DEFAULT_LOCAL_HTTP_PORT)
+        self["local_http"] = self._local_http()
         if (self["tls-cert"] is None) != (self["tls-key"] is None):
             raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["tls-cert"] is not None and (self["host"] is None or self["local_http"]):
+            raise usage.UsageError("--tls-cert serves HTTPS for a public --host: give one")
         directory = self["acme-directory"]
         self["acme-directory"] = ACME_DIRECTORIES.get(directory, directory)
         if not self["acme-directory"].startswith(("https://", "http://")):

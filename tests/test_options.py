@@ -16,29 +16,47 @@ def parsed(options_class: type[usage.Options], *argv: str) -> usage.Options:
     return options
 
 
+LISTEN = ("--listen", "tcp:8080")
+"""Somewhere to serve, for the tests about other options."""
+
+
 class MXProxyOptionsTests(SynchronousTestCase):
     def assertUsageError(self, argv: list[str], message: str) -> None:
         error = self.assertRaises(usage.UsageError, parsed, MXProxyOptions, *argv)
         self.assertEqual(str(error), message)
 
     def test_defaults(self) -> None:
-        options = parsed(MXProxyOptions)
+        options = parsed(MXProxyOptions, *LISTEN)
         self.assertEqual(
             {name: options[name] for name in ("config", "db", "host", "logflag", "local_http")},
             {
                 "config": "mxproxy.json",
                 "db": "mxproxy.db",
-                "host": "mxproxy.connector73.net",
+                "host": None,
                 "logflag": 64,
                 "local_http": None,
             },
         )
         self.assertEqual([bool(options[flag]) for flag in ("debug", "csta", "demo")], [False] * 3)
 
+    def test_whereToServeIsRequired(self) -> None:
+        """No default name: the original's was its author's domain, for which a daemon started
+        without --host ordered a certificate and redirected port 80."""
+        self.assertUsageError(
+            [], "say where to serve the API: --host <public name> (HTTPS, Let's Encrypt), "
+                "--host localhost[:port] (plain HTTP on loopback) or --listen <endpoint> "
+                "(behind a reverse proxy)")
+
+    def test_certificateFilesNeedAPublicHost(self) -> None:
+        for where in (LISTEN, ("--host", "localhost")):
+            self.assertUsageError(
+                [*where, "--tls-cert", "cert.pem", "--tls-key", "key.pem"],
+                "--tls-cert serves HTTPS for a public --host: give one")
+
     def test_parameters(self) -> None:
         options = parsed(
-            MXProxyOptions, "--config", "/etc/mxproxy.json", "--db=/var/lib/mx.db", "--logflag=-3"
-        )
+            MXProxyOptions, "--config", "/etc/mxproxy.json", "--db=/var/lib/mx.db", "--logflag=-3",
+            *LISTEN)
         self.assertEqual(
             (options["config"], options["db"], options["logflag"]),
             ("/etc/mxproxy.json", "/var/lib/mx.db", -3),
@@ -46,11 +64,11 @@ class MXProxyOptionsTests(SynchronousTestCase):
 
     def test_flags(self) -> None:
         for flag in ("debug", "csta", "demo"):
-            self.assertTrue(parsed(MXProxyOptions, f"--{flag}")[flag], flag)
+            self.assertTrue(parsed(MXProxyOptions, *LISTEN, f"--{flag}")[flag], flag)
 
     def test_connectionsPerAddress(self) -> None:
-        self.assertEqual(parsed(MXProxyOptions)["max-connections-per-address"], 256)
-        self.assertEqual(parsed(MXProxyOptions, "--max-connections-per-address=0")
+        self.assertEqual(parsed(MXProxyOptions, *LISTEN)["max-connections-per-address"], 256)
+        self.assertEqual(parsed(MXProxyOptions, *LISTEN, "--max-connections-per-address=0")
                          ["max-connections-per-address"], 0)
         self.assertUsageError(["--max-connections-per-address", "-1"],
                               "--max-connections-per-address: expected 0 (no cap) or more")
@@ -114,8 +132,8 @@ class MXProxyOptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, parsed, MXProxyOptions, "--hots", "localhost")
 
     def test_trustedProxies(self) -> None:
-        self.assertEqual(parsed(MXProxyOptions)["trusted-proxy"], [])
-        options = parsed(MXProxyOptions, "--trusted-proxy", "10.0.0.0/8",
+        self.assertEqual(parsed(MXProxyOptions, *LISTEN)["trusted-proxy"], [])
+        options = parsed(MXProxyOptions, *LISTEN, "--trusted-proxy", "10.0.0.0/8",
                          "--trusted-proxy=192.0.2.7", "--trusted-proxy", "2001:db8::/32",
                          "--trusted-proxy", "::1", "--trusted-proxy", "unix")
         self.assertEqual(options["trusted-proxy"], [

@@ -75,7 +75,8 @@ class ConfigErrorExitTests(PluginTestCase):
         if content is not None:
             with open(os.path.join(cwd, "mxproxy.json"), "w") as file:
                 file.write(content)
-        result = run([TWISTD, "-n", "mxproxy", "--config", "mxproxy.json"], cwd)
+        result = run([TWISTD, "-n", "mxproxy", "--config", "mxproxy.json", "--host",
+                      "localhost:0"], cwd)
         self.assertNotEqual(result.returncode, 0)
         self.assertEqual(
             [line for line in result.stderr.splitlines() if line.strip()],

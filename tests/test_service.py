@@ -79,8 +79,9 @@ class MakeServiceTests(SynchronousTestCase):
     def test_public_host_gets_acme_with_its_directory_beside_the_db(self) -> None:
         path = self.config_file({"mx": {"dev": {"addr": "h", "login": "s", "password": "p"}}})
         db = os.path.join(os.path.abspath(self.mktemp()), "state", "mxproxy.db")
-        root = makeService(self.options("--config", path, "--db", db, "--acme-email",
-                                        "ops@example.com", "--acme-directory", "staging"),
+        root = makeService(self.options("--config", path, "--db", db, "--host",
+                                        "push.example.com", "--acme-email", "ops@example.com",
+                                        "--acme-directory", "staging"),
                            reactor=RecordingReactor())
         [acme] = [s for s in root if isinstance(s, ACMEService)]  # type: ignore[attr-defined]
         self.assertEqual(acme_dir({"acme-dir": None, "db": db}),
@@ -89,7 +90,7 @@ class MakeServiceTests(SynchronousTestCase):
                      if isinstance(s, Listener)]
         self.assertEqual(listeners, [("the admin endpoint (/healthz, /metrics)",
                                       "tcp:9473:interface=127.0.0.1"),
-                                     ("HTTPS for mxproxy.connector73.net", "tcp:443"),
+                                     ("HTTPS for push.example.com", "tcp:443"),
                                      ("HTTP (ACME challenges, redirect to HTTPS)", "tcp:80")])
 
     def test_certificate_files_replace_acme(self) -> None:
@@ -111,7 +112,8 @@ class MakeServiceTests(SynchronousTestCase):
         path = self.config_file({"mx": {"dev": {"addr": "h", "login": "s", "password": "p"}}})
         for flag in ("--listen", "--admin-listen"):
             with self.assertRaises(SystemExit) as raised:
-                makeService(self.options("--config", path, flag, "tcp:notaport"),
+                makeService(self.options("--config", path, "--host", "localhost:0", flag,
+                                         "tcp:notaport"),
                             reactor=RecordingReactor())
             self.assertIn(f'{flag} "tcp:notaport": not a Twisted endpoint',
                           str(raised.exception))

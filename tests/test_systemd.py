@@ -98,10 +98,14 @@ class UnitTextTests(SynchronousTestCase):
         self.assertTrue(argv[argv.index("--config") + 1].startswith(config))
 
     def test_exec_start_is_a_valid_twistd_command_line(self) -> None:
+        """Once the drop-in the README shows adds ``--host``; without one the daemon refuses
+        to start (there is no default name to order a certificate for)."""
         argv = shlex.split(directives(read_unit())[("Service", "ExecStart")][0])
+        error = self.assertRaises(usage.UsageError, ServerOptions().parseOptions, argv[1:])
+        self.assertIn("say where to serve the API", str(error))
         options = ServerOptions()
         try:
-            options.parseOptions(argv[1:])
+            options.parseOptions([*argv[1:], "--host", "push.example.com"])
         except usage.UsageError as error:
             self.fail(f"twistd refuses the unit's ExecStart: {error}")
         self.assertEqual((options.subCommand, options["nodaemon"], options["pidfile"]),
