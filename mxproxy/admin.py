@@ -1,9 +1,10 @@
 """The admin endpoint: ``/healthz`` and ``/metrics``, served on a private address only.
 
 The health report says whether every MX link is up (200, else 503) and what an operator checks
-first: since when, the last error, the call monitors, the token store. The metrics are the
-daemon's registry plus the gauges of live state (links, monitors, pushes in flight, certificate
-expiry), read from the objects at scrape time instead of being updated on every change. Neither
+first: the version running, since when, the last error, the call monitors, the token store.
+The metrics are the daemon's registry plus the gauges of live state (links, monitors, pushes in
+flight, certificate expiry), read from the objects at scrape time instead of being updated on
+every change. Neither
 shows a password, a device token or a key.
 """
 
@@ -21,7 +22,9 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from mxproxy import __version__
 from mxproxy.api.errors import HTTPError, not_found, write_error
+from mxproxy.api.request import SERVER
 from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer
 from mxproxy.push.apns import APNsClient
@@ -59,7 +62,8 @@ class Health:
         """(whether every link is up, the JSON report)."""
         healthy = all(server.state.connected for server in self._servers)
         links = {server.config.name: self._link(server) for server in self._servers}
-        return healthy, {"healthy": healthy, "mx": links, "tokenStore": await self._store()}
+        return healthy, {"healthy": healthy, "version": __version__, "mx": links,
+                         "tokenStore": await self._store()}
 
     def _link(self, server: MXServer) -> dict[str, Any]:
         state = server.state
@@ -174,6 +178,7 @@ class _AdminPages(Resource):
             b"/healthz": self._healthz, b"/metrics": self._scrape}
 
     def render(self, request: Request) -> Any:
+        request.setHeader(b"Server", SERVER)
         page = self._pages.get(request.path)
         if page is None:
             return write_error(request, not_found())

@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseNeverReceived
 
+from mxproxy import __version__
 from mxproxy.admin import STORE_TIMEOUT, Health, NotAfter, admin_site
 from mxproxy.metrics import Metrics
 from mxproxy.push.credentials import APNsCertificate, Credential
@@ -106,7 +107,7 @@ class HealthTests(AdminTestCase):
         await self.register("alice", "apns", VOIP, apns_token(1))
         await self.register("alice", "gfcm", BUNDLE, fcm_token("a"))
         self.assertEqual(await admin.health(), (200, {
-            "healthy": True,
+            "healthy": True, "version": __version__,
             "mx": {"dev": {"link": "up", "since": "2027-01-15T08:00:00Z", "reconnects": 0,
                            "monitors": 1, "sn": "TEST1"}},
             "tokenStore": {"state": "ok", "devices": 2}}))
@@ -137,7 +138,7 @@ class HealthTests(AdminTestCase):
         await ready
         await self.until(lambda: len(self.system.monitors["dev"]) == 1, "the monitor restarted")
         self.assertEqual(await admin.health(), (200, {
-            "healthy": True,
+            "healthy": True, "version": __version__,
             "mx": {"dev": {"link": "up", "since": "2027-01-15T08:01:31Z", "reconnects": 1,
                            "monitors": 1, "sn": "TEST1"}},
             "tokenStore": {"state": "ok", "devices": 1}}))
@@ -347,7 +348,8 @@ class HealthUnitTests(SynchronousTestCase):
         self.assertNoResult(report)
         clock.advance(STORE_TIMEOUT)
         self.assertEqual(self.successResultOf(report), (True, {
-            "healthy": True, "mx": {}, "tokenStore": {"state": "TimeoutError"}}))
+            "healthy": True, "version": __version__, "mx": {},
+            "tokenStore": {"state": "TimeoutError"}}))
 
 
 class PageTests(APITestCase):
@@ -358,7 +360,8 @@ class PageTests(APITestCase):
         link = report["mx"]["dev"]
         since = datetime.strptime(link.pop("since"), "%Y-%m-%dT%H:%M:%S%z")
         self.assertEqual(since.utcoffset(), timedelta(0))
-        self.assertEqual(report, {"healthy": True, "tokenStore": None, "mx": {"dev": {
+        self.assertEqual(report, {"healthy": True, "version": __version__, "tokenStore": None,
+                                  "mx": {"dev": {
             "link": "up", "reconnects": 0, "monitors": 0, "sn": "TEST1"}}})
 
     async def test_other_paths_are_404(self) -> None:
@@ -369,6 +372,13 @@ class PageTests(APITestCase):
                              path)
             self.assertEqual(response.headers.getRawHeaders(b"content-type"),
                              [b"application/json"])
+
+    async def test_every_answer_names_the_server(self) -> None:
+        admin = await self.admin()
+        for path in ("/healthz", "/metrics", "/nothing"):
+            response, _ = await admin.request(path)
+            self.assertEqual(response.headers.getRawHeaders(b"server"),
+                             [f"MXProxy/{__version__}".encode()], path)
 
     async def test_get_and_head_only(self) -> None:
         admin = await self.admin()

@@ -29,7 +29,8 @@ HSTS = b"max-age=31536000"
 """Strict-Transport-Security on HTTPS answers: a year, as browsers and scanners expect."""
 METHODS = b"DELETE, GET, HEAD, PATCH, POST"
 """The methods of the API's routes, for ``OPTIONS *``."""
-_SERVER = f"MXProxy/{__version__}".encode()
+SERVER = f"MXProxy/{__version__}".encode()
+"""The ``Server`` header of every answer, the admin endpoint's too."""
 _API_VERSION = API_VERSION.encode()
 _SERVICE_VERSION = __version__.encode()
 _PHRASES = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long",
@@ -114,7 +115,7 @@ class APIRequest(Request):
         self.finish()
 
     def _stamp(self) -> None:
-        self.setHeader(b"Server", _SERVER)
+        self.setHeader(b"Server", SERVER)
         self.setHeader(b"X-API-Version", _API_VERSION)
         self.setHeader(b"X-Service-Version", _SERVICE_VERSION)
         if self.isSecure():
@@ -152,7 +153,7 @@ def bare_answer(status: int, message: str, secure: bool) -> bytes:
     to answer with (a malformed request, a refused connection): the common headers, and
     ``Connection: close``, as the connection closes after it."""
     body = json.dumps({"error": message}).encode()
-    lines = [b"HTTP/1.1 %d %s" % (status, _PHRASES[status]), b"Server: " + _SERVER,
+    lines = [b"HTTP/1.1 %d %s" % (status, _PHRASES[status]), b"Server: " + SERVER,
              b"X-API-Version: " + _API_VERSION, b"X-Service-Version: " + _SERVICE_VERSION,
              b"Date: " + datetimeToString(), b"Content-Type: application/json",
              b"Content-Length: %d" % len(body), b"Connection: close"]
