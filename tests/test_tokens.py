@@ -19,10 +19,9 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mxproxy.push import tokens
+from mxproxy.push import tokenfile
+from mxproxy.push.tokenfile import BUSY_TIMEOUT_MS, SCHEMA_VERSION
 from mxproxy.push.tokens import (
-    BUSY_TIMEOUT_MS,
-    SCHEMA_VERSION,
     Device,
     StoreClosed,
     TokenStore,
@@ -153,13 +152,13 @@ class StoreTests(StoreCase):
 
     async def test_notes_made_while_a_batch_is_written_form_the_next_batch(self) -> None:
         batches: list[int] = []
-        write = tokens._notes
+        write = tokenfile.notes
 
         def counting(connection: sqlite3.Connection, notes: list[Any]) -> list[bool]:
             batches.append(len(notes))
             return write(connection, notes)
 
-        self.patch(tokens, "_notes", counting)
+        self.patch(tokenfile, "notes", counting)
         for index in range(50):
             await self.store.register(ALICE, "apns", BUNDLE, False, token(index))
         devices = await self.store.devices(ALICE)

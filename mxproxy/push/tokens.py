@@ -4,16 +4,16 @@ A token belongs to exactly one user per (provider, bundle, sandbox) — register
 user moves it (mx-protocol.md §6.6). SQLite runs in WAL mode with ``synchronous=FULL``, so a
 registration is acknowledged only once its commit is on disk, and the daemon may be killed at any
 time. The one connection lives on one dedicated thread: SQL never runs on the reactor thread, and
-a single writer needs no locking of our own.
+a single writer needs no locking of our own; the statements it runs are in
+:mod:`mxproxy.push.tokenfile`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import attrs
@@ -24,42 +24,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from mxproxy.logs import Logger
+from mxproxy.push import tokenfile
+from mxproxy.push.tokenfile import KEY, SCHEMA_VERSION, Row, TokenStoreError
 
 T = TypeVar("T")
-
-BUSY_TIMEOUT_MS = 5000
-"""How long a statement waits for another process's lock (an admin's sqlite3 shell)."""
-
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # v1: one row per registered device.
-    (
-        """CREATE TABLE devices (
-            provider TEXT NOT NULL CHECK (provider IN ('apns', 'gfcm')),
-            bundle TEXT NOT NULL,
-            sandbox INTEGER NOT NULL CHECK (sandbox IN (0, 1)),
-            token TEXT NOT NULL,
-            user TEXT NOT NULL,
-            created REAL NOT NULL,
-            registered REAL NOT NULL,
-            last_success REAL,
-            last_error REAL,
-            last_error_reason TEXT,
-            PRIMARY KEY (provider, bundle, sandbox, token)
-        )""",
-        "CREATE INDEX devices_by_user ON devices (user)",
-    ),
-)
-"""Migration N+1 is ``MIGRATIONS[N]``; a new version is a new entry, never an edited one."""
-
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_KEY = "provider = ? AND bundle = ? AND sandbox = ? AND token = ?"
-_COLUMNS = ("provider, bundle, sandbox, token, user, created, registered, last_success,"
-            " last_error, last_error_reason")
-
-
-class TokenStoreError(Exception):
-    """The store cannot be opened or a statement failed; the message names the file."""
 
 
 class StoreClosed(TokenStoreError):
@@ -143,7 +111,7 @@ class TokenStore:
             else:
                 opened.set_exception(result.value)
 
-        pool.callInThreadWithCallback(settle, _connect, path)
+        pool.callInThreadWithCallback(settle, tokenfile.connect, path)
         try:
             connection, found = opened.result()
         except BaseException:
@@ -172,39 +140,40 @@ class TokenStore:
                               previous=previous, user=user)
             return previous
 
-        return self._run(_register, row, user, now).addCallback(moved)
+        return self._run(tokenfile.register, row, user, now).addCallback(moved)
 
     def remove(self, provider: str, bundle: str, sandbox: bool, token: str,
                user: str | None = None) -> Deferred[bool]:
         """Forget the device (only if ``user`` owns it, when given); fires with whether it was
         there."""
-        return self._run(_write, f"DELETE FROM devices WHERE {_KEY} AND (? IS NULL OR user = ?)",
+        return self._run(tokenfile.write,
+                         f"DELETE FROM devices WHERE {KEY} AND (? IS NULL OR user = ?)",
                          (provider, bundle, int(sandbox), token, user, user))
 
     def devices(self, user: str) -> Deferred[list[Device]]:
         """Every device of ``user``."""
-        return self._run(_devices, user)
+        return self._run(tokenfile.devices, user).addCallback(_as_devices)
 
     def has_devices(self, user: str) -> Deferred[bool]:
         """Whether ``user`` has any device left (the last one gone, the monitor can stop)."""
-        return self._run(_has_devices, user)
+        return self._run(tokenfile.has_devices, user)
 
     def users(self, sn: str) -> Deferred[list[str]]:
         """Every user id (``<sn>:<jid>``) with a device on the MX ``sn``, to restart monitors."""
-        return self._run(_users, sn)
+        return self._run(tokenfile.users, sn)
 
     def count(self) -> Deferred[int]:
         """How many devices are registered: a cheap query that shows the store answers."""
-        return self._run(_count)
+        return self._run(tokenfile.count)
 
     def record_success(self, device: Device, when: float) -> Deferred[bool]:
         """Note a delivery; fires with False if the device is gone meanwhile."""
-        return self._note(f"UPDATE devices SET last_success = ? WHERE {_KEY}",
+        return self._note(f"UPDATE devices SET last_success = ? WHERE {KEY}",
                           (when, *_key(device)))
 
     def record_error(self, device: Device, when: float, reason: str) -> Deferred[bool]:
         """Note a failed delivery; fires with False if the device is gone meanwhile."""
-        return self._note(f"UPDATE devices SET last_error = ?, last_error_reason = ? WHERE {_KEY}",
+        return self._note(f"UPDATE devices SET last_error = ?, last_error_reason = ? WHERE {KEY}",
                           (when, reason, *_key(device)))
 
     def _note(self, sql: str, parameters: tuple[Any, ...]) -> Deferred[bool]:
@@ -233,7 +202,8 @@ class TokenStore:
             if self._pending_notes:
                 self._write_notes()
 
-        self._run(_notes, [(sql, parameters) for sql, parameters, _ in batch]).addBoth(written)
+        self._run(tokenfile.notes,
+                  [(sql, parameters) for sql, parameters, _ in batch]).addBoth(written)
 
     def prune(self, device: Device,
               unless_registered_after: float | None = None) -> Deferred[bool]:
@@ -241,7 +211,7 @@ class TokenStore:
         ``unless_registered_after`` (APNs 410 gives the time the token became invalid; pass the
         send time for other rejections, so a registration racing the push survives)."""
         pruned = self._run(
-            _write, f"DELETE FROM devices WHERE {_KEY} AND (? IS NULL OR registered <= ?)",
+            tokenfile.write, f"DELETE FROM devices WHERE {KEY} AND (? IS NULL OR registered <= ?)",
             (*_key(device), unless_registered_after, unless_registered_after))
 
         def report(deleted: bool) -> bool:
@@ -312,134 +282,6 @@ def _key(device: Device) -> tuple[str, str, int, str]:
     return (device.provider, device.bundle, int(device.sandbox), device.token)
 
 
-# Everything below runs on the store thread.
-
-def _connect(path: str) -> tuple[sqlite3.Connection, int]:
-    """Open, configure, check and migrate; fires with the connection and the version found."""
-    try:
-        connection = sqlite3.connect(path, isolation_level=None)
-    except sqlite3.Error as error:
-        raise TokenStoreError(f"token store {path}: cannot open: {error}") from error
-    try:
-        return connection, _prepare(connection, path)
-    except BaseException:
-        connection.close()
-        raise
-
-
-def _prepare(connection: sqlite3.Connection, path: str) -> int:
-    try:
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
-        if mode != "wal":
-            raise TokenStoreError(f"token store {path}: WAL mode unavailable (got {mode!r})")
-        connection.execute("PRAGMA synchronous = FULL")
-        connection.execute("PRAGMA foreign_keys = ON")
-        problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
-        if problems != ["ok"]:
-            raise TokenStoreError(f"token store {path} is corrupt: {'; '.join(problems[:3])}")
-        return _migrate(connection, path)
-    except sqlite3.Error as error:
-        raise TokenStoreError(f"token store {path} is unusable: {error}") from error
-
-
-def _migrate(connection: sqlite3.Connection, path: str) -> int:
-    """Bring the schema to :data:`SCHEMA_VERSION` in one transaction; the version found."""
-    with _transaction(connection):
-        tables = {row[0] for row in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and "schema_version" not in tables:
-            raise TokenStoreError(f"{path} is an SQLite file but not an mxproxy token store")
-        connection.execute("CREATE TABLE IF NOT EXISTS schema_version"
-                           " (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
-        (found,) = connection.execute(
-            "SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-        if found > SCHEMA_VERSION:
-            raise TokenStoreError(
-                f"token store {path} has schema version {found}, newer than this mxproxy"
-                f" supports ({SCHEMA_VERSION}): upgrade mxproxy or use another --db")
-        for version in range(found + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[version - 1]:
-                connection.execute(statement)
-            connection.execute("INSERT INTO schema_version VALUES (?, datetime('now'))",
-                               (version,))
-    return int(found)
-
-
-@contextmanager
-def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any error (unless SQLite already did)."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-
-
-def _register(connection: sqlite3.Connection, key: tuple[str, str, int, str], user: str,
-              now: float) -> str | None:
-    with _transaction(connection):
-        row = connection.execute(f"SELECT user FROM devices WHERE {_KEY}", key).fetchone()
-        if row is None:
-            connection.execute(
-                "INSERT INTO devices (provider, bundle, sandbox, token, user, created, registered)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)", (*key, user, now, now))
-            return None
-        if row[0] == user:
-            connection.execute(f"UPDATE devices SET registered = ? WHERE {_KEY}", (now, *key))
-            return None
-        # A new owner starts a new record: the old owner's delivery history is not theirs.
-        connection.execute(
-            "UPDATE devices SET user = ?, created = ?, registered = ?, last_success = NULL,"
-            f" last_error = NULL, last_error_reason = NULL WHERE {_KEY}", (user, now, now, *key))
-        return str(row[0])
-
-
-def _write(connection: sqlite3.Connection, statement: str, parameters: tuple[Any, ...]) -> bool:
-    """One autocommitted statement; whether it touched a row."""
-    return connection.execute(statement, parameters).rowcount > 0
-
-
-def _notes(connection: sqlite3.Connection,
-           notes: list[tuple[str, tuple[Any, ...]]]) -> list[bool]:
-    """Delivery bookkeeping, a batch in one transaction committed without waiting for the disk:
-    a push burst writes one note per device, and an fsync each would queue the next calls'
-    device lookups behind them. Losing the last notes in a power cut costs nothing;
-    registrations stay synchronous=FULL. Whether each note touched its row."""
-    connection.execute("PRAGMA synchronous=NORMAL")
-    try:
-        with _transaction(connection):
-            return [_write(connection, sql, parameters) for sql, parameters in notes]
-    finally:
-        connection.execute("PRAGMA synchronous=FULL")
-
-
-def _devices(connection: sqlite3.Connection, user: str) -> list[Device]:
-    rows = connection.execute(
-        f"SELECT {_COLUMNS} FROM devices WHERE user = ? ORDER BY provider, bundle, sandbox,"
-        " created, token", (user,))
+def _as_devices(rows: list[Row]) -> list[Device]:
     return [Device(provider, bundle, bool(sandbox), *rest)
             for provider, bundle, sandbox, *rest in rows]
-
-
-def _has_devices(connection: sqlite3.Connection, user: str) -> bool:
-    (found,) = connection.execute(
-        "SELECT EXISTS (SELECT 1 FROM devices WHERE user = ?)", (user,)).fetchone()
-    return bool(found)
-
-
-def _count(connection: sqlite3.Connection) -> int:
-    (found,) = connection.execute("SELECT count(*) FROM devices").fetchone()
-    return int(found)
-
-
-def _users(connection: sqlite3.Connection, sn: str) -> list[str]:
-    # The range [sn + ":", sn + ";") holds exactly the ids starting with "<sn>:" (";" follows ":"
-    # in binary order), so "AB" never matches "ABC:…" and the index on user is used.
-    rows = connection.execute(
-        "SELECT DISTINCT user FROM devices WHERE user >= ? AND user < ? ORDER BY user",
-        (sn + ":", sn + ";"))
-    return [row[0] for row in rows]

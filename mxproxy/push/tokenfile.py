@@ -1,0 +1,182 @@
+"""The token store's SQLite file, as its one thread sees it: opening, checking and migrating the
+file, and every statement the store runs.
+
+Nothing here runs on the reactor thread: :class:`mxproxy.push.tokens.TokenStore` hands each call
+to its thread and the result back. Rows come back as tuples; the store makes them devices.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+BUSY_TIMEOUT_MS = 5000
+"""How long a statement waits for another process's lock (an admin's sqlite3 shell)."""
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # v1: one row per registered device.
+    (
+        """CREATE TABLE devices (
+            provider TEXT NOT NULL CHECK (provider IN ('apns', 'gfcm')),
+            bundle TEXT NOT NULL,
+            sandbox INTEGER NOT NULL CHECK (sandbox IN (0, 1)),
+            token TEXT NOT NULL,
+            user TEXT NOT NULL,
+            created REAL NOT NULL,
+            registered REAL NOT NULL,
+            last_success REAL,
+            last_error REAL,
+            last_error_reason TEXT,
+            PRIMARY KEY (provider, bundle, sandbox, token)
+        )""",
+        "CREATE INDEX devices_by_user ON devices (user)",
+    ),
+)
+"""Migration N+1 is ``MIGRATIONS[N]``; a new version is a new entry, never an edited one."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+KEY = "provider = ? AND bundle = ? AND sandbox = ? AND token = ?"
+"""The WHERE clause of one device; its parameters are (provider, bundle, sandbox, token)."""
+COLUMNS = ("provider, bundle, sandbox, token, user, created, registered, last_success,"
+           " last_error, last_error_reason")
+"""A device row, in the order of :class:`mxproxy.push.tokens.Device`'s fields."""
+
+Row = tuple[Any, ...]
+
+
+class TokenStoreError(Exception):
+    """The store cannot be opened or a statement failed; the message names the file."""
+
+
+def connect(path: str) -> tuple[sqlite3.Connection, int]:
+    """Open, configure, check and migrate; fires with the connection and the version found."""
+    try:
+        connection = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as error:
+        raise TokenStoreError(f"token store {path}: cannot open: {error}") from error
+    try:
+        return connection, _prepare(connection, path)
+    except BaseException:
+        connection.close()
+        raise
+
+
+def _prepare(connection: sqlite3.Connection, path: str) -> int:
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode != "wal":
+            raise TokenStoreError(f"token store {path}: WAL mode unavailable (got {mode!r})")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise TokenStoreError(f"token store {path} is corrupt: {'; '.join(problems[:3])}")
+        return _migrate(connection, path)
+    except sqlite3.Error as error:
+        raise TokenStoreError(f"token store {path} is unusable: {error}") from error
+
+
+def _migrate(connection: sqlite3.Connection, path: str) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION` in one transaction; the version found."""
+    with transaction(connection):
+        tables = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "schema_version" not in tables:
+            raise TokenStoreError(f"{path} is an SQLite file but not an mxproxy token store")
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_version"
+                           " (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
+        (found,) = connection.execute(
+            "SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        if found > SCHEMA_VERSION:
+            raise TokenStoreError(
+                f"token store {path} has schema version {found}, newer than this mxproxy"
+                f" supports ({SCHEMA_VERSION}): upgrade mxproxy or use another --db")
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                connection.execute(statement)
+            connection.execute("INSERT INTO schema_version VALUES (?, datetime('now'))",
+                               (version,))
+    return int(found)
+
+
+@contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error (unless SQLite already did)."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def register(connection: sqlite3.Connection, key: tuple[str, str, int, str], user: str,
+             now: float) -> str | None:
+    """Store or refresh the device for ``user``; the previous owner when it moved."""
+    with transaction(connection):
+        row = connection.execute(f"SELECT user FROM devices WHERE {KEY}", key).fetchone()
+        if row is None:
+            connection.execute(
+                "INSERT INTO devices (provider, bundle, sandbox, token, user, created, registered)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)", (*key, user, now, now))
+            return None
+        if row[0] == user:
+            connection.execute(f"UPDATE devices SET registered = ? WHERE {KEY}", (now, *key))
+            return None
+        # A new owner starts a new record: the old owner's delivery history is not theirs.
+        connection.execute(
+            "UPDATE devices SET user = ?, created = ?, registered = ?, last_success = NULL,"
+            f" last_error = NULL, last_error_reason = NULL WHERE {KEY}", (user, now, now, *key))
+        return str(row[0])
+
+
+def write(connection: sqlite3.Connection, statement: str, parameters: tuple[Any, ...]) -> bool:
+    """One autocommitted statement; whether it touched a row."""
+    return connection.execute(statement, parameters).rowcount > 0
+
+
+def notes(connection: sqlite3.Connection,
+          batch: list[tuple[str, tuple[Any, ...]]]) -> list[bool]:
+    """Delivery bookkeeping, a batch in one transaction committed without waiting for the disk:
+    a push burst writes one note per device, and an fsync each would queue the next calls'
+    device lookups behind them. Losing the last notes in a power cut costs nothing;
+    registrations stay synchronous=FULL. Whether each note touched its row."""
+    connection.execute("PRAGMA synchronous=NORMAL")
+    try:
+        with transaction(connection):
+            return [write(connection, sql, parameters) for sql, parameters in batch]
+    finally:
+        connection.execute("PRAGMA synchronous=FULL")
+
+
+def devices(connection: sqlite3.Connection, user: str) -> list[Row]:
+    """The rows (:data:`COLUMNS`) of every device of ``user``."""
+    return connection.execute(
+        f"SELECT {COLUMNS} FROM devices WHERE user = ? ORDER BY provider, bundle, sandbox,"
+        " created, token", (user,)).fetchall()
+
+
+def has_devices(connection: sqlite3.Connection, user: str) -> bool:
+    (found,) = connection.execute(
+        "SELECT EXISTS (SELECT 1 FROM devices WHERE user = ?)", (user,)).fetchone()
+    return bool(found)
+
+
+def count(connection: sqlite3.Connection) -> int:
+    (found,) = connection.execute("SELECT count(*) FROM devices").fetchone()
+    return int(found)
+
+
+def users(connection: sqlite3.Connection, sn: str) -> list[str]:
+    # The range [sn + ":", sn + ";") holds exactly the ids starting with "<sn>:" (";" follows ":"
+    # in binary order), so "AB" never matches "ABC:…" and the index on user is used.
+    rows = connection.execute(
+        "SELECT DISTINCT user FROM devices WHERE user >= ? AND user < ? ORDER BY user",
+        (sn + ":", sn + ";"))
+    return [row[0] for row in rows]
