@@ -18,6 +18,8 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -33,6 +35,7 @@ from mxproxy.push.tokens import TokenStore
 from mxproxy.testing.mxsim import PBX
 from tests.crash_daemon import BUNDLE, DB, MX_LOGIN, MX_NAME, MX_PASSWORD
 from tests.support import serve
+from tests.test_json_logs import start_twistd
 
 REPO = FilePath(__file__).parent().parent()
 SCRIPT = REPO.child("tests").child("crash_daemon.py").path
@@ -289,3 +292,35 @@ class DaemonCrashTests(TestCase):
             sent=flood.sent, connections=CONNECTIONS, at_kill=flood.acked_at_kill,
             acked=len(flood.acked), cut=flood.cut, rows=len(found),
             users=len({user for user, *_ in found}))
+
+
+class RefusedDatabaseTests(TestCase):
+    timeout = 60
+
+    async def test_twistd_exits_1_with_one_line_on_an_empty_database(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+        FilePath(os.path.join(directory, "apns-key.p8")).setContent(key)
+        config = os.path.join(directory, "mxproxy.json")
+        FilePath(config).setContent(json.dumps({
+            "mx": {MX_NAME: {"addr": "127.0.0.1:7777", "login": MX_LOGIN,
+                             "password": MX_PASSWORD, "tls": False}},
+            "apns": {"apns-key.p8": {"keyId": "KEYID00001", "teamId": "TEAMID0001",
+                                     "topics": [BUNDLE]}}}).encode())
+        db = os.path.join(directory, "mxproxy.db")  # start_twistd's --db
+        FilePath(db).touch()  # what a botched restore or a full disk left
+        daemon = start_twistd(self, directory, config, "--host", "localhost:0",
+                              "--admin-listen", "none")
+        daemon.linked.addErrback(lambda _: None)  # it never links: the point of the test
+        ended = await daemon.ended
+        stderr = daemon.errors.decode("utf-8", "replace")
+        self.assertIsInstance(ended, ProcessTerminated, stderr)
+        assert isinstance(ended, ProcessTerminated)
+        self.assertEqual(ended.exitCode, 1, stderr)
+        self.assertEqual(stderr.splitlines(), [
+            f"mxproxy: token store {db} is an empty file, not an mxproxy token store: remove it"
+            " or give --db a path that does not exist to start a new store"])
+        self.assertEqual(os.path.getsize(db), 0)

@@ -326,13 +326,54 @@ class FileTests(StoreCase):
         self.assertIn("not a database", str(error))
         self.assertEqual(len(store_threads()), 1)  # only setUp's store
 
-    def test_another_programs_database_is_refused(self) -> None:
+    def test_another_programs_database_is_refused_untouched(self) -> None:
         path = self.mktemp()
         connection = sqlite3.connect(path)
         connection.execute("CREATE TABLE mail (id INTEGER)")
         connection.close()
         error = self.assertRaises(TokenStoreError, TokenStore.open, path)
         self.assertIn("not an mxproxy token store", str(error))
+        connection = sqlite3.connect(path)
+        self.addCleanup(connection.close)
+        self.assertEqual(connection.execute("PRAGMA journal_mode").fetchone(), ("delete",))
+
+    def test_an_empty_file_is_refused_untouched(self) -> None:
+        directory = self.mktemp()
+        os.mkdir(directory)
+        path = os.path.join(directory, "tokens.db")
+        FilePath(path).touch()
+        error = self.assertRaises(TokenStoreError, TokenStore.open, path)
+        self.assertIn(f"token store {path} is an empty file, not an mxproxy token store",
+                      str(error))
+        self.assertEqual(os.listdir(directory), ["tokens.db"])  # no WAL, nothing created
+        self.assertEqual(os.path.getsize(path), 0)
+        self.assertEqual(len(store_threads()), 1)  # only setUp's store
+
+    def test_an_sqlite_file_without_tables_is_refused(self) -> None:
+        path = self.mktemp()
+        connection = sqlite3.connect(path)
+        connection.execute("PRAGMA user_version = 7")  # a valid database with no table
+        connection.close()
+        error = self.assertRaises(TokenStoreError, TokenStore.open, path)
+        self.assertIn("not an mxproxy token store (it has no tables)", str(error))
+
+    async def test_a_new_store_appears_whole_or_not_at_all(self) -> None:
+        path = self.mktemp()
+        FilePath(path + ".new").setContent(b"")  # left by a crash while creating
+
+        def crash(connection: sqlite3.Connection, path: str) -> int:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        patched = self.patch(tokenfile, "_migrate", crash)
+        error = self.assertRaises(TokenStoreError, TokenStore.open, path)
+        self.assertIn(f"token store {path}: cannot create: disk I/O error", str(error))
+        self.assertFalse(os.path.lexists(path))
+        self.assertFalse(os.path.lexists(path + ".new"))
+        patched.restore()
+        store = self.open(path)
+        await store.register(ALICE, "apns", BUNDLE, False, TOKEN)
+        self.assertEqual(len(await store.devices(ALICE)), 1)
+        self.assertFalse(os.path.lexists(path + ".new"))
 
     def test_an_unusable_path_is_refused(self) -> None:
         missing = os.path.join(self.mktemp(), "tokens.db")

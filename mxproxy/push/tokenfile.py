@@ -7,9 +7,11 @@ to its thread and the result back. Rows come back as tuples; the store makes the
 
 from __future__ import annotations
 
+import os
+import pathlib
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 BUSY_TIMEOUT_MS = 5000
@@ -52,26 +54,87 @@ class TokenStoreError(Exception):
 
 
 def connect(path: str) -> tuple[sqlite3.Connection, int]:
-    """Open, configure, check and migrate; fires with the connection and the version found."""
+    """Open, check and migrate the store at ``path``, or create one if nothing is there; the
+    connection and the schema version found (0: created).
+
+    Only a path that does not exist becomes a new store. An existing file that is empty or not
+    an mxproxy store is refused, untouched: a lost or misplaced database must stop the start,
+    not turn silently into a store without devices.
+    """
+    created = not os.path.lexists(path)
+    if created:
+        _create(path)
+    elif os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise TokenStoreError(
+            f"token store {path} is an empty file, not an mxproxy token store: remove it or give"
+            " --db a path that does not exist to start a new store")
+    # mode=rw: SQLite would create a file that vanished since the check above.
+    connection = _open(f"{pathlib.Path(os.path.abspath(path)).as_uri()}?mode=rw", path, "open")
     try:
-        connection = sqlite3.connect(path, isolation_level=None)
-    except sqlite3.Error as error:
-        raise TokenStoreError(f"token store {path}: cannot open: {error}") from error
-    try:
-        return connection, _prepare(connection, path)
+        found = _prepare(connection, path)
     except BaseException:
         connection.close()
         raise
+    return connection, 0 if created else found
+
+
+def _open(target: str, path: str, verb: str) -> sqlite3.Connection:
+    """A connection to ``target`` (a file name or a ``file:`` URI) for the store at ``path``."""
+    try:
+        connection = sqlite3.connect(target, uri=target.startswith("file:"),
+                                     isolation_level=None)
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    except sqlite3.Error as error:
+        raise TokenStoreError(f"token store {path}: cannot {verb}: {error}") from error
+    return connection
+
+
+def _create(path: str) -> None:
+    """Build a new store beside ``path`` and link it into place, so that ``path`` is a complete
+    store or nothing: a crash while creating never leaves the empty file a restart refuses."""
+    partial = path + ".new"
+    _remove(partial)  # what an earlier crash while creating left
+    try:
+        connection = _open(partial, path, "create")
+        try:
+            _configure(connection, path)
+            _migrate(connection, path)
+        finally:
+            connection.close()  # the last connection checkpoints the WAL into the file
+        os.link(partial, path)  # unlike a rename, never replaces a file that appeared meanwhile
+        _sync_directory(path)
+    except (sqlite3.Error, OSError) as error:
+        raise TokenStoreError(f"token store {path}: cannot create: {error}") from error
+    finally:
+        _remove(partial)
+
+
+def _remove(database: str) -> None:
+    """Delete a database file and its WAL and shared-memory files, those that exist."""
+    for name in (database, database + "-wal", database + "-shm"):
+        with suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def _sync_directory(path: str) -> None:
+    """Make the new directory entry durable, as the commit inside the file already is."""
+    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _prepare(connection: sqlite3.Connection, path: str) -> int:
+    """Check an existing file, then configure and migrate it; the version found."""
     try:
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
-        if mode != "wal":
-            raise TokenStoreError(f"token store {path}: WAL mode unavailable (got {mode!r})")
-        connection.execute("PRAGMA synchronous = FULL")
-        connection.execute("PRAGMA foreign_keys = ON")
+        # Read before anything is written: another program's file stays as it was.
+        tables = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" not in tables:
+            raise TokenStoreError(f"{path} is an SQLite file but not an mxproxy token store"
+                                  + ("" if tables else " (it has no tables)"))
+        _configure(connection, path)
         problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
             raise TokenStoreError(f"token store {path} is corrupt: {'; '.join(problems[:3])}")
@@ -80,13 +143,17 @@ def _prepare(connection: sqlite3.Connection, path: str) -> int:
         raise TokenStoreError(f"token store {path} is unusable: {error}") from error
 
 
+def _configure(connection: sqlite3.Connection, path: str) -> None:
+    (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+    if mode != "wal":
+        raise TokenStoreError(f"token store {path}: WAL mode unavailable (got {mode!r})")
+    connection.execute("PRAGMA synchronous = FULL")
+    connection.execute("PRAGMA foreign_keys = ON")
+
+
 def _migrate(connection: sqlite3.Connection, path: str) -> int:
     """Bring the schema to :data:`SCHEMA_VERSION` in one transaction; the version found."""
     with transaction(connection):
-        tables = {row[0] for row in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and "schema_version" not in tables:
-            raise TokenStoreError(f"{path} is an SQLite file but not an mxproxy token store")
         connection.execute("CREATE TABLE IF NOT EXISTS schema_version"
                            " (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
         (found,) = connection.execute(
