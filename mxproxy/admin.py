@@ -1,11 +1,11 @@
 """The admin endpoint: ``/healthz`` and ``/metrics``, served on a private address only.
 
-The health report says whether every MX link is up (200, else 503) and what an operator checks
-first: the version running, since when, the last error, the call monitors, the token store.
-The metrics are the daemon's registry plus the gauges of live state (links, monitors, pushes in
-flight, certificate expiry), read from the objects at scrape time instead of being updated on
-every change. Neither
-shows a password, a device token or a key.
+The health report says whether every MX link is up and the token store can write (200, else
+503) and what an operator checks first: the version running, since when, the last error, the
+call monitors, the token store. The metrics are the daemon's registry plus the gauges of live
+state (links, monitors, pushes in flight, certificate expiry), read from the objects at scrape
+time instead of being updated on every change. Neither shows a password, a device token or a
+key.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from mxproxy.push.system import PushSystem
 STORE_TIMEOUT = 2.0
 """Seconds the health report waits for the token store's query (it queues behind writes)."""
 
+UNWRITABLE = "unwritable"
+"""The token store's state while writes fail (disk full): the only one that makes it unhealthy."""
+
 NotAfter = Callable[[], datetime | None]
 """When the served TLS certificate expires, or None while there is none."""
 
@@ -59,11 +62,13 @@ class Health:
         self._store_timeout = store_timeout
 
     async def report(self) -> tuple[bool, dict[str, Any]]:
-        """(whether every link is up, the JSON report)."""
-        healthy = all(server.state.connected for server in self._servers)
+        """(whether every link is up and the token store can write, the JSON report)."""
+        store = await self._store()
+        healthy = all(server.state.connected for server in self._servers) and (
+            store is None or store["state"] != UNWRITABLE)
         links = {server.config.name: self._link(server) for server in self._servers}
         return healthy, {"healthy": healthy, "version": __version__, "mx": links,
-                         "tokenStore": await self._store()}
+                         "tokenStore": store}
 
     def _link(self, server: MXServer) -> dict[str, Any]:
         state = server.state
@@ -78,14 +83,22 @@ class Health:
         return report
 
     async def _store(self) -> dict[str, Any] | None:
-        """``ok`` and the device count, or the class of the error the query ended with."""
+        """``ok`` and the device count, or the class of the error the query ended with; but
+        :data:`UNWRITABLE` while the last write failed for want of storage."""
         if self._push is None:
             return None
+        store = self._push.store
+        report: dict[str, Any]
         try:
-            devices = await self._push.store.count().addTimeout(self._store_timeout, self._clock)
+            report = {"state": "ok",
+                      "devices": await store.count().addTimeout(self._store_timeout, self._clock)}
         except Exception as error:
-            return {"state": type(error).__name__}
-        return {"state": "ok", "devices": devices}
+            report = {"state": type(error).__name__}
+        failure = store.write_failure
+        if failure is not None:
+            report.update(state=UNWRITABLE, since=_rfc3339(failure.since),
+                          lastError=failure.reason)
+        return report
 
 
 class LiveState:

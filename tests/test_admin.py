@@ -39,6 +39,7 @@ from tests.test_push import (
     apns_token,
     fcm_token,
 )
+from tests.test_tokens import BIG_TOKEN, fill_up, make_room
 
 LINK_EPOCH = 1_800_000_000  # 2027-01-15T08:00:00Z
 DAY = 86_400.0
@@ -153,6 +154,36 @@ class HealthTests(AdminTestCase):
         code, report = await admin.health()
         self.assertEqual(code, 200, "only the MX links decide the status")
         self.assertEqual(report["tokenStore"], {"state": "StoreClosed"})
+
+    async def test_a_full_disk_is_503_and_unhealthy_until_a_write_succeeds(self) -> None:
+        admin = await self.admin()
+        await self.token("POST", ALICE, "apns", VOIP, apns_token(1))
+        store = self.system.store
+        await fill_up(store)
+        path = f"/token/apns/{VOIP}"
+        body = json.dumps({"token": BIG_TOKEN}).encode()
+        response, answer = await self.d.request("POST", path, ALICE, body=body)
+        self.assertEqual((response.code, json.loads(answer)), (503, {
+            "error": "device tokens cannot be stored right now; try again later"}))
+        code, report = await admin.health()
+        self.assertEqual(code, 503)
+        self.assertFalse(report["healthy"])
+        self.assertRegex(report["tokenStore"].pop("since"), r"^\d{4}-\d\d-\d\dT[0-9:]{8}Z$")
+        self.assertEqual(report["tokenStore"], {
+            "state": "unwritable", "devices": 1,
+            "lastError": f"token store {self.db}: database or disk is full"})
+        self.assertEqual(report["mx"]["dev"]["link"], "up")
+        self.assertEqual([device.token for device in await self.devices(self.alice)],
+                         [apns_token(1)])  # not acknowledged, and not stored either
+
+        await make_room(store)  # space freed: the next registration is stored
+        response, answer = await self.d.request("POST", path, ALICE, body=body)
+        self.assertEqual((response.code, answer), (204, b""))
+        self.assertEqual(await admin.health(), (200, {
+            "healthy": True,
+            "mx": {"dev": {"link": "up", "since": "2027-01-15T08:00:00Z", "reconnects": 0,
+                           "monitors": 1, "sn": "TEST1"}},
+            "tokenStore": {"state": "ok", "devices": 2}}))
 
     async def test_no_secret_in_health_or_metrics(self) -> None:
         admin = await self.admin()
@@ -343,7 +374,8 @@ class HealthUnitTests(SynchronousTestCase):
     def test_a_token_store_that_does_not_answer_in_time(self) -> None:
         clock = Clock()
         never: Deferred[int] = Deferred()  # a long write queue, a file locked by an admin
-        push = SimpleNamespace(store=SimpleNamespace(count=lambda: never), monitors={})
+        push = SimpleNamespace(store=SimpleNamespace(count=lambda: never, write_failure=None),
+                               monitors={})
         report = Deferred.fromCoroutine(Health([], cast(PushSystem, push), clock).report())
         self.assertNoResult(report)
         clock.advance(STORE_TIMEOUT)

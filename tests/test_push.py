@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ from mxproxy.csta.messages import EVENTS
 from mxproxy.csta.protocol import Message
 from mxproxy.csta.records import XMLRecord
 from mxproxy.metrics import Metrics
+from mxproxy.push import tokenfile
 from mxproxy.push.credentials import APNsCertificate, Credential
 from mxproxy.push.dispatcher import RING_WINDOW, PushDispatcher
 from mxproxy.push.fcm import ServiceAccount
@@ -879,6 +881,30 @@ class InFlightTests(PushTestCase):
         self.clock.advance(30.0)
         await self.dispatcher.settled()
         self.assertEqual([r.token for r in self.apns.received], [apns_token(1)])
+
+
+class FullDiskTests(PushTestCase):
+    async def test_pushes_go_out_and_the_full_disk_is_logged_once_not_per_push(self) -> None:
+        await self.start()
+        for n in (1, 2, 3):
+            await self.register("alice", "apns", VOIP, apns_token(n))
+        lines = self.logged()
+
+        def full(connection: sqlite3.Connection, batch: list[Any]) -> list[bool]:
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
+            raise error
+
+        self.patch(tokenfile, "notes", full)
+        self.ring(CALLER, "3001")
+        await self.apns.wait_for(3)
+        await self.dispatcher.settled()
+        self.assertEqual((self.dispatcher.delivered, self.dispatcher.failed), (3, 0))
+        self.assertIsNotNone(self.system.store.write_failure)
+        self.assertEqual([line for line in lines if "disk is full" in line], [
+            f"token store {self.db}: database or disk is full; device registrations answer 503 "
+            "and /healthz reports the store until a write succeeds"])
+        self.assertEqual([line for line in lines if "cannot record" in line], [])
 
 
 # -- graceful stop ------------------------------------------------------------------------------

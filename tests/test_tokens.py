@@ -20,12 +20,14 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mxproxy.push import tokenfile
-from mxproxy.push.tokenfile import BUSY_TIMEOUT_MS, SCHEMA_VERSION
+from mxproxy.push.tokenfile import BUSY_TIMEOUT_MS, SCHEMA_VERSION, statement_error
 from mxproxy.push.tokens import (
     Device,
     StoreClosed,
+    StoreUnavailable,
     TokenStore,
     TokenStoreError,
+    WriteFailure,
     mask_token,
 )
 
@@ -44,6 +46,36 @@ def store_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if "mxproxy-tokens" in thread.name]
 
 
+def fill_up(store: TokenStore) -> Deferred[object]:
+    """Let the store's file grow no more, exactly as on a full disk (SQLITE_FULL): a row larger
+    than a page, :data:`BIG_TOKEN`, then needs a page it cannot have."""
+    return store._run(lambda connection: connection.execute(
+        "PRAGMA max_page_count = 1").fetchone())  # can only shrink to the pages in use
+
+
+def make_room(store: TokenStore) -> Deferred[object]:
+    return store._run(lambda connection: connection.execute(
+        "PRAGMA max_page_count = 1073741823").fetchone())
+
+
+BIG_TOKEN = "ab" * 2000
+"""An APNs token as long as the API accepts, larger than an SQLite page."""
+
+
+def logged(test: TestCase, namespace: str) -> list[str]:
+    """Every line logged from now on under ``namespace``, formatted."""
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        if event["log_namespace"].startswith(namespace):
+            lines.append(formatEvent(event))
+
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
+    test.addCleanup(globalLogPublisher.removeObserver, observer)
+    return lines
+
+
 class DeviceTests(SynchronousTestCase):
     def test_repr_masks_the_token(self) -> None:
         device = Device("apns", BUNDLE, False, TOKEN, ALICE, 1.0, 2.0)
@@ -53,6 +85,22 @@ class DeviceTests(SynchronousTestCase):
 
     def test_short_tokens_are_hidden_entirely(self) -> None:
         self.assertEqual(mask_token("0123456789abcdef"), "…")
+
+
+class StatementErrorTests(SynchronousTestCase):
+    def test_storage_conditions_are_unavailable_statement_errors_are_not(self) -> None:
+        cases = {sqlite3.SQLITE_FULL: StoreUnavailable,
+                 sqlite3.SQLITE_IOERR | 3 << 8: StoreUnavailable,  # SQLITE_IOERR_WRITE
+                 sqlite3.SQLITE_READONLY: StoreUnavailable,
+                 sqlite3.SQLITE_BUSY: StoreUnavailable,
+                 sqlite3.SQLITE_CONSTRAINT | 2 << 8: TokenStoreError,  # SQLITE_CONSTRAINT_CHECK
+                 sqlite3.SQLITE_ERROR: TokenStoreError}
+        for code, expected in cases.items():
+            error = sqlite3.OperationalError("what SQLite said")
+            error.sqlite_errorcode = code
+            converted = statement_error("tokens.db", error)
+            self.assertIs(type(converted), expected, code)
+            self.assertEqual(str(converted), "token store tokens.db: what SQLite said")
 
 
 class StoreCase(TestCase):
@@ -217,20 +265,47 @@ class StoreTests(StoreCase):
         following = self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
         error = await self.assertFailure(failed, TokenStoreError)
         self.assertIn("CHECK constraint failed", str(error))
+        self.assertNotIsInstance(error, StoreUnavailable)
+        self.assertIsNone(self.store.write_failure)
         self.assertIsNone(await following)
         self.assertEqual(len(await self.store.devices(ALICE)), 1)
 
+    async def test_a_full_disk_fails_writes_and_marks_the_store_until_one_succeeds(self) -> None:
+        lines = logged(self, "mxproxy.push.tokens")
+        await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
+        [device] = await self.store.devices(ALICE)
+        await fill_up(self.store)
+        self.clock.advance(5)
+        error = await self.assertFailure(
+            self.store.register(BOB, "apns", BUNDLE, False, BIG_TOKEN), StoreUnavailable)
+        reason = f"token store {self.path}: database or disk is full"
+        self.assertEqual(str(error), reason)
+        self.assertEqual(self.store.write_failure, WriteFailure(1005.0, reason))
+        self.clock.advance(5)
+        await self.assertFailure(self.store.register(BOB, "gfcm", BUNDLE, False, BIG_TOKEN),
+                                 StoreUnavailable)
+        self.assertEqual(self.store.write_failure, WriteFailure(1005.0, reason))  # the first
+        self.assertEqual(await self.store.devices(BOB), [])  # nothing half written
+        self.assertEqual(await self.store.count(), 1)  # reading still works
+        self.assertTrue(await self.store.record_success(device, 1011.0))  # needs no new page
+        self.assertIsNone(self.store.write_failure)
+        await self.assertFailure(self.store.register(BOB, "apns", BUNDLE, False, BIG_TOKEN),
+                                 StoreUnavailable)
+        await make_room(self.store)
+        self.assertIsNone(await self.store.register(BOB, "apns", BUNDLE, False, BIG_TOKEN))
+        self.assertIsNone(self.store.write_failure)
+        self.assertEqual(len(await self.store.devices(BOB)), 1)
+        self.assertEqual(len(lines), 4, lines)  # once each way, not once per write
+        for failed, recovered in (lines[0:2], lines[2:4]):
+            self.assertIn(f"{reason}; device registrations answer 503", failed)
+            self.assertIn(f"token store {self.path}: writing again", recovered)
+
     async def test_moves_and_prunes_are_logged_with_the_token_masked(self) -> None:
-        events: list[LogEvent] = []
-        observer = cast(ILogObserver, events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        lines = logged(self, "mxproxy.push.tokens")
         await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
         await self.store.register(BOB, "apns", BUNDLE, False, TOKEN)
         [device] = await self.store.devices(BOB)
         await self.store.prune(device)
-        lines = [formatEvent(event) for event in events
-                 if event["log_namespace"].startswith("mxproxy.push.tokens")]
         self.assertEqual(len(lines), 2)
         self.assertIn(f"a1b2c3…wxyz (apns/{BUNDLE}) moved from {ALICE} to {BOB}", lines[0])
         self.assertIn(f"a1b2c3…wxyz (apns/{BUNDLE}) of {BOB} pruned", lines[1])

@@ -17,6 +17,7 @@ from mxproxy.csta.errors import (
 from mxproxy.csta.frame import FrameTooLarge
 from mxproxy.csta.xml import XMLError
 from mxproxy.logs import Logger
+from mxproxy.push.tokens import StoreUnavailable
 
 log = Logger(__name__)
 
@@ -56,6 +57,8 @@ def as_http_error(error: BaseException) -> HTTPError:
         return HTTPError(502, f"unexpected reply from the MX: {error}")
     if isinstance(error, MXUnavailable):
         return HTTPError(503, f"the MX is unavailable: {error}")
+    if isinstance(error, StoreUnavailable):  # the details went to the log, once
+        return HTTPError(503, "device tokens cannot be stored right now; try again later")
     if isinstance(error, FrameTooLarge):
         return HTTPError(400, "the request does not fit in one MX command")
     return HTTPError(500, "internal error")

@@ -21,7 +21,7 @@ from mxproxy.csta.events import ConnectionCleared, Delivered, Established
 from mxproxy.csta.records import XMLRecord
 from mxproxy.logs import Logger
 from mxproxy.metrics import DELIVERED, DROPPED, FAILED, REJECTED, Metrics
-from mxproxy.push.tokens import Device, TokenStore
+from mxproxy.push.tokens import Device, StoreUnavailable, TokenStore
 
 RING_WINDOW = 30.0
 MAX_IN_FLIGHT = 512
@@ -317,6 +317,8 @@ class PushDispatcher:
                 self.log.warn("push: {kind} push to {device} failed: {reason}",
                               kind=notification.kind, device=device.label, reason=outcome.reason)
             await self._store.record_error(device, now, outcome.reason)
+        except StoreUnavailable:
+            pass  # a full disk: the store logs it once, not once per push, and /healthz shows it
         except Exception:
             self.log.failure("push: cannot record the outcome for {device}", device=device.label)
 

@@ -53,6 +53,23 @@ class TokenStoreError(Exception):
     """The store cannot be opened or a statement failed; the message names the file."""
 
 
+class StoreUnavailable(TokenStoreError):
+    """The file cannot be used now: disk full, an I/O error, read-only, or locked by another
+    process past the busy timeout. A state of the machine, not of the request, that may pass."""
+
+
+_UNAVAILABLE = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
+                          sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN})
+"""Primary result codes of a storage condition rather than of a statement."""
+
+
+def statement_error(path: str, error: sqlite3.Error) -> TokenStoreError:
+    """Ours for SQLite's ``error``: :class:`StoreUnavailable` for a storage condition."""
+    code = getattr(error, "sqlite_errorcode", None)
+    unavailable = code is not None and code & 0xFF in _UNAVAILABLE  # extended codes: low byte
+    return (StoreUnavailable if unavailable else TokenStoreError)(f"token store {path}: {error}")
+
+
 def connect(path: str) -> tuple[sqlite3.Connection, int]:
     """Open, check and migrate the store at ``path``, or create one if nothing is there; the
     connection and the schema version found (0: created).

@@ -25,7 +25,14 @@ from twisted.python.threadpool import ThreadPool
 
 from mxproxy.logs import Logger
 from mxproxy.push import tokenfile
-from mxproxy.push.tokenfile import KEY, SCHEMA_VERSION, Row, TokenStoreError
+from mxproxy.push.tokenfile import (
+    KEY,
+    SCHEMA_VERSION,
+    Row,
+    StoreUnavailable,
+    TokenStoreError,
+    statement_error,
+)
 
 T = TypeVar("T")
 
@@ -69,6 +76,14 @@ class Device:
         return f"{self.provider}/{self.bundle}{environment} {mask_token(self.token)}"
 
 
+@attrs.frozen
+class WriteFailure:
+    """Why the store could not write, and since when; kept until a write succeeds."""
+
+    since: float
+    reason: str
+
+
 class TokenStore:
     """Devices per user in one SQLite file; every method returns a Deferred and runs its SQL on
     the store's own thread, in call order."""
@@ -86,6 +101,9 @@ class TokenStore:
         self._closed = False
         self._pending_notes: list[tuple[str, tuple[Any, ...], Deferred[bool]]] = []
         self._noting = False
+        self.write_failure: WriteFailure | None = None
+        """Set when a write fails for want of storage (a full disk), cleared by the next write
+        that succeeds: the health report shows it."""
         self._shutdown: Any = reactor.addSystemEventTrigger("before", "shutdown",
                                                             self._close_at_shutdown)
 
@@ -140,15 +158,15 @@ class TokenStore:
                               previous=previous, user=user)
             return previous
 
-        return self._run(tokenfile.register, row, user, now).addCallback(moved)
+        return self._write(tokenfile.register, row, user, now).addCallback(moved)
 
     def remove(self, provider: str, bundle: str, sandbox: bool, token: str,
                user: str | None = None) -> Deferred[bool]:
         """Forget the device (only if ``user`` owns it, when given); fires with whether it was
         there."""
-        return self._run(tokenfile.write,
-                         f"DELETE FROM devices WHERE {KEY} AND (? IS NULL OR user = ?)",
-                         (provider, bundle, int(sandbox), token, user, user))
+        return self._write(tokenfile.write,
+                           f"DELETE FROM devices WHERE {KEY} AND (? IS NULL OR user = ?)",
+                           (provider, bundle, int(sandbox), token, user, user))
 
     def devices(self, user: str) -> Deferred[list[Device]]:
         """Every device of ``user``."""
@@ -202,15 +220,15 @@ class TokenStore:
             if self._pending_notes:
                 self._write_notes()
 
-        self._run(tokenfile.notes,
-                  [(sql, parameters) for sql, parameters, _ in batch]).addBoth(written)
+        self._write(tokenfile.notes,
+                    [(sql, parameters) for sql, parameters, _ in batch]).addBoth(written)
 
     def prune(self, device: Device,
               unless_registered_after: float | None = None) -> Deferred[bool]:
         """Delete a token the provider rejected, unless it was registered again after
         ``unless_registered_after`` (APNs 410 gives the time the token became invalid; pass the
         send time for other rejections, so a registration racing the push survives)."""
-        pruned = self._run(
+        pruned = self._write(
             tokenfile.write, f"DELETE FROM devices WHERE {KEY} AND (? IS NULL OR registered <= ?)",
             (*_key(device), unless_registered_after, unless_registered_after))
 
@@ -262,12 +280,31 @@ class TokenStore:
             return fail(StoreClosed(f"token store {self.path} is closed"))
         return deferToThreadPool(self._reactor, self._pool, self._call, query, *args)
 
+    def _write(self, query: Callable[..., T], *args: Any) -> Deferred[T]:
+        """:meth:`_run` for a statement that writes: its outcome sets or clears
+        :attr:`write_failure`, logged once each way rather than once per failed write."""
+
+        def succeeded(result: T) -> T:
+            if self.write_failure is not None:
+                self.log.info("token store {path}: writing again", path=self.path)
+                self.write_failure = None
+            return result
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(StoreUnavailable) and self.write_failure is None:
+                self.log.error("{error}; device registrations answer 503 and /healthz reports "
+                               "the store until a write succeeds", error=failure.value)
+                self.write_failure = WriteFailure(self._clock.seconds(), str(failure.value))
+            return failure
+
+        return self._run(query, *args).addCallbacks(succeeded, failed)
+
     def _call(self, query: Callable[..., T], *args: Any) -> T:
         """On the store thread: one query, its SQLite errors turned into ours."""
         try:
             return query(self._connection, *args)
         except sqlite3.Error as error:
-            raise TokenStoreError(f"token store {self.path}: {error}") from error
+            raise statement_error(self.path, error) from error
 
 
 class _StoreThread(threading.Thread):
