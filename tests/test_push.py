@@ -790,6 +790,20 @@ class MonitorTests(PushTestCase):
         self.assertEqual(self.pbx.monitors_of("3001"), [])
         self.assertEqual(await self.devices(self.alice), [])
 
+    async def test_an_apns_token_in_either_case_is_one_device(self) -> None:
+        await self.start()
+        token = "0A1B2C" * 10 + "3D4E"
+        await self.token("POST", ALICE, "apns", VOIP, token)
+        await self.token("POST", ALICE, "apns", VOIP, token.lower())
+        self.ring(CALLER, "3001")
+        await self.apns.wait_for(1)
+        await self.dispatcher.settled()
+        self.assertEqual([r.token for r in self.apns.received], [token.lower()])
+        stopped = self.pbx.wait_for("MonitorStop")
+        await self.token("DELETE", ALICE, "apns", VOIP, "0a1B2c" * 10 + "3D4e")
+        await stopped
+        self.assertEqual(await self.devices(self.alice), [])
+
     async def test_token_moved_to_another_user_stops_the_previous_owners_monitor(self) -> None:
         await self.start()
         await self.token("POST", ALICE, "apns", BUNDLE, apns_token(1))

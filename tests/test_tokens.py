@@ -58,6 +58,10 @@ def make_room(store: TokenStore) -> Deferred[object]:
         "PRAGMA max_page_count = 1073741823").fetchone())
 
 
+HEX = "0a1b2c" * 10 + "3d4e"
+MIXED = "0A1b2C" * 10 + "3d4E"
+"""One APNs token (64 hex digits), in lower and in mixed case."""
+
 BIG_TOKEN = "ab" * 2000
 """An APNs token as long as the API accepts, larger than an SQLite page."""
 
@@ -169,6 +173,27 @@ class StoreTests(StoreCase):
         self.assertEqual({d.token for d in await self.store.devices(BOB)}, {TOKEN, token(2)})
         self.assertTrue(await self.store.remove("apns", BUNDLE, True, TOKEN))
         self.assertEqual(len(await self.store.devices(ALICE)), 3)
+
+    async def test_an_apns_token_is_one_device_whatever_its_case(self) -> None:
+        upper = HEX.upper()
+        await self.store.register(ALICE, "apns", BUNDLE, False, upper)
+        self.clock.advance(1)
+        self.assertIsNone(await self.store.register(ALICE, "apns", BUNDLE, False, HEX))
+        self.assertEqual(await self.store.devices(ALICE),
+                         [Device("apns", BUNDLE, False, HEX, ALICE, 1000.0, 1001.0)])
+        self.assertEqual(await self.store.register(BOB, "apns", BUNDLE, False, MIXED), ALICE)
+        self.assertFalse(await self.store.remove("apns", BUNDLE, False, upper, user=ALICE))
+        self.assertTrue(await self.store.remove("apns", BUNDLE, False, upper, user=BOB))
+        self.assertEqual(await self.store.count(), 0)
+
+    async def test_an_fcm_token_keeps_its_case(self) -> None:
+        fcm = "fcm-Token:APA91b" + "xY" * 20
+        await self.store.register(ALICE, "gfcm", "phone", False, fcm)
+        self.assertIsNone(await self.store.register(ALICE, "gfcm", "phone", False, fcm.lower()))
+        self.assertEqual({device.token for device in await self.store.devices(ALICE)},
+                         {fcm, fcm.lower()})
+        self.assertFalse(await self.store.remove("gfcm", "phone", False, fcm.upper()))
+        self.assertTrue(await self.store.remove("gfcm", "phone", False, fcm))
 
     async def test_remove_for_a_user_spares_other_owners(self) -> None:
         await self.store.register(ALICE, "apns", BUNDLE, False, TOKEN)
@@ -371,8 +396,8 @@ class ShutdownTests(TestCase):
 class FileTests(StoreCase):
     async def test_wal_durability_and_schema_version(self) -> None:
         self.assertEqual(self.sql("PRAGMA journal_mode"), [("wal",)])
-        self.assertEqual(self.sql("SELECT version FROM schema_version"), [(1,)])
-        self.assertEqual(SCHEMA_VERSION, 1)
+        self.assertEqual(self.sql("SELECT version FROM schema_version"), [(1,), (2,)])
+        self.assertEqual(SCHEMA_VERSION, 2)
         pragmas = await self.store._run(lambda connection: [
             connection.execute(f"PRAGMA {name}").fetchone()[0]
             for name in ("synchronous", "foreign_keys", "busy_timeout")])
@@ -385,13 +410,13 @@ class FileTests(StoreCase):
         reopened = self.open()
         self.assertEqual(await reopened.devices(ALICE),
                          [Device("apns", BUNDLE, True, TOKEN, ALICE, 1000.0, 1000.0)])
-        self.assertEqual(self.sql("SELECT version FROM schema_version"), [(1,)])
+        self.assertEqual(self.sql("SELECT version FROM schema_version"), [(1,), (2,)])
 
     async def test_a_newer_schema_is_refused(self) -> None:
         await self.store.close()
-        self.sql("INSERT INTO schema_version VALUES (2, 'later')")
+        self.sql("INSERT INTO schema_version VALUES (3, 'later')")
         error = self.assertRaises(TokenStoreError, TokenStore.open, self.path)
-        self.assertIn("schema version 2, newer than this mxproxy supports (1)", str(error))
+        self.assertIn("schema version 3, newer than this mxproxy supports (2)", str(error))
         self.assertEqual(store_threads(), [])
 
     def test_a_file_that_is_no_database_is_refused(self) -> None:
@@ -466,6 +491,57 @@ class FileTests(StoreCase):
             database.write(b"\xa5" * 4096)
         error = self.assertRaises(TokenStoreError, TokenStore.open, self.path)
         self.assertIn(self.path, str(error))
+
+
+class MigrationTests(TestCase):
+    def v1_file(self, rows: list[tuple[str, str, int, str, str, float, float]]) -> str:
+        """A token store as mxproxy with schema v1 left it, holding ``rows`` (provider,
+        bundle, sandbox, token, user, created, registered)."""
+        path = self.mktemp()
+        connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("CREATE TABLE schema_version"
+                           " (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
+        for statement in tokenfile.MIGRATIONS[0]:
+            connection.execute(statement)
+        connection.execute("INSERT INTO schema_version VALUES (1, '2026-01-01 00:00:00')")
+        connection.executemany(
+            "INSERT INTO devices (provider, bundle, sandbox, token, user, created, registered)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        connection.close()
+        return path
+
+    async def test_v2_lower_cases_apns_tokens_keeping_the_last_registered_row(self) -> None:
+        carol = "ABC12:43884850000000003"
+        other = token(7).upper()[:60] + "ABCD"
+        path = self.v1_file([
+            ("apns", BUNDLE, 0, HEX.upper(), ALICE, 100.0, 300.0),  # last registered: stays
+            ("apns", BUNDLE, 0, HEX, BOB, 100.0, 200.0),
+            ("apns", BUNDLE, 0, MIXED, carol, 50.0, 100.0),
+            ("apns", BUNDLE, 1, MIXED, BOB, 100.0, 100.0),  # sandbox: another device
+            ("apns", "other", 0, HEX.upper(), carol, 100.0, 100.0),  # another app
+            ("apns", "voip", 0, other, ALICE, 100.0, 500.0),
+            ("apns", "voip", 0, other.lower(), BOB, 200.0, 500.0),  # created later: stays
+            ("gfcm", "phone", 0, "Fcm-Token:APA91b" + "x" * 30, ALICE, 100.0, 100.0),
+            ("gfcm", "phone", 0, "fcm-token:apa91b" + "x" * 30, BOB, 100.0, 50.0),
+        ])
+        lines = logged(self, "mxproxy.push.tokens")
+        store = TokenStore.open(path, clock=Clock())
+        self.addCleanup(store.close)
+        self.assertEqual(lines, [f"token store {path}: schema v1 migrated to v2"])
+        stored = set()
+        for user in (ALICE, BOB, carol):
+            stored.update((device.provider, device.bundle, device.sandbox, device.token,
+                           device.user, device.registered) for device in await store.devices(user))
+        self.assertEqual(stored, {
+            ("apns", BUNDLE, False, HEX, ALICE, 300.0),
+            ("apns", BUNDLE, True, HEX, BOB, 100.0),
+            ("apns", "other", False, HEX, carol, 100.0),
+            ("apns", "voip", False, other.lower(), BOB, 500.0),
+            ("gfcm", "phone", False, "Fcm-Token:APA91b" + "x" * 30, ALICE, 100.0),
+            ("gfcm", "phone", False, "fcm-token:apa91b" + "x" * 30, BOB, 50.0),
+        })
+        self.assertTrue(await store.remove("apns", BUNDLE, False, MIXED, user=ALICE))
 
 
 class Registrar(ProcessProtocol):

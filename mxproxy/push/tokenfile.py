@@ -35,6 +35,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX devices_by_user ON devices (user)",
     ),
+    # v2: APNs tokens in lower case, the form the store now keeps (hex: either case is the same
+    # device). Of the rows that differed only in case, the last registered one stays.
+    (
+        """DELETE FROM devices WHERE rowid IN (
+            SELECT rowid FROM (
+                SELECT rowid, row_number() OVER (
+                    PARTITION BY bundle, sandbox, lower(token)
+                    ORDER BY registered DESC, created DESC, rowid DESC) AS newest
+                FROM devices WHERE provider = 'apns')
+            WHERE newest > 1)""",
+        "UPDATE devices SET token = lower(token) WHERE provider = 'apns' AND token != lower(token)",
+    ),
 )
 """Migration N+1 is ``MIGRATIONS[N]``; a new version is a new entry, never an edited one."""
 

@@ -41,6 +41,13 @@ class StoreClosed(TokenStoreError):
     """A call came after :meth:`TokenStore.close`."""
 
 
+def canonical_token(provider: str, token: str) -> str:
+    """The one form a token is stored and looked up in. APNs tokens are hex digits, the same
+    device in either case: lower case, so that one device is one row. FCM tokens are
+    case-sensitive: as given."""
+    return token.lower() if provider == "apns" else token
+
+
 def mask_token(token: str) -> str:
     """The first 6 and last 4 characters, or nothing for a token too short to hide anything."""
     if len(token) < 20:
@@ -148,6 +155,7 @@ class TokenStore:
                  token: str) -> Deferred[str | None]:
         """Store the device for ``user``, or refresh its registration time; fires with the
         previous owner when the token moved from another user, else None."""
+        token = canonical_token(provider, token)
         row = (provider, bundle, int(sandbox), token)
         now = self._clock.seconds()
 
@@ -166,7 +174,8 @@ class TokenStore:
         there."""
         return self._write(tokenfile.write,
                            f"DELETE FROM devices WHERE {KEY} AND (? IS NULL OR user = ?)",
-                           (provider, bundle, int(sandbox), token, user, user))
+                           (provider, bundle, int(sandbox), canonical_token(provider, token),
+                            user, user))
 
     def devices(self, user: str) -> Deferred[list[Device]]:
         """Every device of ``user``."""
