@@ -27,7 +27,8 @@ DEFAULT_MX_PORT = 7778
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _TOP_KEYS = ("mx", "apns", "gfcm", "push")
 _APNS_KEY_KEYS = ("keyId", "teamId", "topics")
-_PUSH_KEYS = ("apnsHost", "apnsSandboxHost", "ca", "fcmUrl", "maxInFlight", "maxQueued")
+_PUSH_KEYS = ("apnsHost", "apnsSandboxHost", "ca", "fcmUrl", "maxInFlight", "maxQueued",
+              "maxDevicesPerUser")
 _MX_KEYS = ("addr", "login", "password", "tls", "fingerprint", "ca", "clearTextRetry",
             "maxContacts")
 _MX_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -97,6 +98,7 @@ class PushConfig:
     fcm_url: str | None = None  # instead of https://fcm.googleapis.com
     max_in_flight: int = 512  # pushes sent and unanswered, per provider
     max_queued: int = 4096  # pushes waiting for one of those slots, per provider
+    max_devices_per_user: int = 20  # beyond it a registration replaces the oldest device
 
 
 @attrs.frozen
@@ -290,7 +292,8 @@ class _Parser:
             raise self.error("push.fcmUrl", f"expected an http(s) URL, got {_quote(fcm_url)}")
         limits: dict[str, int] = {}  # the fields given; the others keep PushConfig's defaults
         for key, field, least in (("maxInFlight", "max_in_flight", 1),
-                                  ("maxQueued", "max_queued", 0)):
+                                  ("maxQueued", "max_queued", 0),
+                                  ("maxDevicesPerUser", "max_devices_per_user", 1)):
             limit = self.whole_number(section, "push", key, least)
             if limit is not None:
                 limits[field] = limit

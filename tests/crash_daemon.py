@@ -60,7 +60,8 @@ def start_fakes(reactor: Any, directory: str) -> dict[str, Any]:
                                  "topics": [BUNDLE, BUNDLE + ".voip"]}},
         "gfcm": {BUNDLE: os.path.basename(account)},
         "push": {"apnsHost": f"127.0.0.1:{apns_port}", "apnsSandboxHost": f"127.0.0.1:{apns_port}",
-                 "ca": "push-ca.pem", "fcmUrl": google.base_url},
+                 "ca": "push-ca.pem", "fcmUrl": google.base_url,
+                 "maxDevicesPerUser": 1000},  # every registration of the flood is kept
     }
 
 

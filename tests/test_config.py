@@ -317,18 +317,25 @@ class PushSectionTests(ConfigTestCase):
     def test_push_overrides(self) -> None:
         config, _ = parse_config({**with_mx(), "push": {
             "apnsHost": "127.0.0.1:2197", "fcmUrl": "https://127.0.0.1:8443",
-            "maxInFlight": 64, "maxQueued": 0}}, "test.json")
+            "maxInFlight": 64, "maxQueued": 0, "maxDevicesPerUser": 3}}, "test.json")
         self.assertEqual(config.push, PushConfig(apns_host="127.0.0.1:2197",
                                                  fcm_url="https://127.0.0.1:8443",
-                                                 max_in_flight=64, max_queued=0))
+                                                 max_in_flight=64, max_queued=0,
+                                                 max_devices_per_user=3))
         self.assertConfigError({**with_mx(), "push": {"fcmUrl": "ftp://x"}},
                                'push.fcmUrl: expected an http(s) URL, got "ftp://x"')
         self.assertConfigError({**with_mx(), "push": {"maxInFlight": 0}},
                                "push.maxInFlight: expected a whole number ≥ 1")
         self.assertConfigError({**with_mx(), "push": {"maxQueued": -1}},
                                "push.maxQueued: expected a whole number ≥ 0")
+        for bad in (0, True):
+            self.assertConfigError({**with_mx(), "push": {"maxDevicesPerUser": bad}},
+                                   "push.maxDevicesPerUser: expected a whole number ≥ 1")
+        self.assertConfigError({**with_mx(), "push": {"maxDevicesPerUser": "20"}},
+                               "push.maxDevicesPerUser: expected a number, got a string")
         defaults, _ = parse_config(with_mx(), "test.json")
-        self.assertEqual((defaults.push.max_in_flight, defaults.push.max_queued), (512, 4096))
+        self.assertEqual((defaults.push.max_in_flight, defaults.push.max_queued,
+                          defaults.push.max_devices_per_user), (512, 4096, 20))
 
 
 class ValidConfigTests(ConfigTestCase):

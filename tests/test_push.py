@@ -151,10 +151,10 @@ class Providers:
         test.addCleanup(port.stopListening)
         return fake, port.getHost().port  # type: ignore[attr-defined]
 
-    def config(self, max_in_flight: int) -> PushConfig:
+    def config(self, **limits: int) -> PushConfig:
         return PushConfig(apns_host=f"127.0.0.1:{self.apns_port}",
                           apns_sandbox_host=f"127.0.0.1:{self.sandbox_port}",
-                          fcm_url=self.fcm.base_url, max_in_flight=max_in_flight)
+                          fcm_url=self.fcm.base_url, **limits)
 
 
 class PushTestCase(TestCase):
@@ -166,7 +166,7 @@ class PushTestCase(TestCase):
     async def start(self, credential: Credential | None = None,
                     client_ca: CertificateAuthority | None = None, known_key: bool = True,
                     max_in_flight: int = 512, max_queued: int = 4096,
-                    link_clock: Clock | None = None) -> Daemon:
+                    max_devices_per_user: int = 20, link_clock: Clock | None = None) -> Daemon:
         self.clock = Clock()
         self.clock.advance(int(reactor.seconds()))  # whole seconds: exact differences
         self.pbx = company()
@@ -176,6 +176,7 @@ class PushTestCase(TestCase):
         self.credential = credential or token_key()
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
+        self.max_devices_per_user = max_devices_per_user
         self.metrics = Metrics()
         self.db = self.mktemp()
         self.system = self.push_system()
@@ -188,7 +189,8 @@ class PushTestCase(TestCase):
         """What ``build`` assembles for this config, with the dispatcher on the test's Clock
         (``build`` gives it the reactor)."""
         built = build(reactor, self.db, [self.credential], {BUNDLE: self.providers.account},
-                      self.providers.config(self.max_in_flight),
+                      self.providers.config(max_in_flight=self.max_in_flight,
+                                            max_devices_per_user=self.max_devices_per_user),
                       trust_root=self.providers.authority.cert_pem)
         dispatcher = Tracked(built.store, built.senders, self.clock,
                              max_in_flight=self.max_in_flight, max_queued=self.max_queued,
@@ -789,6 +791,17 @@ class MonitorTests(PushTestCase):
         await stopped
         self.assertEqual(self.pbx.monitors_of("3001"), [])
         self.assertEqual(await self.devices(self.alice), [])
+
+    async def test_a_device_beyond_push_max_devices_per_user_replaces_the_oldest(self) -> None:
+        await self.start(max_devices_per_user=2)
+        for n in (1, 2, 3):
+            await self.token("POST", ALICE, "apns", VOIP, apns_token(n))
+        self.assertEqual([device.token for device in await self.devices(self.alice)],
+                         [apns_token(2), apns_token(3)])
+        self.ring(CALLER, "3001")
+        await self.apns.wait_for(2)
+        await self.dispatcher.settled()
+        self.assertEqual({r.token for r in self.apns.received}, {apns_token(2), apns_token(3)})
 
     async def test_an_apns_token_in_either_case_is_one_device(self) -> None:
         await self.start()

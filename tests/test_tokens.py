@@ -114,8 +114,8 @@ class StoreCase(TestCase):
         self.clock.advance(1000)
         self.store = self.open()
 
-    def open(self, path: str | None = None) -> TokenStore:
-        store = TokenStore.open(path or self.path, clock=self.clock)
+    def open(self, path: str | None = None, **options: Any) -> TokenStore:
+        store = TokenStore.open(path or self.path, clock=self.clock, **options)
         self.addCleanup(store.close)
         return store
 
@@ -174,6 +174,41 @@ class StoreTests(StoreCase):
         self.assertTrue(await self.store.remove("apns", BUNDLE, True, TOKEN))
         self.assertEqual(len(await self.store.devices(ALICE)), 3)
 
+    async def test_the_21st_device_replaces_the_first(self) -> None:
+        lines = logged(self, "mxproxy.push.tokens")
+        for n in range(21):
+            await self.store.register(ALICE, "apns", BUNDLE, False, token(n))
+            self.clock.advance(1)
+        stored = {device.token for device in await self.store.devices(ALICE)}
+        self.assertEqual(stored, {token(n) for n in range(1, 21)})
+        self.assertEqual(lines, [f"apns/{BUNDLE} 000000…0000 of {ALICE} removed: at most 20 "
+                                 "devices per user (push.maxDevicesPerUser), the least recently"
+                                 " registered goes"])
+
+    async def test_the_cap_replaces_the_least_recently_registered_device(self) -> None:
+        store = self.open(self.mktemp(), max_devices_per_user=3)
+        lines = logged(self, "mxproxy.push.tokens")
+        for n in (1, 2, 3, 1):  # the first registered again: now the most recent
+            await store.register(ALICE, "apns", BUNDLE, False, token(n))
+            self.clock.advance(1)
+        await store.register(ALICE, "apns", BUNDLE, False, token(4))
+        self.assertEqual({device.token for device in await store.devices(ALICE)},
+                         {token(1), token(3), token(4)})
+        # A device moving to a user at the cap replaces one too; its old owner keeps the rest.
+        await store.register(BOB, "gfcm", "phone", False, token(8))
+        await store.register(BOB, "gfcm", "phone", False, token(9))
+        self.clock.advance(1)
+        self.assertEqual(await store.register(ALICE, "gfcm", "phone", False, token(9)), BOB)
+        self.assertEqual({device.token for device in await store.devices(ALICE)},
+                         {token(1), token(4), token(9)})
+        self.assertEqual([device.token for device in await store.devices(BOB)], [token(8)])
+        removed = [line for line in lines if "removed" in line]
+        self.assertEqual(removed, [
+            f"apns/{BUNDLE} 000000…0002 of {ALICE} removed: at most 3 devices per user "
+            "(push.maxDevicesPerUser), the least recently registered goes",
+            f"apns/{BUNDLE} 000000…0003 of {ALICE} removed: at most 3 devices per user "
+            "(push.maxDevicesPerUser), the least recently registered goes"])
+
     async def test_an_apns_token_is_one_device_whatever_its_case(self) -> None:
         upper = HEX.upper()
         await self.store.register(ALICE, "apns", BUNDLE, False, upper)
@@ -224,6 +259,7 @@ class StoreTests(StoreCase):
         self.assertFalse(await self.store.record_error(device, 1030.0, "Unregistered"))
 
     async def test_notes_made_while_a_batch_is_written_form_the_next_batch(self) -> None:
+        self.store = self.open(self.mktemp(), max_devices_per_user=50)
         batches: list[int] = []
         write = tokenfile.notes
 
@@ -277,6 +313,7 @@ class StoreTests(StoreCase):
         self.assertFalse(await self.store.has_devices(ALICE))
 
     async def test_two_hundred_concurrent_registrations_all_land(self) -> None:
+        self.store = self.open(self.mktemp(), max_devices_per_user=200)
         users = [f"ABC12:{index % 7}" for index in range(200)]
         await gatherResults([self.store.register(user, "apns", BUNDLE, False, token(index))
                              for index, user in enumerate(users)])

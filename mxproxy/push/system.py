@@ -123,7 +123,7 @@ def build(reactor: Any, db: str, apns: Iterable[Credential], fcm: Mapping[str, S
     clients.extend(fcm_clients.values())
     senders: dict[str, APNsSender | FCMSender] = {"apns": APNsSender(routes),
                                                    "gfcm": FCMSender(fcm_clients)}
-    store = TokenStore.open(db, reactor=reactor)
+    store = TokenStore.open(db, reactor=reactor, max_devices_per_user=push.max_devices_per_user)
     dispatcher = PushDispatcher(store, senders, reactor, max_in_flight=push.max_in_flight,
                                 max_queued=push.max_queued, metrics=metrics)
     log.info("push: {routes} APNs topics, {apps} FCM apps, tokens in {db}",

@@ -213,23 +213,39 @@ def transaction(connection: sqlite3.Connection) -> Iterator[None]:
 
 
 def register(connection: sqlite3.Connection, key: tuple[str, str, int, str], user: str,
-             now: float) -> str | None:
-    """Store or refresh the device for ``user``; the previous owner when it moved."""
+             now: float, cap: int) -> tuple[str | None, list[Row]]:
+    """Store or refresh the device for ``user``; the previous owner when it moved, and the
+    rows of the devices removed to keep the user within ``cap``."""
     with transaction(connection):
         row = connection.execute(f"SELECT user FROM devices WHERE {KEY}", key).fetchone()
         if row is None:
             connection.execute(
                 "INSERT INTO devices (provider, bundle, sandbox, token, user, created, registered)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)", (*key, user, now, now))
-            return None
-        if row[0] == user:
+            previous = None
+        elif row[0] == user:
             connection.execute(f"UPDATE devices SET registered = ? WHERE {KEY}", (now, *key))
-            return None
-        # A new owner starts a new record: the old owner's delivery history is not theirs.
-        connection.execute(
-            "UPDATE devices SET user = ?, created = ?, registered = ?, last_success = NULL,"
-            f" last_error = NULL, last_error_reason = NULL WHERE {KEY}", (user, now, now, *key))
-        return str(row[0])
+            return None, []
+        else:
+            # A new owner starts a new record: the old owner's delivery history is not theirs.
+            connection.execute(
+                "UPDATE devices SET user = ?, created = ?, registered = ?, last_success = NULL,"
+                f" last_error = NULL, last_error_reason = NULL WHERE {KEY}",
+                (user, now, now, *key))
+            previous = str(row[0])
+        return previous, _beyond_cap(connection, key, user, cap)
+
+
+def _beyond_cap(connection: sqlite3.Connection, key: tuple[str, str, int, str], user: str,
+                cap: int) -> list[Row]:
+    """Delete the user's least recently registered devices beyond ``cap`` (never ``key``, the
+    one just registered); their rows."""
+    rows = connection.execute(
+        f"SELECT {COLUMNS} FROM devices WHERE user = ? AND NOT ({KEY})"
+        " ORDER BY registered DESC, created DESC, rowid DESC LIMIT -1 OFFSET ?",
+        (user, *key, cap - 1)).fetchall()
+    connection.executemany(f"DELETE FROM devices WHERE {KEY}", [row[:4] for row in rows])
+    return rows
 
 
 def write(connection: sqlite3.Connection, statement: str, parameters: tuple[Any, ...]) -> bool:

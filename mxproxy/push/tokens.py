@@ -36,6 +36,9 @@ from mxproxy.push.tokenfile import (
 
 T = TypeVar("T")
 
+MAX_DEVICES_PER_USER = 20
+"""Devices one user may have; registering one more replaces the least recently registered."""
+
 
 class StoreClosed(TokenStoreError):
     """A call came after :meth:`TokenStore.close`."""
@@ -98,8 +101,10 @@ class TokenStore:
     log = Logger()
 
     def __init__(self, path: str, connection: sqlite3.Connection, pool: ThreadPool,
-                 reactor: Any, clock: IReactorTime) -> None:
+                 reactor: Any, clock: IReactorTime,
+                 max_devices_per_user: int = MAX_DEVICES_PER_USER) -> None:
         self.path = path
+        self.max_devices_per_user = max_devices_per_user
         self._connection = connection
         self._pool = pool
         self._reactor = reactor
@@ -115,8 +120,8 @@ class TokenStore:
                                                             self._close_at_shutdown)
 
     @classmethod
-    def open(cls, path: str, clock: IReactorTime | None = None,
-             reactor: Any = None) -> TokenStore:
+    def open(cls, path: str, clock: IReactorTime | None = None, reactor: Any = None,
+             max_devices_per_user: int = MAX_DEVICES_PER_USER) -> TokenStore:
         """Open (creating and migrating as needed) the store at ``path``.
 
         Blocks until the file is checked, so the daemon exits on a bad ``--db`` before anything
@@ -142,7 +147,8 @@ class TokenStore:
         except BaseException:
             pool.stop()
             raise
-        store = cls(path, connection, pool, reactor, reactor if clock is None else clock)
+        store = cls(path, connection, pool, reactor, reactor if clock is None else clock,
+                    max_devices_per_user)
         if found == 0:
             cls.log.info("token store {path} created (schema v{version})",
                          path=path, version=SCHEMA_VERSION)
@@ -154,19 +160,26 @@ class TokenStore:
     def register(self, user: str, provider: str, bundle: str, sandbox: bool,
                  token: str) -> Deferred[str | None]:
         """Store the device for ``user``, or refresh its registration time; fires with the
-        previous owner when the token moved from another user, else None."""
+        previous owner when the token moved from another user, else None. A user who had
+        :attr:`max_devices_per_user` devices loses the least recently registered one."""
         token = canonical_token(provider, token)
         row = (provider, bundle, int(sandbox), token)
         now = self._clock.seconds()
 
-        def moved(previous: str | None) -> str | None:
+        def registered(result: tuple[str | None, list[Row]]) -> str | None:
+            previous, removed = result
             if previous is not None:
                 self.log.info("token {token} ({provider}/{bundle}) moved from {previous} to {user}",
                               token=mask_token(token), provider=provider, bundle=bundle,
                               previous=previous, user=user)
+            for device in _as_devices(removed):
+                self.log.info("{device} of {user} removed: at most {cap} devices per user "
+                              "(push.maxDevicesPerUser), the least recently registered goes",
+                              device=device.label, user=user, cap=self.max_devices_per_user)
             return previous
 
-        return self._write(tokenfile.register, row, user, now).addCallback(moved)
+        return self._write(tokenfile.register, row, user, now,
+                           self.max_devices_per_user).addCallback(registered)
 
     def remove(self, provider: str, bundle: str, sandbox: bool, token: str,
                user: str | None = None) -> Deferred[bool]:
