@@ -192,7 +192,7 @@ class TokenStore:
 
     def devices(self, user: str) -> Deferred[list[Device]]:
         """Every device of ``user``."""
-        return self._run(tokenfile.devices, user).addCallback(_as_devices)
+        return self._run(_devices, user)
 
     def has_devices(self, user: str) -> Deferred[bool]:
         """Whether ``user`` has any device left (the last one gone, the monitor can stop)."""
@@ -339,6 +339,12 @@ class _StoreThread(threading.Thread):
 
 def _key(device: Device) -> tuple[str, str, int, str]:
     return (device.provider, device.bundle, int(device.sandbox), device.token)
+
+
+def _devices(connection: sqlite3.Connection, user: str) -> list[Device]:
+    """On the store thread, so that a burst of calls does not build its devices on the
+    reactor's."""
+    return _as_devices(tokenfile.devices(connection, user))
 
 
 def _as_devices(rows: list[Row]) -> list[Device]:
