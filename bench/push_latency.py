@@ -40,9 +40,15 @@ unset) in the proxy's configuration; ``--profile DIR`` runs cProfile on the reac
 both children during the bursts only and prints where their CPU time went (the burst is then
 slower than without).
 
+``--baseline REV`` compares instead: the proxy runs with the mxproxy package of git revision
+REV (extracted into a temporary directory) and with this tree's, alternately for ``--rounds``
+rounds, everything else unchanged; it prints each burst's time and the ratio of the medians
+(target: at most 10% longer than the baseline). For example, after a change to push delivery:
+``python bench/push_latency.py --calls 0 --bursts 3 --baseline main --rounds 5``.
+
 Usage: python bench/push_latency.py [--users N] [--calls N] [--warmup N] [--bursts N]
                                     [--burst-timeout S] [--max-in-flight N] [--tls]
-                                    [--stages] [--profile DIR]
+                                    [--stages] [--profile DIR] [--baseline REV [--rounds N]]
 """
 
 from __future__ import annotations
@@ -50,11 +56,14 @@ from __future__ import annotations
 import argparse
 import cProfile
 import hashlib
+import io
 import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -64,6 +73,7 @@ from typing import Any
 import _harness as h
 
 TARGET_P50_MS, TARGET_P99_MS, TARGET_BURST_S = 5.0, 25.0, 2.0
+TARGET_RATIO = 1.10  # --baseline: the burst may take at most 10% longer than the baseline's
 BUNDLE = "com.example.softphone"
 VOIP_BUNDLE = BUNDLE + ".voip"
 KEY_ID, TEAM_ID = "BENCHKEY01", "BENCHTEAM1"
@@ -538,7 +548,8 @@ async def serve_proxy(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     if args.profile:  # toggled by the simulator around each burst
         signal.signal(signal.SIGUSR2, lambda *_: toggle_profiler(
             os.path.join(args.profile, "proxy.prof")))
-    return {"devices": args.users * DEVICES, "registration_s": seconds}
+    return {"devices": args.users * DEVICES, "registration_s": seconds,
+            "code": os.path.dirname(os.path.dirname(os.path.abspath(service.__file__)))}
 
 
 def write_config(work: str, mx_port: int, apns_port: int, tls: bool,
@@ -571,14 +582,31 @@ def figures(values: Sequence[float]) -> str:
 
 
 def measure(args: argparse.Namespace) -> bool:
-    script = os.path.basename(__file__)
-    common = ["--users", str(args.users)]
     if args.profile:
         args.profile = os.path.abspath(args.profile)
         os.makedirs(args.profile, exist_ok=True)
+    args.load = os.getloadavg()[0]
+    proxy, result, stages, log = run_once(args)
+    completed = report(args, proxy, result)
+    if stages is not None:
+        report_stages(result, stages)
+    report_log(log)
+    if args.profile:
+        print_profiles(args.profile)
+    return completed
+
+
+def run_once(args: argparse.Namespace, code: str | None = None
+             ) -> tuple[dict[str, Any], dict[str, Any], dict[int, Any] | None, str]:
+    """One measurement with fresh children and token store; the proxy imports mxproxy from
+    ``code`` when given, else from where this script finds it. Returns the proxy's READY
+    information, the simulator's RESULT, the ``--stages`` probes (or None) and the proxy's log.
+    """
+    script = os.path.basename(__file__)
+    common = ["--users", str(args.users)]
+    if args.profile:
         common += ["--profile", args.profile]
     timeout = 60 + (args.warmup + args.calls) * 0.05 + args.bursts * 2 * args.burst_timeout
-    args.load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="push-latency-") as work:
         log_path = os.path.join(work, "proxy.log")
         with h.Children() as children, open(log_path, "w") as proxy_log:
@@ -591,7 +619,7 @@ def measure(args: argparse.Namespace) -> bool:
             proxy_proc, proxy = children.start(
                 script, "--serve", "proxy", "--config", config, "--db",
                 os.path.join(work, "tokens.db"), *(["--stages"] if args.stages else []),
-                *common, stderr=proxy_log)
+                *(["--code", code] if code else []), *common, stderr=proxy_log)
             with open(os.path.join(work, "proxy.pid"), "w") as pid_file:
                 pid_file.write(str(proxy_proc.pid))
             sim_proc.send_signal(signal.SIGUSR1)
@@ -601,13 +629,63 @@ def measure(args: argparse.Namespace) -> bool:
         if args.stages:
             with open(os.path.join(work, "stages.json")) as file:
                 stages = {int(call_id): entry for call_id, entry in json.load(file).items()}
-        completed = report(args, proxy, result)
-        if stages is not None:
-            report_stages(result, stages)
         with open(log_path) as file:
-            report_log(file.read())
-    if args.profile:
-        print_profiles(args.profile)
+            return proxy, result, stages, file.read()
+
+
+def compare(args: argparse.Namespace) -> bool:
+    """``--baseline REV``: the proxy with REV's mxproxy and with this tree's, alternately for
+    ``--rounds`` rounds (each round starting with the other one), everything else (the
+    simulator, the fake APNs, this script) this tree's; the medians of the burst times."""
+    repo = os.path.dirname(h.HERE)
+    commit = subprocess.run(["git", "-C", repo, "rev-parse", "--short", args.baseline],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    baseline_name = f"{args.baseline} ({commit})"
+    args.load = os.getloadavg()[0]
+    print(f"push latency, bursts of {args.users} calls x {DEVICES} devices: mxproxy of "
+          f"{baseline_name} against this tree's, {args.rounds} alternating rounds of "
+          f"{args.bursts} burst(s); load average {args.load:.1f} on {os.cpu_count()} CPUs")
+    totals: dict[str, list[float]] = {baseline_name: [], "this tree": []}
+    latencies: dict[str, list[float]] = {name: [] for name in totals}
+    cpu: dict[str, list[float]] = {name: [] for name in totals}  # the proxy's, per burst
+    completed = True
+    with tempfile.TemporaryDirectory(prefix="push-latency-baseline-") as checkout:
+        archive = subprocess.run(["git", "-C", repo, "archive", "--format=tar", commit,
+                                  "mxproxy"], capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(checkout, filter="data")
+        code = {baseline_name: checkout, "this tree": None}
+        for number in range(args.rounds):
+            names = list(totals) if number % 2 == 0 else list(reversed(totals))
+            for name in names:
+                proxy, result, _, _ = run_once(args, code[name])
+                if result.get("error"):
+                    print(f"  round {number + 1} {name}: stopped early: {result['error']}")
+                    completed = False
+                    continue
+                whole = [burst for burst in result["bursts"] if burst["complete"]]
+                totals[name].extend(burst["total"] for burst in whole)
+                latencies[name].extend(summary(burst["latencies"])["p50"] for burst in whole)
+                cpu[name].extend(burst["cpu"]["proxy_main"] + burst["cpu"]["proxy_threads"]
+                                 for burst in whole)
+                print(f"  round {number + 1} {name:24s} burst(s) " + ", ".join(
+                    f"{burst['total']:.3f} s (proxy CPU "
+                    f"{burst['cpu']['proxy_main'] + burst['cpu']['proxy_threads']:.2f} s)"
+                    if burst["complete"] else
+                    f"incomplete ({burst['arrived']} of {burst['expected']} pushes within "
+                    f"{args.burst_timeout:g} s)" for burst in result["bursts"])
+                    + f"   (mxproxy of {proxy['code']})", flush=True)
+    if not all(totals.values()):
+        return False
+    for name in totals:
+        print(f"  {name:24s} median burst {h.median(totals[name]):.3f} s over "
+              f"{len(totals[name])} complete, median per-push p50 "
+              f"{h.median(latencies[name]) * 1e3:.0f} ms, median proxy CPU "
+              f"{h.median(cpu[name]):.2f} s")
+    ratio = h.median(totals["this tree"]) / h.median(totals[baseline_name])
+    print(f"this tree / {baseline_name}: burst time {ratio:.2f} (target <= {TARGET_RATIO:.2f}: "
+          f"{h.verdict(ratio <= TARGET_RATIO)}), proxy CPU "
+          f"{h.median(cpu['this tree']) / h.median(cpu[baseline_name]):.2f}")
     return completed
 
 
@@ -760,14 +838,21 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true",
                         help="probe the proxy and print where the time goes, stage by stage")
     parser.add_argument("--profile", metavar="DIR", help="cProfile both children into DIR")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="compare this tree's mxproxy with that of git revision REV")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="with --baseline: runs of each, alternating")
     parser.add_argument("--serve", choices=("sim", "proxy"), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--code", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve == "sim":
         h.serve(lambda reactor: serve_sim(reactor, args))
     elif args.serve == "proxy":
+        if args.code:  # --baseline: that revision's mxproxy, before any of it is imported
+            sys.path.insert(0, args.code)
         h.serve(lambda reactor: serve_proxy(reactor, args))
     else:
         if min(args.users, args.warmup + 1, args.calls + 1, args.bursts + 1) < 1 \
@@ -776,7 +861,11 @@ def main() -> None:
                          "negative (and not --calls 0 with --bursts 0)")
         if args.max_in_flight is not None and args.max_in_flight < 1:
             parser.error("--max-in-flight must be positive")
-        if not h.run("push_latency", measure, args):
+        if args.baseline is not None and (args.stages or args.profile or args.rounds < 1
+                                          or args.bursts < 1):
+            parser.error("--baseline compares bursts: not with --stages or --profile, and "
+                         "with --rounds and --bursts positive")
+        if not h.run("push_latency", compare if args.baseline else measure, args):
             sys.exit(1)  # the measurement broke (a missed target is only reported)
 
 
