@@ -934,6 +934,50 @@ class FullDiskTests(PushTestCase):
         self.assertEqual([line for line in lines if "cannot record" in line], [])
 
 
+class FairShareTests(PushTestCase):
+    """Alice's call rings ten devices, Bob's one; APNs takes one push at a time and holds the
+    first for 5 s. Bob's push must not wait behind Alice's, nor be dropped for them."""
+
+    async def ring_alice_then_bob(self, max_queued: int) -> list[str]:
+        """Both calls rung, Bob's once his push waits or was dropped; the lines logged."""
+        await self.start(max_in_flight=1, max_queued=max_queued)
+        lines = self.logged()
+        for n in range(10):
+            await self.register("alice", "apns", VOIP, apns_token(100 + n))
+        await self.register("bob", "apns", VOIP, apns_token(2))
+        self.apns.script(apns_token(100), Delayed(5.0))
+        self.ring(CALLER, "3001")
+        await self.apns.wait_for(1)
+        alices = min(9, max_queued)
+        await self.until(lambda: self.dispatcher.slots["apns"].waiting == alices,
+                         "alice's pushes to queue")
+        dropped = self.dispatcher.failed
+        self.ring(CALLER, "3002")
+        await self.until(lambda: self.dispatcher.slots["apns"].waiting == alices + 1
+                         or self.dispatcher.failed > dropped, "bob's push to queue or drop")
+        self.clock.advance(5.0)
+        await self.apns.wait_for(min(11, max_queued + 1))
+        await self.dispatcher.settled()
+        return lines
+
+    async def test_a_call_waits_one_turn_not_behind_another_calls_devices(self) -> None:
+        await self.ring_alice_then_bob(max_queued=20)
+        self.assertEqual([r.token for r in self.apns.received],
+                         [apns_token(100), apns_token(101), apns_token(2)]
+                         + [apns_token(100 + n) for n in range(2, 10)])
+        self.assertEqual((self.dispatcher.delivered, self.dispatcher.failed), (11, 0))
+
+    async def test_a_full_queue_drops_the_flooding_calls_push_not_the_other(self) -> None:
+        lines = await self.ring_alice_then_bob(max_queued=4)
+        self.assertEqual([r.token for r in self.apns.received],
+                         [apns_token(100), apns_token(101), apns_token(2), apns_token(102),
+                          apns_token(103)])
+        self.assertEqual((self.dispatcher.delivered, self.dispatcher.failed), (5, 6))
+        dropped = [line for line in lines if "dropping the call push" in line]
+        self.assertEqual(len(dropped), 6)
+        self.assertEqual([line for line in dropped if "…0002" in line], [])
+
+
 # -- graceful stop ------------------------------------------------------------------------------
 
 

@@ -9,7 +9,6 @@ one follow-up tells the app to stop ringing (never as a VoIP push: iOS would exp
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -21,6 +20,7 @@ from mxproxy.csta.events import ConnectionCleared, Delivered, Established
 from mxproxy.csta.records import XMLRecord
 from mxproxy.logs import Logger
 from mxproxy.metrics import DELIVERED, DROPPED, FAILED, REJECTED, Metrics
+from mxproxy.push.slots import FanOut, Slots
 from mxproxy.push.tokens import Device, StoreUnavailable, TokenStore
 
 RING_WINDOW = 30.0
@@ -61,49 +61,6 @@ class Sender(Protocol):
     def deliver(self, device: Device, notification: Notification) -> Awaitable[Outcome]: ...
 
     def accepts(self, device: Device, notification: Notification) -> bool: ...
-
-
-class Slots:
-    """At most ``limit`` deliveries at once to one provider, and at most ``queue`` more waiting
-    for a turn, each no longer than its deadline; beyond that a push fails at once. A burst of
-    calls waits its turn instead of being dropped, yet a stalled provider cannot grow memory."""
-
-    def __init__(self, clock: IReactorTime, limit: int, queue: int) -> None:
-        self._clock = clock
-        self._limit = limit
-        self._queue = queue
-        self.busy = 0
-        self._waiting: deque[tuple[Deferred[bool], IDelayedCall]] = deque()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-    def acquire(self, deadline: float) -> Deferred[bool]:
-        """Fires True once a slot is ours (``release`` it), False when the queue is full or the
-        deadline passed first."""
-        if self.busy < self._limit:
-            self.busy += 1
-            return succeed(True)
-        if len(self._waiting) >= self._queue:
-            return succeed(False)
-        turn: Deferred[bool] = Deferred()
-        timer = self._clock.callLater(max(0.0, deadline - self._clock.seconds()),
-                                      self._expire, turn)
-        self._waiting.append((turn, timer))
-        return turn
-
-    def release(self) -> None:
-        if self._waiting:
-            turn, timer = self._waiting.popleft()
-            timer.cancel()
-            turn.callback(True)  # the slot passes straight to the longest waiting push
-        else:
-            self.busy -= 1
-
-    def _expire(self, turn: Deferred[bool]) -> None:
-        self._waiting = deque(entry for entry in self._waiting if entry[0] is not turn)
-        turn.callback(False)
 
 
 @attrs.define
@@ -235,30 +192,31 @@ class PushDispatcher:
 
     async def _fan_out(self, devices: list[Device], notification: Notification,
                        started: float) -> None:
+        fan_out = FanOut(started + self._ring_window)  # one turn at a time at each provider
         deliveries = []
         for device in devices:
             sender = self._senders.get(device.provider)
             if sender is None or not sender.accepts(device, notification):
                 continue
             deliveries.append(Deferred.fromCoroutine(
-                self._deliver(sender, device, notification, started)))
+                self._deliver(sender, device, notification, fan_out)))
         for delivery in deliveries:
             await delivery
 
     async def _deliver(self, sender: Sender, device: Device, notification: Notification,
-                       started: float) -> None:
-        result = await self._attempts(sender, device, notification, started)
+                       fan_out: FanOut) -> None:
+        result = await self._attempts(sender, device, notification, fan_out)
         self._metrics.pushes.labels(sender.provider, result).inc()
 
     async def _attempts(self, sender: Sender, device: Device, notification: Notification,
-                        started: float) -> str:
+                        fan_out: FanOut) -> str:
         """Send, and retry while the phone could still ring; the push's result."""
         provider = sender.provider
         slots = self.slots[provider]
-        deadline = started + self._ring_window
+        deadline = fan_out.deadline
         delay = RETRY_FIRST
         while True:
-            if not await slots.acquire(deadline):
+            if not await slots.acquire(fan_out):
                 self.failed += 1
                 self.log.error("push: {provider} has {count} pushes in flight and {waiting} "
                                "waiting; dropping the {kind} push to {device}",
