@@ -1,11 +1,12 @@
 """The token store: which devices each user registered, kept durably in one SQLite file.
 
 A token belongs to exactly one user per (provider, bundle, sandbox) — registering it for another
-user moves it (mx-protocol.md §6.6). SQLite runs in WAL mode with ``synchronous=FULL``, so a
-registration is acknowledged only once its commit is on disk, and the daemon may be killed at any
-time. The one connection lives on one dedicated thread: SQL never runs on the reactor thread, and
-a single writer needs no locking of our own; the statements it runs are in
-:mod:`mxproxy.push.tokenfile`.
+user moves it (mx-protocol.md §6.6) — and a user has a bounded number of devices. APNs tokens
+are kept in lower case, so that one device is one row. SQLite runs in WAL mode with
+``synchronous=FULL``, so a registration is acknowledged only once its commit is on disk, and the
+daemon may be killed at any time. The one connection lives on one dedicated thread: SQL never
+runs on the reactor thread, and a single writer needs no locking of our own; the statements it
+runs are in :mod:`mxproxy.push.tokenfile`.
 """
 
 from __future__ import annotations
