@@ -180,7 +180,7 @@ class HealthTests(AdminTestCase):
         response, answer = await self.d.request("POST", path, ALICE, body=body)
         self.assertEqual((response.code, answer), (204, b""))
         self.assertEqual(await admin.health(), (200, {
-            "healthy": True,
+            "healthy": True, "version": __version__,
             "mx": {"dev": {"link": "up", "since": "2027-01-15T08:00:00Z", "reconnects": 0,
                            "monitors": 1, "sn": "TEST1"}},
             "tokenStore": {"state": "ok", "devices": 2}}))
