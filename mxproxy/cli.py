@@ -1,6 +1,7 @@
-"""``mxproxy``: the operator's command beside the daemon (which ``twistd mxproxy`` runs).
+"""``mxproxy``: the operator's command beside the daemon (which ``twistd mxproxy`` runs):
+``mxproxy --version`` and ``mxproxy check-config FILE``.
 
-Kept as light as the twistd plugin: it imports nothing of Twisted's reactor.
+Light to start: a command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="mxproxy",
         description="mxproxy's operator command; the daemon runs as `twistd mxproxy`.")
     parser.add_argument("--version", action="version", version=f"mxproxy {__version__}")
-    parser.parse_args(argv)
+    commands = parser.add_subparsers(dest="command", metavar="command")
+    check = commands.add_parser(
+        "check-config", help="check a configuration file and every file it names",
+        description="Check a configuration file and every file it names (certificates, keys, "
+                    "service accounts) as a start would, without opening a port or an MX "
+                    "connection: every problem on a line of its own, exit status 0 or 1.")
+    check.add_argument("config", help="the configuration file, e.g. /etc/mxproxy/mxproxy.json")
+    arguments = parser.parse_args(argv)
+    if arguments.command == "check-config":
+        from mxproxy.configcheck import check_config
+
+        return check_config(arguments.config)
     parser.print_help()
-    return 0
+    return 2
 
 
 if __name__ == "__main__":

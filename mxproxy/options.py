@@ -105,7 +105,7 @@ class MXProxyOptions(usage.Options):
         if host is None:
             if self["demo"]:
                 return "127.0.0.1", DEFAULT_LOCAL_HTTP_PORT
-            if not self["listen"]:
+            if not self["listen"] and not self["check-config"]:
                 raise usage.UsageError(
                     "say where to serve the API: --host <public name> (HTTPS, Let's Encrypt), "
                     "--host localhost[:port] (plain HTTP on loopback) or --listen <endpoint> "
@@ -199,6 +199,8 @@ class MXProxyOptions(usage.Options):
         ],
     ]
     optFlags = [
+        ["check-config", None, "Check --config and every file it names, print the problems "
+                               "(one line each) and exit 0 or 1; nothing listens or connects."],
         ["debug", None, "Log extra debugging information."],
         ["json-logs", None, "Log one JSON object per line instead of text."],
         ["csta", None, "Print the raw CSTA traffic both ways to stdout, passwords redacted."],

@@ -18,7 +18,9 @@ from mxproxy.api.access import MXAccess
 from mxproxy.api.app import API
 from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.site import APISite, ConnectionLimit
-from mxproxy.config import Config, ConfigError, demo_config, load_config
+from mxproxy.config import Config, ConfigError, demo_config
+from mxproxy.configcheck import check_config
+from mxproxy.configfile import load_config
 from mxproxy.csta.client import CSTAFactory, log_trace, stdout_trace
 from mxproxy.csta.protocol import Trace
 from mxproxy.listeners import admin_listener, api_listeners
@@ -38,6 +40,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     """Build the daemon: one MXServer per configured MX and the HTTP listener."""
     if reactor is None:
         from twisted.internet import reactor
+    if options["check-config"]:
+        raise SystemExit(check_config(options["config"]))
     logs.set_debug(bool(options["debug"]))
     tune_malloc()
     root = MultiService()
@@ -94,14 +98,14 @@ def _load(path: str) -> Config:
     try:
         config, warnings = load_config(path)
     except ConfigError as error:
-        raise SystemExit(f"mxproxy: {error}") from None
+        raise _exit(error.lines) from None
     for warning in warnings:
         log.warn("{warning}", warning=warning)
     return config
 
 
 def _push(config: Config, db: str, reactor: Any, metrics: Metrics) -> PushSystem | None:
-    """Push delivery when the config names credentials; every problem exits with one line."""
+    """Push delivery when the config names credentials; every problem exits, a line each."""
     if not config.apns and not config.gfcm:
         log.warn("push: no apns or gfcm credentials configured; device registration answers 501")
         return None
@@ -112,8 +116,15 @@ def _push(config: Config, db: str, reactor: Any, metrics: Metrics) -> PushSystem
             with open(config.push.ca, "rb") as pem:
                 trust = pem.read()
         return build(reactor, db, apns, fcm, config.push, trust_root=trust, metrics=metrics)
-    except (PushConfigError, TokenStoreError, OSError) as error:
-        raise SystemExit(f"mxproxy: {error}") from None
+    except PushConfigError as error:
+        raise _exit(error.lines) from None
+    except (TokenStoreError, OSError) as error:
+        raise _exit([str(error)]) from None
+
+
+def _exit(problems: list[str]) -> SystemExit:
+    """The exit of a start that cannot go on (status 1), each problem on a line of its own."""
+    return SystemExit("\n".join(f"mxproxy: {problem}" for problem in problems))
 
 
 def _start_demo_push(reactor: Any, db: str, metrics: Metrics) -> PushSystem:

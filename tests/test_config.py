@@ -1,4 +1,4 @@
-"""Tests for mxproxy.config: every problem is one line naming the file and the JSON path."""
+"""Tests for mxproxy.configfile: every problem is one line naming the file and the JSON path."""
 
 from __future__ import annotations
 
@@ -21,9 +21,8 @@ from mxproxy.config import (
     MXConfig,
     PushConfig,
     demo_config,
-    load_config,
-    parse_config,
 )
+from mxproxy.configfile import load_config, parse_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINGERPRINT_HEX = "0cbeb5d6f4aa9ec869d2c179c152bc25a309b4d7068be85a26936765570776bf"
@@ -136,6 +135,48 @@ class RequiredStringTests(ConfigTestCase):
             with_mx(password=["hunter2"]), "mx.dev.password: expected a string, got an array"
         )
         self.assertNotIn("hunter2", str(error))
+
+
+class AllProblemsTests(ConfigTestCase):
+    """A file's problems are all reported in one run, one line each, in the file's order."""
+
+    def test_every_problem_of_every_section(self) -> None:
+        data = {
+            "mx": {
+                "dev": mx_entry(addr="mx.example.com:x", pasword="s3cret", password=None,
+                                tls="yes", maxContacts=0),
+                "ok": mx_entry(),
+                "bad name": mx_entry(),
+                "other": mx_entry(login=""),
+            },
+            "apns": {"AuthKey_K.p8": {"keyId": "K", "topics": []}},
+            "gfcm": {"com.example.app": 7},
+            "push": {"maxInFlight": 0, "fcmUrl": "ftp://x", "apnsHost": "a:b:c"},
+        }
+        error = self.assertRaises(ConfigError, parse_config, data, "test.json")
+        self.assertEqual(error.lines, [
+            'test.json: mx.dev.addr: expected "host:port", got "mx.example.com:x"',
+            'test.json: mx.dev.password: required (did you mean "pasword"?)',
+            "test.json: mx.dev.tls: expected a boolean, got a string",
+            "test.json: mx.dev.maxContacts: expected a whole number ≥ 1",
+            'test.json: mx["bad name"]: name must match [A-Za-z0-9._-]+ and not be . or .. '
+            "(it is a URL segment)",
+            "test.json: mx.other.login: must not be empty",
+            'test.json: apns["AuthKey_K.p8"].teamId: required',
+            'test.json: apns["AuthKey_K.p8"].topics: expected a non-empty array of bundle ids',
+            "test.json: gfcm[\"com.example.app\"]: expected a string, got a number",
+            'test.json: push.apnsHost: expected "host:port", got "a:b:c"',
+            'test.json: push.fcmUrl: expected an http(s) URL, got "ftp://x"',
+            "test.json: push.maxInFlight: expected a whole number ≥ 1",
+        ])
+        self.assertEqual(str(error), "\n".join(error.lines))
+
+    def test_a_missing_key_points_at_the_unknown_key_like_it(self) -> None:
+        for typo, key in (("pasword", "password"), ("Login", "login"), ("adress", "addr")):
+            entry = mx_entry(**{key: None})
+            entry[typo] = "x"
+            self.assertConfigError({"mx": {"dev": entry}},
+                                   f'mx.dev.{key}: required (did you mean "{typo}"?)')
 
 
 class AddrTests(ConfigTestCase):

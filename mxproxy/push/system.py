@@ -35,12 +35,18 @@ STOP_GRACE = 5.0
 
 
 class PushConfigError(ValueError):
-    """A push credential named in the config cannot be used; the message names its JSON path."""
+    """Push credentials named in the config cannot be used: one line each, naming the JSON
+    path (all of them at once, as for the config file itself)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("\n".join(lines))
 
 
 def load_credentials(config: Config) -> tuple[list[Credential], dict[str, ServiceAccount]]:
     """Read every APNs credential and FCM service account the config names."""
     source = config.path or "config"
+    problems: list[str] = []
     apns: list[Credential] = []
     for name, entry in config.apns.items():
         try:
@@ -51,13 +57,15 @@ def load_credentials(config: Config) -> tuple[list[Credential], dict[str, Servic
             else:
                 apns.append(APNsCertificate.from_p12(entry.path, entry.password or ""))
         except (OSError, ValueError) as error:
-            raise PushConfigError(f'{source}: apns["{name}"]: {error}') from None
+            problems.append(f'{source}: apns["{name}"]: {error}')
     fcm = {}
     for app, path in config.gfcm.items():
         try:
             fcm[app] = ServiceAccount.from_file(path)
         except ValueError as error:
-            raise PushConfigError(f"{source}: gfcm.{app}: {error}") from None
+            problems.append(f"{source}: gfcm.{app}: {error}")
+    if problems:
+        raise PushConfigError(problems)
     return apns, fcm
 
 
