@@ -7,8 +7,11 @@ import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import TimeoutError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from mxproxy.csta import commands
@@ -19,12 +22,20 @@ from mxproxy.csta.client import (
     hash_password,
     open_session,
 )
-from mxproxy.csta.errors import CSTAError, LoginError, MXTimeout, MXUnavailable
+from mxproxy.csta.errors import (
+    CertificateRefused,
+    CSTAError,
+    LoginError,
+    MXTimeout,
+    MXUnavailable,
+    Unreachable,
+    WrongTransport,
+)
 from mxproxy.csta.messages import MakeCallResult
 from mxproxy.csta.protocol import CSTAProtocol
 from mxproxy.testing import certs
 from mxproxy.testing.mxsim import PBX, listen
-from tests.support import close_on_cleanup, serve
+from tests.support import close_on_cleanup, next_turn, serve
 
 
 def company() -> PBX:
@@ -133,8 +144,9 @@ class TLSTests(TestCase):
         pbx = company()
         address = serve(self, pbx, tls=True)
         pinned = MXAddress(address.host, address.port, fingerprint=b"\x01" * 32)
-        with self.assertRaises(MXUnavailable):
+        with self.assertRaises(CertificateRefused) as raised:
             await self.connect(pinned)
+        self.assertIn('check "fingerprint" or "ca"', raised.exception.hint)
         self.assertEqual(pbx.logins["alice"], 0, "nothing was sent to the impostor")
         self.flushLoggedErrors()
 
@@ -157,10 +169,106 @@ class TLSTests(TestCase):
         address = serve(self, pbx, tls=True)  # self-signed, not from this CA
         trusted = MXAddress(address.host, address.port,
                             ca=self.ca_file(certs.certificate_authority("other CA")))
-        with self.assertRaises(MXUnavailable):
+        with self.assertRaises(CertificateRefused):
             await self.connect(trusted)
         self.assertEqual(pbx.logins["alice"], 0)
         self.flushLoggedErrors()
+
+
+class Silent(Protocol):
+    """A port that accepts and never says a word (a plain-TCP MX waiting for a whole frame)."""
+
+
+class PlainGreeting(Protocol):
+    """A plain-TCP peer that answers whatever arrives with a frame."""
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(b"\0\0\0\x0c9999<a/>")
+
+
+class LinkFailureTests(TestCase):
+    """What a link that cannot work as configured fails with: the address, what happened, and
+    what an operator checks first."""
+
+    async def open(self, address: MXAddress, factory: CSTAFactory | None = None) -> None:
+        protocol, _ = await open_session(reactor, address, factory or CSTAFactory(reactor),
+                                         "alice", "alice-secret")
+        close_on_cleanup(self, protocol)
+
+    def listen(self, protocol: type[Protocol]) -> int:
+        port = reactor.listenTCP(0, Factory.forProtocol(protocol), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port)
+
+    async def assertWrongTransport(self, address: MXAddress, what: str, hint: str,
+                                   factory: CSTAFactory | None = None) -> None:
+        with self.assertRaises(WrongTransport) as raised:
+            await self.open(address, factory)
+        self.assertTrue(str(raised.exception).startswith(f"127.0.0.1:{address.port} {what} ("),
+                        raised.exception)
+        self.assertEqual(raised.exception.hint, hint)
+
+    async def test_tls_to_a_plain_tcp_mx(self) -> None:
+        plain = serve(self, company())  # the simulator closes on a ClientHello
+        await self.assertWrongTransport(
+            MXAddress(plain.host, plain.port, tls=True), "did not complete a TLS handshake",
+            'if it is a plain-TCP port set "tls": false (a plain-TCP MX listens on 7777), else '
+            "check the port")
+
+    async def test_tls_to_a_plain_port_that_answers_in_plain(self) -> None:
+        with self.assertRaises(WrongTransport) as raised:
+            await self.open(MXAddress("127.0.0.1", self.listen(PlainGreeting), tls=True))
+        self.assertIn("did not complete a TLS handshake", str(raised.exception))
+        self.assertIn("wrong version number", str(raised.exception))
+
+    async def test_tls_to_a_plain_port_that_stays_silent(self) -> None:
+        clock = Clock()
+        address = MXAddress("127.0.0.1", self.listen(Silent), tls=True)
+        opening = Deferred.fromCoroutine(self.assertWrongTransport(
+            address, "did not complete a TLS handshake",
+            'if it is a plain-TCP port set "tls": false (a plain-TCP MX listens on 7777), else '
+            "check the port", CSTAFactory(clock)))
+        while not clock.getDelayedCalls():  # the login waits for its answer
+            await next_turn()
+        clock.advance(7)
+        await opening
+
+    async def test_plain_tcp_to_a_tls_mx(self) -> None:
+        secure = serve(self, company(), tls=True)  # OpenSSL closes on a frame, without a word
+        await self.assertWrongTransport(
+            MXAddress(secure.host, secure.port, tls=False),
+            "closed the connection without answering the login",
+            'if it is the MX\'s TLS port (7778) set "tls": true, else check the port')
+
+    async def test_connection_refused(self) -> None:
+        port = listen(company(), port=0, reactor=reactor)
+        closed = port.getHost().port
+        await port.stopListening()
+        with self.assertRaises(Unreachable) as raised:
+            await self.open(MXAddress("127.0.0.1", closed, tls=False))
+        self.assertEqual(str(raised.exception),
+                         f"cannot connect to 127.0.0.1:{closed}: connection refused")
+        self.assertEqual(raised.exception.hint, "check that the MX is up and the port is right")
+
+    async def test_a_name_that_does_not_resolve(self) -> None:
+        with self.assertRaises(Unreachable) as raised:
+            await self.open(MXAddress("mx.invalid", 7778))
+        self.assertEqual(str(raised.exception),
+                         "cannot connect to mx.invalid:7778: the name does not resolve")
+        self.assertEqual(raised.exception.hint, "check the host name and the DNS")
+
+    def test_no_answer_to_the_connection(self) -> None:
+        memory = MemoryReactorClock()
+        attempt = Deferred.fromCoroutine(connect(
+            memory, MXAddress("127.0.0.1", 7778, tls=False), CSTAFactory(memory)))
+        [(_, _, factory, timeout, _)] = memory.tcpClients
+        self.assertEqual(timeout, 20)
+        factory.clientConnectionFailed(None, Failure(TimeoutError()))
+        memory.advance(1)  # HostnameEndpoint looks for more addresses every 0.3 s
+        error = self.failureResultOf(attempt, Unreachable).value
+        self.assertEqual(str(error), "cannot connect to 127.0.0.1:7778: no answer within 20 s")
+        self.assertIn("firewall", error.hint)
 
 
 class RequestTests(TestCase):

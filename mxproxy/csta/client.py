@@ -18,13 +18,29 @@ from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    ConnectionRefusedError,
+    DNSLookupError,
+    NoRouteError,
+    TCPTimedOutError,
+    TimeoutError,
+)
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
 from mxproxy.csta import commands, xml
-from mxproxy.csta.errors import LoginError, MXTimeout, MXUnavailable, ProtocolViolation
+from mxproxy.csta.errors import (
+    CertificateRefused,
+    LoggedOut,
+    LoginError,
+    MXTimeout,
+    MXUnavailable,
+    ProtocolViolation,
+    Unreachable,
+    WrongTransport,
+)
 from mxproxy.csta.messages import LoginFailure, LoginResponse
 from mxproxy.csta.protocol import DEFAULT_REPLY_TIMEOUT, CSTAProtocol, RoundTrip, Trace
 from mxproxy.logs import Logger
@@ -34,6 +50,9 @@ log = Logger(__name__)
 CONNECT_TIMEOUT = 20.0
 LOGIN_TIMEOUT = 7.0
 CLEAR_TEXT_CODES = frozenset({2, 4})
+CERTIFICATE_VERIFY_FAILED = "certificate verify failed"
+"""OpenSSL's reason when the peer's certificate was refused (pin or CA), as opposed to a peer
+that speaks no TLS; the only trace of it in the reason a link ends with."""
 
 
 @attrs.frozen
@@ -123,16 +142,61 @@ def endpoint(reactor: Any, address: MXAddress, timeout: float = CONNECT_TIMEOUT)
     return wrapClientTLS(tls_creator(address), tcp) if address.tls else tcp
 
 
+_UNREACHABLE: tuple[tuple[tuple[type[Exception], ...], str, str], ...] = (
+    ((ConnectionRefusedError,), "connection refused",
+     "check that the MX is up and the port is right"),
+    ((DNSLookupError,), "the name does not resolve", "check the host name and the DNS"),
+    ((TimeoutError, TCPTimedOutError), f"no answer within {CONNECT_TIMEOUT:g} s",
+     "check that the host is up and reachable (address, route, firewall)"),
+    ((NoRouteError,), "no route to the host", "check the address and the network"),
+)
+"""(errors, what happened, what to check) for the usual reasons a connection fails."""
+
+
 async def connect(reactor: Any, address: MXAddress, factory: CSTAFactory) -> CSTAProtocol:
-    """Open the link (no login yet); any network failure becomes ``MXUnavailable``, and a
-    caller's cancelling stays a cancellation (not an MX failure to report)."""
+    """Open the link (no login yet); a network failure becomes ``Unreachable``, and a caller's
+    cancelling stays a cancellation (not an MX failure to report)."""
     try:
         protocol: CSTAProtocol = await endpoint(reactor, address).connect(factory)
     except ConnectingCancelledError:
         raise CancelledError("connecting to the MX was cancelled") from None
     except Exception as error:
-        raise MXUnavailable(f"cannot connect to {address.host}:{address.port}: {error}") from None
+        raise _unreachable(address, error) from None
     return protocol
+
+
+def _unreachable(address: MXAddress, error: Exception) -> Unreachable:
+    what, hint = next(((what, hint) for errors, what, hint in _UNREACHABLE
+                       if isinstance(error, errors)),
+                      (str(error), "check that the host is reachable"))
+    return Unreachable(f"cannot connect to {_where(address)}: {what}", hint)
+
+
+def _where(address: MXAddress) -> str:
+    return f"[{address.host}]:{address.port}" if ":" in address.host else \
+        f"{address.host}:{address.port}"
+
+
+def _first_exchange_failed(address: MXAddress, protocol: CSTAProtocol,
+                           error: BaseException) -> BaseException:
+    """What a failure before the login's answer says about the address: a TLS link whose
+    handshake never completed met a plain-TCP port (unless it refused the certificate); a plain
+    link closed unanswered met a TLS port (a TLS server closes on bytes that are no TLS record,
+    sending at most a 7-byte alert: less than a frame header). Others are returned unchanged."""
+    where = _where(address)
+    if address.tls and not protocol.secured and isinstance(error, (MXUnavailable, MXTimeout)):
+        if CERTIFICATE_VERIFY_FAILED in str(error):
+            return CertificateRefused(f"{where} presented a certificate that is refused ({error})",
+                                      'check "fingerprint" or "ca": the MX certificate may have '
+                                      "changed")
+        return WrongTransport(f"{where} did not complete a TLS handshake ({error})",
+                              'if it is a plain-TCP port set "tls": false (a plain-TCP MX '
+                              "listens on 7777), else check the port")
+    if not address.tls and isinstance(error, MXUnavailable) and not isinstance(error, LoggedOut):
+        return WrongTransport(f"{where} closed the connection without answering the login "
+                              f"({error})", 'if it is the MX\'s TLS port (7778) set "tls": '
+                              "true, else check the port")
+    return error
 
 
 # -- login -------------------------------------------------------------------------------------
@@ -197,17 +261,22 @@ async def _login_once(protocol: CSTAProtocol, user: str, pwd: str, kind: str,
 async def open_session(reactor: Any, address: MXAddress, factory: CSTAFactory, user: str,
                        password: str, *, kind: str = "User",
                        clear_text_retry: bool = False) -> tuple[CSTAProtocol, LoginResponse]:
-    """Connect and log in; the link is closed again if the login fails."""
+    """Connect and log in; the link is cut again if the login fails. A failure before the MX
+    answered the login says what it likely means (``WrongTransport``, ``CertificateRefused``)."""
     protocol = await connect(reactor, address, factory)
     try:
         info = await login(protocol, user, password, kind=kind,
                            clear_text_retry=clear_text_retry)
-    except BaseException:
+    except BaseException as error:
         # Not only the MX's refusals: a login lxml cannot put in XML (ValueError), one too
         # large for a frame, the caller cancelling. Any link left open here is a descriptor
-        # lost for good: nothing else holds it.
-        protocol.close()
-        raise
+        # lost for good: nothing else holds it. Cut, not closed: over TLS a polite close waits
+        # for the peer's goodbye, which a hung MX (or one that speaks no TLS) never sends.
+        protocol.abort(MXUnavailable("the login failed"))
+        explained = _first_exchange_failed(address, protocol, error)
+        if explained is error:
+            raise
+        raise explained from None
     return protocol, info
 
 

@@ -34,6 +34,29 @@ class MXUnavailable(MXError):
     """The link is down: it could not be opened, or it closed before the reply arrived."""
 
 
+class LinkFailed(MXUnavailable):
+    """The link could not be opened for a reason an operator can act on; ``hint`` is what to
+    check first. The message names the MX's address: it belongs in the log, not in an answer to
+    an HTTP client."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class Unreachable(LinkFailed):
+    """No connection: refused, a name that does not resolve, no answer."""
+
+
+class WrongTransport(LinkFailed):
+    """The peer ended the first exchange in a way that says TLS met plain TCP: TLS configured
+    for a plain-TCP port, or the reverse (or the port is not an MX's)."""
+
+
+class CertificateRefused(LinkFailed):
+    """The MX's certificate is not the pinned one, or not issued by the configured CA."""
+
+
 class LoggedOut(MXUnavailable):
     """The MX ended the session with a ``Logout`` event; ``mode`` is the reason it gave."""
 

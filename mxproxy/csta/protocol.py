@@ -18,9 +18,15 @@ from collections.abc import Callable
 from typing import NamedTuple, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mxproxy.csta import commands, xml
 from mxproxy.csta.errors import (
@@ -84,6 +90,7 @@ class _Waiter(NamedTuple):
     sent: float
 
 
+@implementer(IHandshakeListener)
 class CSTAProtocol(Protocol):
     """The client end of one MX link; above it, ``csta.client`` logs in and ``mx`` uses it.
 
@@ -124,6 +131,9 @@ class CSTAProtocol(Protocol):
         self._closed: list[Deferred[Exception]] = []
         self.up = False
         """True from connection until loss."""
+        self.secured = False
+        """True once a TLS handshake completed: a TLS link that fails before it may have met a
+        plain-TCP port."""
         self.close_reason: Exception | None = None
         """Why the link ended (``LoggedOut``, ``ProtocolViolation``...); None while it is up."""
         self.unreadable_frames = 0
@@ -167,6 +177,9 @@ class CSTAProtocol(Protocol):
         closed, self._closed = self._closed, []
         for deferred in closed:
             deferred.callback(self.close_reason)
+
+    def handshakeCompleted(self) -> None:
+        self.secured = True
 
     def when_closed(self) -> Deferred[Exception]:
         """Fires (never fails) with the reason once the connection has ended."""
