@@ -78,8 +78,12 @@ class Health:
         if server.sn is not None:
             report["sn"] = server.sn
         if not state.connected:
+            report["state"] = state.cause
             report["lastError"] = state.last_error
             report["nextAttempt"] = _rfc3339(state.next_attempt)
+        if state.login_failed is not None:
+            code, text = state.login_failed
+            report["loginFailed"] = {"code": code, "text": text}
         return report
 
     async def _store(self) -> dict[str, Any] | None:

@@ -19,24 +19,41 @@ from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from mxproxy.config import MXConfig
 from mxproxy.csta import commands
-from mxproxy.csta.client import CSTAFactory, MXAddress, connect, login
-from mxproxy.csta.errors import LoggedOut, MXError, MXTimeout, MXUnavailable, ProtocolViolation
+from mxproxy.csta.client import CSTAFactory, MXAddress, open_session
+from mxproxy.csta.errors import (
+    CertificateRefused,
+    LinkFailed,
+    LoggedOut,
+    LoginError,
+    MXError,
+    MXTimeout,
+    MXUnavailable,
+    ProtocolViolation,
+    Unreachable,
+    WrongTransport,
+)
 from mxproxy.csta.messages import AbDelete, AbUpdate, AddressBookPage, Contact, LoginResponse
 from mxproxy.csta.protocol import CSTAProtocol, Message, RoundTrip, Trace
-from mxproxy.logs import Logger
+from mxproxy.logs import Logger, RateLimitedLog
 
 RECONNECT_INITIAL = 1.0
 RECONNECT_MAX = 30.0
 STABLE_AFTER = 60.0
 """Seconds a link must stay up before the reconnect delays start again from 1 s: an MX whose
 link fails soon after every login (a flood of bad frames, silence) is retried ever more slowly."""
-DUPLICATE_RETRY = 300.0
-"""Seconds before an entry that answered with another entry's ``sn`` is tried again (a spoof
-may end, the other entry's MX may be replaced); the first refusal is logged, not the retries."""
+REFUSED_RETRY = 300.0
+"""Seconds before an entry the MX refused is tried again: a wrong server password retried every
+30 s could lock the MX account, and an entry that answered with another entry's ``sn`` may
+become right (a spoof ends, the other entry's MX is replaced) but not in seconds."""
+FAILURE_LOG_WINDOW = 600.0
+"""Seconds during which failed attempts like the last one logged are only counted: a link that
+stays down for the same reason is said again every 10 minutes, with how many attempts failed
+alike, instead of every retry; a new reason is logged at once."""
 PAGE_TIME = 0.15
 """Seconds allowed per address-book page (50 contacts) for as many pages as ``maxContacts``
 needs, so 5 minutes for the default 100,000: the simulator serves those in 16 s over loopback,
@@ -52,6 +69,13 @@ AB_EVENTS = ("AbAddUserEvent", "AbUpdateUserEvent", "AbDeleteUserEvent")
 class DuplicateSerial(MXError):
     """An entry's MX answered with the ``sn`` of a system another entry already serves: the
     same MX configured twice, or one impersonating the other."""
+
+
+CAUSES: tuple[tuple[type[Exception], str], ...] = (
+    (LoginError, "loginFailed"), (DuplicateSerial, "duplicateSerial"),
+    (WrongTransport, "wrongTransport"), (CertificateRefused, "certificateRefused"),
+    (Unreachable, "unreachable"))
+"""The word ``/healthz`` shows for a failed attempt, by the class of its error."""
 
 
 class SerialRegistry:
@@ -126,6 +150,11 @@ class LinkState:
     connected: bool = False
     since: float | None = None
     last_error: str | None = None
+    cause: str | None = None
+    """Why the link is down, one word of :data:`CAUSES` (``lost`` after a loss, ``failed`` for
+    any other failed attempt); None while it is up or before the first attempt ended."""
+    login_failed: tuple[int, str] | None = None
+    """The code and text of the MX's ``loginFailed``, while that is why the link is down."""
     reconnects: int = 0
     next_attempt: float | None = None
     """When the next connection attempt is due (clock seconds), while one is scheduled."""
@@ -184,7 +213,10 @@ class MXServer(Service):
     """The long-lived link to one MX and what it keeps up to date.
 
     One connection attempt at a time: connect, log in, load; on failure or loss, the next
-    attempt after a capped exponential backoff (1 s doubling to 30 s, plus jitter).
+    attempt after a capped exponential backoff (1 s doubling to 30 s, plus jitter), or 5
+    minutes after a refusal (the server login, a serial another entry serves). Each failure
+    is logged as what happened and what to check, once while it repeats (see
+    :data:`FAILURE_LOG_WINDOW`); ``state`` tells ``/healthz`` the same.
     """
 
     log = Logger()
@@ -206,7 +238,11 @@ class MXServer(Service):
         self._reactor = reactor
         self._clock: IReactorTime = reactor if clock is None else clock
         self._serials = serials
-        self._duplicate_logged = False
+        self._failures = RateLimitedLog(self.log, self._clock,
+                                        f"mx.{config.name}: the same failure again",
+                                        FAILURE_LOG_WINDOW, LogLevel.error)
+        self._failure: str | None = None
+        """The error of the last failed attempt logged or counted, until an attempt succeeds."""
         self._factory = CSTAFactory(self._clock, trace, on_round_trip=on_round_trip)
         self._backoff = backoffPolicy(RECONNECT_INITIAL, RECONNECT_MAX, 2.0, jitter)
         self._jitter = jitter
@@ -233,6 +269,7 @@ class MXServer(Service):
     def stopService(self) -> Deferred[None]:
         """Stop retrying, abandon an attempt in progress, log out of a live link."""
         super().stopService()
+        self._failures.stop()
         self._serials.release(self.config.name)
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
@@ -264,10 +301,11 @@ class MXServer(Service):
         self._attempt.addBoth(self._attempt_ended)
 
     async def _establish(self) -> None:
-        protocol = await connect(self._reactor, self.address, self._factory)
+        protocol, info = await open_session(self._reactor, self.address, self._factory,
+                                            self.config.login, self.config.password,
+                                            kind="Server",
+                                            clear_text_retry=self.config.clear_text_retry)
         try:
-            info = await login(protocol, self.config.login, self.config.password,
-                               kind="Server", clear_text_retry=self.config.clear_text_retry)
             self._serials.claim(info.sn, self.config.name)
             book = await self._load(protocol)
         except BaseException:
@@ -337,9 +375,10 @@ class MXServer(Service):
         if not isinstance(result, Failure):
             if self.state.since is not None:
                 self.state.reconnects += 1
-            self._duplicate_logged = False
+            self._failures.stop()  # how many attempts failed since the last line about them
+            self._failure = None
             self.state.connected, self.state.since = True, self._clock.seconds()
-            self.state.last_error = None
+            self.state.last_error = self.state.cause = self.state.login_failed = None
             assert self.protocol is not None
             for observer in tuple(self._link_observers):
                 observer(self.protocol)
@@ -350,18 +389,35 @@ class MXServer(Service):
         if not self.running:
             return  # stopService abandoned the attempt
         self._serials.release(self.config.name)
+        error = result.value
         self.state.last_error = result.getErrorMessage()
-        if result.check(DuplicateSerial):
-            delay = self._schedule_retry(DUPLICATE_RETRY + self._jitter())
-            if not self._duplicate_logged:
-                self._duplicate_logged = True
-                self.log.error("mx.{name}: refused: {error}; only this link stays down, "
-                               "retrying every {delay:.0f} s", name=self.name,
-                               error=self.state.last_error, delay=delay)
-            return
-        delay = self._schedule_retry(self._backoff(self._retries))
-        self.log.error("mx.{name}: cannot establish the MX link: {error}; retrying in "
-                       "{delay:.1f} s", name=self.name, error=self.state.last_error, delay=delay)
+        self.state.cause = next((word for kind, word in CAUSES if isinstance(error, kind)),
+                                "failed")
+        self.state.login_failed = (error.code, error.message) \
+            if isinstance(error, LoginError) else None
+        # The MX said no: asking again at once would not change its mind.
+        delay = self._schedule_retry(REFUSED_RETRY + self._jitter()
+                                     if isinstance(error, (LoginError, DuplicateSerial))
+                                     else self._backoff(self._retries))
+        if self.state.last_error != self._failure:
+            self._failures.stop()  # the count of the previous reason, before the new one
+            self._failure = self.state.last_error
+        self._failures.emit("mx.{name}: {account}; retrying in {delay}", name=self.name,
+                            account=self._account(error), delay=_duration(delay))
+
+    def _account(self, error: BaseException) -> str:
+        """What a failed attempt means for this entry, and what to check first."""
+        entry = f"mx.{self.name}"
+        if isinstance(error, LoginError):
+            reply = f"code {error.code}: {error.message}" if error.message else \
+                f"code {error.code}"
+            return (f"the MX refused the server login ({reply}): check {entry}.login and "
+                    f"{entry}.password")
+        if isinstance(error, LinkFailed):
+            return f"{error}: {error.hint}"
+        if isinstance(error, DuplicateSerial):
+            return f"refused: {error}; only this link stays down"
+        return f"cannot establish the MX link: {error}"
 
     def _lost(self, reason: Exception, protocol: CSTAProtocol) -> None:
         if protocol is not self.protocol:
@@ -372,7 +428,7 @@ class MXServer(Service):
         if self.state.since is not None and now - self.state.since >= STABLE_AFTER:
             self._retries = 0
         self.state.connected, self.state.since = False, now
-        self.state.last_error = str(reason)
+        self.state.last_error, self.state.cause = str(reason), "lost"
         if not self.running:
             return
         # After a Logout from the MX (another session took over, an admin kicked us) wait the
@@ -388,6 +444,10 @@ class MXServer(Service):
         self._retry = self._clock.callLater(delay, self._connect)
         self.state.next_attempt = self._clock.seconds() + delay
         return delay
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.0f} min"
 
 
 def _change(message: Message) -> tuple[str, Contact | None]:

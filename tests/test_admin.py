@@ -22,15 +22,19 @@ from twisted.web.client import ResponseNeverReceived
 
 from mxproxy import __version__
 from mxproxy.admin import STORE_TIMEOUT, Health, NotAfter, admin_site
+from mxproxy.csta.client import MXAddress
 from mxproxy.metrics import Metrics
+from mxproxy.mx import REFUSED_RETRY
 from mxproxy.push.credentials import APNsCertificate, Credential
 from mxproxy.push.system import PushSystem
 from mxproxy.testing.certs import certificate_authority
 from mxproxy.testing.fakeapns import Delayed
 from mxproxy.testing.fakefcm import INVALID_DATA
-from tests.support import Daemon, drop_sessions, next_turn
+from tests.support import Daemon, drop_sessions, next_turn, serve
 from tests.test_api import company
 from tests.test_apns import APPLE_DEV, APPLE_PROD, BUNDLE, DER_NULL, push_certificate_p12
+from tests.test_mx import Running
+from tests.test_mx import company as mx_company
 from tests.test_push import (
     ALICE,
     CALLER,
@@ -127,7 +131,7 @@ class HealthTests(AdminTestCase):
         self.assertFalse(report["healthy"])
         link = report["mx"]["dev"]
         self.assertIn("connection lost", link.pop("lastError"))
-        self.assertEqual(link, {"link": "down", "since": "2027-01-15T08:01:30Z",
+        self.assertEqual(link, {"link": "down", "since": "2027-01-15T08:01:30Z", "state": "lost",
                                 "nextAttempt": "2027-01-15T08:01:31Z", "reconnects": 0,
                                 "monitors": 0, "sn": "TEST1"})
         samples = await admin.scrape()
@@ -200,6 +204,47 @@ class HealthTests(AdminTestCase):
             for secret in (b"server-secret", ALICE[1].encode(), apns_token(1).encode(),
                            fcm_token("a").encode(), b"PRIVATE KEY"):
                 self.assertNotIn(secret, body)
+
+
+class LinkStateTests(TestCase):
+    """Why a link is down, in a word an operator (or an alert) can act on without the log."""
+
+    async def link(self, running: Running) -> dict[str, Any]:
+        await running.failed()
+        healthy, report = await Health([running.server], None, running.clock).report()
+        self.assertFalse(healthy)
+        link: dict[str, Any] = report["mx"]["dev"]
+        return link
+
+    async def test_a_refused_server_login_shows_the_mx_reply(self) -> None:
+        pbx = mx_company(1)
+        running = Running(self, serve(self, pbx), password="wrong")
+        self.assertEqual(await self.link(running), {
+            "link": "down", "since": None, "reconnects": 0, "monitors": 0,
+            "state": "loginFailed", "loginFailed": {"code": 1,
+                                                    "text": "Invalid user name or password"},
+            "lastError": "login failed (code 1): Invalid user name or password",
+            "nextAttempt": "1970-01-01T00:05:00Z"})
+        pbx.add_server_login("server", "wrong")
+        ready = running.server.when_ready()
+        running.clock.advance(REFUSED_RETRY)
+        await ready
+        _, report = await Health([running.server], None, running.clock).report()
+        self.assertEqual(report["mx"]["dev"], {"link": "up", "since": "1970-01-01T00:05:00Z",
+                                               "reconnects": 0, "monitors": 0, "sn": "TEST1"})
+
+    async def test_tls_to_a_plain_tcp_mx(self) -> None:
+        plain = serve(self, mx_company(1))
+        link = await self.link(Running(self, MXAddress(plain.host, plain.port, tls=True)))
+        self.assertEqual(link["state"], "wrongTransport")
+        self.assertIn("did not complete a TLS handshake", link["lastError"])
+        self.assertNotIn("loginFailed", link)
+
+    async def test_an_unreachable_mx(self) -> None:
+        link = await self.link(Running(self, MXAddress("mx.invalid", 7778)))
+        self.assertEqual((link["state"], link["lastError"]),
+                         ("unreachable", "cannot connect to mx.invalid:7778: the name does not "
+                                         "resolve"))
 
 
 class PushMetricsTests(AdminTestCase):

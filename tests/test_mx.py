@@ -9,13 +9,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mxproxy.config import MXConfig
 from mxproxy.csta.client import MXAddress
 from mxproxy.mx import (
-    DUPLICATE_RETRY,
+    FAILURE_LOG_WINDOW,
+    REFUSED_RETRY,
     STABLE_AFTER,
     DuplicateSerial,
     MXServer,
     SerialRegistry,
 )
-from mxproxy.testing.mxsim import PBX
+from mxproxy.testing.mxsim import PBX, listen
 from mxproxy.testing.mxsim.model import Contact
 from tests.support import drop_sessions, next_turn, serve
 from tests.test_tls import capture_logs
@@ -38,10 +39,10 @@ class Running:
 
     def __init__(self, test: TestCase, address: MXAddress, name: str = "dev",
                  serials: SerialRegistry | None = None, max_contacts: int = 100_000,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, password: str = "server-secret") -> None:
         self.clock = clock or Clock()
         config = MXConfig(name=name, host=address.host, port=address.port, login="server",
-                          password="server-secret", tls=address.tls, max_contacts=max_contacts)
+                          password=password, tls=address.tls, max_contacts=max_contacts)
         self.server = MXServer(config, reactor, serials or SerialRegistry(),
                                jitter=lambda: 0.0, clock=self.clock)
         self.state = self.server.state
@@ -54,6 +55,12 @@ class Running:
         while self.state.next_attempt is None:
             await next_turn()
         return self.state.last_error or ""
+
+    async def retry(self) -> str:
+        """The next attempt, once it has failed; its error."""
+        assert self.state.next_attempt is not None
+        self.clock.advance(self.state.next_attempt - self.clock.seconds())
+        return await self.failed()
 
     async def down_after(self, step: float) -> float:
         """Advance the clock ``step`` at a time until the link is down; the time it took."""
@@ -215,7 +222,7 @@ class ReconnectTests(TestCase):
         pbx = company(1)
         running = Running(self, serve(self, pbx))
         await running.server.when_ready()
-        pbx.faults.refuse_logins = True
+        pbx.faults.malformed_next = "header"  # every login answered with a broken frame
         await running.lose_link(pbx)
         state = running.server.state
         for delay in (1.0, 2.0, 4.0, 8.0):
@@ -223,9 +230,9 @@ class ReconnectTests(TestCase):
             running.clock.advance(delay)
             while state.next_attempt is None:  # the attempt runs over real sockets
                 await next_turn()
-            self.assertIn("login failed", state.last_error or "")
-        self.assertEqual(pbx.failed_logins["server"], 4)
-        pbx.faults.refuse_logins = False
+            self.assertIn("bad frame", state.last_error or "")
+        self.assertEqual(pbx.logins["server"], 5)
+        pbx.faults.malformed_next = None
         ready = running.server.when_ready()
         running.clock.advance(16.0)
         await ready
@@ -253,7 +260,7 @@ class DuplicateSerialTests(TestCase):
         state = second.state
         self.assertIn("serial number TEST1, which mx.first already serves", await second.failed())
         self.assertFalse(state.connected)
-        self.assertEqual(state.next_attempt, DUPLICATE_RETRY)
+        self.assertEqual(state.next_attempt, REFUSED_RETRY)
         self.assertTrue(first.server.state.connected)
         self.assertEqual(len(first.server.address_book), 1)
         [refusal] = [line for line in lines if "refused" in line]
@@ -261,16 +268,113 @@ class DuplicateSerialTests(TestCase):
                                            "number TEST1, which mx.first already serves"),
                         refusal)
 
-        second.clock.advance(DUPLICATE_RETRY)  # refused again: not logged again
+        second.clock.advance(REFUSED_RETRY)  # refused again: not logged again
         await second.failed()
-        self.assertEqual(state.next_attempt, 2 * DUPLICATE_RETRY)
+        self.assertEqual(state.next_attempt, 2 * REFUSED_RETRY)
         self.assertEqual(len([line for line in lines if "refused" in line]), 1)
 
         await first.server.stopService()  # the serial is free again
         ready = second.server.when_ready()
-        second.clock.advance(DUPLICATE_RETRY)
+        second.clock.advance(REFUSED_RETRY)
         await ready
         self.assertEqual(second.server.sn, "TEST1")
+
+
+class LinkMessageTests(TestCase):
+    """Each failed attempt is one error line naming the entry, what happened and what to fix;
+    ``state.cause`` says the same in one word for ``/healthz``."""
+
+    async def failure_line(self, running: Running) -> str:
+        lines = capture_logs(self, "mxproxy.mx")
+        await running.failed()
+        [line] = lines
+        return line
+
+    async def test_tls_to_a_plain_tcp_mx(self) -> None:
+        plain = serve(self, company(1))
+        running = Running(self, MXAddress(plain.host, plain.port, tls=True))
+        line = await self.failure_line(running)
+        self.assertTrue(line.startswith(f"mx.dev: 127.0.0.1:{plain.port} did not complete a TLS "
+                                        "handshake ("), line)
+        self.assertTrue(line.endswith('): if it is a plain-TCP port set "tls": false (a '
+                                      "plain-TCP MX listens on 7777), else check the port; "
+                                      "retrying in 1.0 s"), line)
+        self.assertEqual(running.state.cause, "wrongTransport")
+
+    async def test_plain_tcp_to_a_tls_mx(self) -> None:
+        secure = serve(self, company(1), tls=True)
+        running = Running(self, MXAddress(secure.host, secure.port, tls=False))
+        line = await self.failure_line(running)
+        self.assertTrue(line.startswith(f"mx.dev: 127.0.0.1:{secure.port} closed the connection "
+                                        "without answering the login ("), line)
+        self.assertTrue(line.endswith('): if it is the MX\'s TLS port (7778) set "tls": true, '
+                                      "else check the port; retrying in 1.0 s"), line)
+        self.assertEqual(running.state.cause, "wrongTransport")
+
+    async def test_a_refused_server_login_is_retried_in_minutes(self) -> None:
+        """A wrong password retried every 30 s could lock the MX's server account."""
+        pbx = company(1)
+        running = Running(self, serve(self, pbx), password="wrong")
+        line = await self.failure_line(running)
+        self.assertEqual(line, "mx.dev: the MX refused the server login (code 1: Invalid user "
+                               "name or password): check mx.dev.login and mx.dev.password; "
+                               "retrying in 5 min")
+        state = running.state
+        self.assertEqual((state.cause, state.login_failed),
+                         ("loginFailed", (1, "Invalid user name or password")))
+        self.assertEqual(state.next_attempt, REFUSED_RETRY)
+        await running.retry()
+        self.assertEqual(state.next_attempt, 2 * REFUSED_RETRY)
+        self.assertEqual(pbx.failed_logins["server"], 2)
+
+        pbx.add_server_login("server", "wrong")  # the MX's account changed to match
+        ready = running.server.when_ready()
+        running.clock.advance(REFUSED_RETRY)
+        await ready
+        self.assertEqual((state.cause, state.login_failed, state.last_error), (None, None, None))
+
+    async def test_connection_refused(self) -> None:
+        port = listen(company(1), port=0, reactor=reactor)
+        closed = port.getHost().port
+        await port.stopListening()
+        running = Running(self, MXAddress("127.0.0.1", closed, tls=False))
+        self.assertEqual(await self.failure_line(running),
+                         f"mx.dev: cannot connect to 127.0.0.1:{closed}: connection refused: "
+                         "check that the MX is up and the port is right; retrying in 1.0 s")
+        self.assertEqual(running.state.cause, "unreachable")
+
+    async def test_a_name_that_does_not_resolve(self) -> None:
+        running = Running(self, MXAddress("mx.invalid", 7778))
+        self.assertEqual(await self.failure_line(running),
+                         "mx.dev: cannot connect to mx.invalid:7778: the name does not resolve: "
+                         "check the host name and the DNS; retrying in 1.0 s")
+        self.assertEqual(running.state.cause, "unreachable")
+
+    async def test_a_failure_that_repeats_is_logged_on_change_and_every_ten_minutes(self) -> None:
+        pbx = company(1)
+        pbx.faults.malformed_next = "header"  # every login answered with a broken frame
+        lines = capture_logs(self, "mxproxy.mx")
+        running = Running(self, serve(self, pbx))
+        await running.failed()
+        for _ in range(4):  # at 1, 3, 7 and 15 s
+            self.assertIn("bad frame", await running.retry())
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith("mx.dev: cannot establish the MX link: bad frame"))
+
+        pbx.faults.malformed_next = None
+        pbx.faults.refuse_logins = True
+        await running.retry()  # at 31 s, another reason: logged at once, after the last count
+        self.assertEqual(lines[1:], ["mx.dev: the same failure again: 4 more suppressed in 31 s",
+                                     "mx.dev: the MX refused the server login (code 1: Invalid "
+                                     "user name or password): check mx.dev.login and "
+                                     "mx.dev.password; retrying in 5 min"])
+        await running.retry()
+        self.assertEqual(len(lines), 3)
+        await running.retry()  # 10 minutes after the last line
+        self.assertEqual(running.clock.seconds(), 31 + FAILURE_LOG_WINDOW)
+        self.assertEqual(lines[3:], ["mx.dev: the same failure again: 1 more suppressed in "
+                                     "600 s", lines[2]])
+        self.assertEqual(running.state.reconnects, 0)
 
 
 class SerialRegistryTests(SynchronousTestCase):
