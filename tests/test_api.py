@@ -117,6 +117,27 @@ class AuthTests(APITestCase):
         await self.daemon(user_address=MXAddress("127.0.0.1", await _closed_port(), tls=False))
         self.assertError(await self.get("/voicemail"), 503, "unavailable")
 
+    async def assertUnavailableWithoutItsAddress(self, address: MXAddress, log: str) -> None:
+        """The client learns that the MX is down, not where it is; the log keeps both."""
+        lines = capture_logs(self, "mxproxy.api")
+        await self.daemon(user_address=address)
+        response, body = await self.get("/voicemail")
+        self.assertEqual((response.code, loads(body)), (503, {"error": "the MX is unavailable"}))
+        for secret in (address.host, str(address.port)):
+            self.assertNotIn(secret.encode(), body)
+        self.assertIn(f"503 GET /mx/dev/voicemail: the MX is unavailable: {log}", lines)
+
+    async def test_an_mx_refusing_connections_is_503_without_its_address(self) -> None:
+        port = await _closed_port()
+        await self.assertUnavailableWithoutItsAddress(
+            MXAddress("127.0.0.1", port, tls=False),
+            f"cannot connect to 127.0.0.1:{port}: connection refused")
+
+    async def test_an_mx_name_that_does_not_resolve_is_503_without_it(self) -> None:
+        await self.assertUnavailableWithoutItsAddress(
+            MXAddress("mx.invalid", 7778), "cannot connect to mx.invalid:7778: the name does "
+                                           "not resolve")
+
     async def test_mx_timeout_is_504(self) -> None:
         clock = Clock()
         await self.daemon(clock=clock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from twisted.logger import LogLevel
 from twisted.web.server import Request
 
 from mxproxy.csta.errors import (
@@ -25,14 +26,16 @@ _PHRASES = {429: b"Too Many Requests"}  # twisted.web knows no phrase for it
 
 
 class HTTPError(Exception):
-    """A failure whose status and message the API chose itself."""
+    """A failure whose status and message the API chose itself; ``detail`` goes to the log
+    only (what the client must not see, such as the MX's address)."""
 
     def __init__(self, status: int, message: str,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+        self.detail = detail
 
 
 def bad_request(message: str) -> HTTPError:
@@ -52,11 +55,11 @@ def as_http_error(error: BaseException) -> HTTPError:
     if isinstance(error, CSTAError):
         return HTTPError(400, f"the MX refused the command: {error.text}")
     if isinstance(error, MXTimeout):
-        return HTTPError(504, "the MX did not answer in time")
+        return HTTPError(504, "the MX did not answer in time", detail=str(error))
     if isinstance(error, (ProtocolViolation, XMLError)):
         return HTTPError(502, f"unexpected reply from the MX: {error}")
-    if isinstance(error, MXUnavailable):
-        return HTTPError(503, f"the MX is unavailable: {error}")
+    if isinstance(error, MXUnavailable):  # its text names the MX's address
+        return HTTPError(503, "the MX is unavailable", detail=str(error))
     if isinstance(error, StoreUnavailable):  # the details went to the log, once
         return HTTPError(503, "device tokens cannot be stored right now; try again later")
     if isinstance(error, FrameTooLarge):
@@ -72,10 +75,9 @@ def write_error(request: Request, error: HTTPError) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
     method = request.method.decode("ascii", "replace")
     path = request.path.decode("utf-8", "replace")
-    if error.status >= 500:
-        log.warn("{status} {method} {path}: {message}", status=error.status, method=method,
-                 path=path, message=error.message)
-    else:
-        log.info("{status} {method} {path}: {message}", status=error.status, method=method,
-                 path=path, message=error.message)
+    # Not "message": a legacy log observer (trial's, twistd's text log) blanks that key in the
+    # event that later observers get.
+    log.emit(LogLevel.warn if error.status >= 500 else LogLevel.info,
+             "{status} {method} {path}: {error}", status=error.status, method=method, path=path,
+             error=error.message if error.detail is None else f"{error.message}: {error.detail}")
     return json.dumps({"error": error.message}).encode()
