@@ -11,7 +11,7 @@ address book, a flood of bad frames, silence), only its own link fails and is re
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -22,6 +22,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
+from mxproxy.addressbook import (
+    AddressBook,
+    AddressBookTooLarge,
+    load_address_book,
+    load_time_limit,
+)
 from mxproxy.config import MXConfig
 from mxproxy.csta import commands
 from mxproxy.csta.client import CSTAFactory, MXAddress, open_session
@@ -33,11 +39,10 @@ from mxproxy.csta.errors import (
     MXError,
     MXTimeout,
     MXUnavailable,
-    ProtocolViolation,
     Unreachable,
     WrongTransport,
 )
-from mxproxy.csta.messages import AbDelete, AbUpdate, AddressBookPage, Contact, LoginResponse
+from mxproxy.csta.messages import AbDelete, AbUpdate, Contact, LoginResponse
 from mxproxy.csta.protocol import CSTAProtocol, Message, RoundTrip, Trace
 from mxproxy.logs import Logger, RateLimitedLog
 
@@ -54,11 +59,6 @@ FAILURE_LOG_WINDOW = 600.0
 """Seconds during which failed attempts like the last one logged are only counted: a link that
 stays down for the same reason is said again every 10 minutes, with how many attempts failed
 alike, instead of every retry; a new reason is logged at once."""
-PAGE_TIME = 0.15
-"""Seconds allowed per address-book page (50 contacts) for as many pages as ``maxContacts``
-needs, so 5 minutes for the default 100,000: the simulator serves those in 16 s over loopback,
-which leaves a round trip of ~140 ms per page across a WAN."""
-MIN_LOAD_TIME = 60.0
 LOGOUT_GRACE = 2.0
 """Seconds a stopping link waits for the MX to take its logout and close; then it is cut: a
 hung MX never says goodbye (which a close over TLS waits for), and a stop must end."""
@@ -102,47 +102,6 @@ class SerialRegistry:
             del self._owners[sn]
 
 
-class AddressBook:
-    """Contacts by JID, with a lookup by extension; ``version`` counts the changes, so that
-    whatever is derived from the book (its JSON) can be cached."""
-
-    def __init__(self, contacts: dict[str, Contact] | None = None) -> None:
-        self._by_jid: dict[str, Contact] = dict(contacts or {})
-        self._by_ext = {contact.ext: contact for contact in self._by_jid.values() if contact.ext}
-        self.version = 0
-
-    def __len__(self) -> int:
-        return len(self._by_jid)
-
-    def __iter__(self) -> Iterator[Contact]:
-        return iter(self._by_jid.values())
-
-    def get(self, jid: str) -> Contact | None:
-        return self._by_jid.get(jid)
-
-    def by_ext(self, ext: str) -> Contact | None:
-        return self._by_ext.get(ext)
-
-    def apply(self, jid: str, contact: Contact | None) -> None:
-        """Store ``contact`` (the new state of ``jid``), or forget ``jid`` (None)."""
-        if contact is None:
-            self.delete(jid)
-        else:
-            self.upsert(contact)
-
-    def upsert(self, contact: Contact) -> None:
-        self.delete(contact.jid)
-        self._by_jid[contact.jid] = contact
-        if contact.ext:
-            self._by_ext[contact.ext] = contact
-
-    def delete(self, jid: str) -> None:
-        old = self._by_jid.pop(jid, None)
-        if old is not None and self._by_ext.get(old.ext) is old:
-            del self._by_ext[old.ext]
-        self.version += 1
-
-
 @attrs.define
 class LinkState:
     """What a health check reports about the server link."""
@@ -158,55 +117,6 @@ class LinkState:
     reconnects: int = 0
     next_attempt: float | None = None
     """When the next connection attempt is due (clock seconds), while one is scheduled."""
-
-
-def load_time_limit(max_contacts: int) -> float:
-    """How long loading an address book of at most ``max_contacts`` may take."""
-    return max(MIN_LOAD_TIME, max_contacts / 50 * PAGE_TIME)
-
-
-async def load_address_book(protocol: CSTAProtocol, max_contacts: int, clock: IReactorTime,
-                            time_limit: float) -> dict[str, Contact]:
-    """Every contact, page by page, until ``size`` entries arrived (page size is the MX's).
-
-    Whatever the MX announces or sends, at most ``max_contacts`` are kept and the load ends
-    within ``time_limit`` seconds (and one reply timeout): each page is asked for once, every
-    contact received counts (repeats too), and a ``size`` over the limit fails at once.
-    """
-    contacts: dict[str, Contact] = {}
-    received = 0
-    index = 0
-    deadline = clock.seconds() + time_limit
-    while True:
-        waiter = protocol.expect("ablist", match=_page_matcher(str(index)))
-        protocol.send(commands.addressbook_page(index))
-        page = AddressBookPage.from_xml((await waiter).element)
-        received += len(page.contacts)
-        if page.size > max_contacts:
-            raise AddressBookTooLarge(f"the MX announces an address book of {page.size} "
-                                      f"contacts, over maxContacts ({max_contacts})")
-        if received > max_contacts:
-            raise AddressBookTooLarge(f"the MX sent {received} contacts, over maxContacts "
-                                      f"({max_contacts})")
-        for contact in page.contacts:
-            contacts[contact.jid] = contact
-        if received >= page.size:
-            return contacts
-        if not page.contacts:
-            raise MXError(f"address book page {index} is empty after {received} of {page.size}")
-        if clock.seconds() > deadline:
-            raise MXTimeout(f"address book not loaded within {time_limit:g} s ({received} of "
-                            f"{page.size} contacts)")
-        index += 1
-
-
-def _page_matcher(index: str) -> Callable[[Message], bool]:
-    """Pages are told apart by ``index``; an MX that omits it is trusted to answer in order."""
-    return lambda message: message.element.get("index", index) == index
-
-
-class AddressBookTooLarge(ProtocolViolation):
-    """The MX announces or sends more contacts than ``maxContacts`` allows."""
 
 
 class MXServer(Service):

@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from mxproxy.addressbook import AddressBook
 from mxproxy.api.access import MXAccess
 from mxproxy.api.auth import Authenticator
 from mxproxy.api.clients import ClientAddresses
@@ -37,7 +38,7 @@ from mxproxy.csta.errors import CSTAError
 from mxproxy.csta.messages import Chunk, MakeCallResult, VoiceMailList
 from mxproxy.logs import Logger
 from mxproxy.metrics import Metrics
-from mxproxy.mx import AddressBook, MXServer
+from mxproxy.mx import MXServer
 from mxproxy.sessions import UserSession
 
 log = Logger(__name__)
