@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import cast
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import TimeoutError
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -34,8 +36,11 @@ from mxproxy.csta.errors import (
 from mxproxy.csta.messages import MakeCallResult
 from mxproxy.csta.protocol import CSTAProtocol
 from mxproxy.testing import certs
+from mxproxy.testing.hostilemx import Script
 from mxproxy.testing.mxsim import PBX, listen
 from tests.support import close_on_cleanup, next_turn, serve
+from tests.test_hostile_mx import listen as listen_hostile
+from tests.test_hostile_mx import open_links
 
 
 def company() -> PBX:
@@ -240,6 +245,25 @@ class LinkFailureTests(TestCase):
             MXAddress(secure.host, secure.port, tls=False),
             "closed the connection without answering the login",
             'if it is the MX\'s TLS port (7778) set "tls": true, else check the port')
+
+    async def test_a_hung_mx_that_never_answers_the_login_is_cut(self) -> None:
+        """Over TLS a polite close waits for the peer's goodbye, which an MX that stopped
+        reading never sends: the descriptor would stay for good."""
+        clock = Clock()
+        hostile, address = listen_hostile(self, Script(hold_logins=True), tls=True)
+        asked = hostile.wait_for("loginRequest")
+        opening = Deferred.fromCoroutine(self.open(address, CSTAFactory(clock)))
+        await asked
+        for session in hostile.sessions:
+            cast(IPushProducer, session.transport).pauseProducing()  # deaf from now on
+        clock.advance(7)
+        with self.assertRaises(MXTimeout):
+            await opening
+        for _ in range(20):
+            if not open_links(address.port):
+                return
+            await next_turn()
+        self.fail("the link to the hung MX was left open")
 
     async def test_connection_refused(self) -> None:
         port = listen(company(), port=0, reactor=reactor)
