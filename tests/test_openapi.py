@@ -1,22 +1,44 @@
-"""docs/openapi.yaml: sane on its own, and describing exactly the routes the Klein app serves.
+"""docs/openapi.yaml: sane on its own, and describing exactly the routes and statuses the code
+serves.
 
 The route comparison reads the app's werkzeug URL map (``API.app.url_map``), so a route added
 to ``mxproxy.api.app`` without documentation, or documented without being served, fails here.
-Examples in the document are checked against their schemas by a small validator for the JSON
-Schema keywords the document uses; it refuses keywords it does not know instead of ignoring them.
+The statuses of each operation are compared with those the code can produce, as
+tests/route_statuses.py reads them from the code (see :class:`StatusTests`). Examples in the
+document are checked against their schemas by a small validator for the JSON Schema keywords
+the document uses; it refuses keywords it does not know instead of ignoring them.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import yaml
 from klein import Klein
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.server import Request
+
+from mxproxy.api.auth import Authenticator
+from mxproxy.api.errors import HTTPError, as_http_error
+from mxproxy.csta.errors import LoggedOut, LoginError, ProtocolViolation
+from mxproxy.push.tokens import TokenStoreError
+from mxproxy.sessions import UserSession
+from tests.route_statuses import (
+    HOME,
+    MX_LINK,
+    AnalysisError,
+    ErrorMapping,
+    RouteStatuses,
+    written_statuses,
+)
+from tests.support import Daemon, exchange
+from tests.test_api import ALICE, company
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPENAPI = os.path.join(REPO, "docs", "openapi.yaml")
@@ -27,10 +49,6 @@ IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
 # What a rule without a method list (werkzeug: every method) turns into; never documented.
 ANY_METHOD = "*"
 COMMON_HEADERS = ("Server", "X-API-Version", "X-Service-Version")
-# Statuses any route can answer, because every route authenticates against its MX.
-EVERY_OPERATION_STATUSES = frozenset({"401", "403", "404", "429", "503", "504"})
-CONTRACT_STATUSES = frozenset(
-    {"400", "401", "403", "404", "405", "413", "429", "501", "503", "504"})
 STATUS_KEY = re.compile(r"[1-5](?:[0-9]{2}|XX)|default")
 TEMPLATE_VARIABLE = re.compile(r"\{([^{}]+)\}")
 # <name>, <converter:name>, <converter(arguments):name>
@@ -42,11 +60,11 @@ CATCH_ALL = re.compile(r"<path[:(]")
 
 
 @functools.cache
-def load_document() -> dict[str, Any]:
-    with open(OPENAPI, encoding="utf-8") as stream:
+def load_document(path: str = OPENAPI) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as stream:
         document = yaml.safe_load(stream)
     if not isinstance(document, dict):
-        raise AssertionError(f"{OPENAPI}: not a YAML mapping")
+        raise AssertionError(f"{path}: not a YAML mapping")
     return document
 
 
@@ -312,11 +330,17 @@ def documented_examples(document: Mapping[str, Any]
 # --- tests ----------------------------------------------------------------------------------
 
 
-class DocumentTests(SynchronousTestCase):
-    """The document on its own."""
+class DocumentChecks:
+    """What each document must be on its own; mixed into a TestCase naming the document."""
+
+    path: str
+    fewest_examples: int
+    """How many examples the walk must find at least (that it found them)."""
+
+    document: dict[str, Any]
 
     def setUp(self) -> None:
-        self.document = load_document()
+        self.document = load_document(self.path)
 
     def test_version(self) -> None:
         self.assertIsInstance(self.document.get("openapi"), str)
@@ -340,14 +364,6 @@ class DocumentTests(SynchronousTestCase):
                 except (KeyError, IndexError, ValueError, TypeError):
                     bad.append(f"{where}: {node['$ref']}")
         self.assertEqual(bad, [])
-
-    def test_paths(self) -> None:
-        """Every route lives under ``/mx/{mx}/`` and has at least one operation."""
-        paths = self.document.get("paths") or {}
-        self.assertTrue(paths)
-        for path, item in paths.items():
-            self.assertTrue(path.startswith("/mx/{mx}/"), path)
-            self.assertTrue(HTTP_METHODS & set(item), f"{path}: no operation")
 
     def test_operations_have_responses(self) -> None:
         for path, method, operation in operations(self.document):
@@ -377,6 +393,54 @@ class DocumentTests(SynchronousTestCase):
             for parameter in parameters:
                 self.assertIn("schema", parameter, f"{where} {parameter['name']}")
 
+    def test_json_bodies_have_examples(self) -> None:
+        for where, _, response in responses(self.document):
+            media = response.get("content", {}).get("application/json")
+            if media is not None:
+                self.assertTrue("example" in media or "examples" in media, where)
+
+    def test_examples_match_schemas(self) -> None:
+        checked = 0
+        errors = []
+        for where, value, schema in documented_examples(self.document):
+            checked += 1
+            errors += [f"{where}: {error}" for error in schema_errors(self.document, value,
+                                                                      schema)]
+        self.assertEqual(errors, [])
+        self.assertGreater(checked, self.fewest_examples)
+
+    def errors_are_json(self, exceptions: Iterable[str] = ()) -> None:
+        """4xx and 5xx bodies are ``{"error": ...}`` (but for the responses named ``METHOD
+        path status`` in ``exceptions``); 401, 405, 429 carry their headers."""
+        components = self.document["components"]["responses"]
+        errors = [(where, status, response) for where, status, response
+                  in responses(self.document)
+                  if status[:1] in ("4", "5") and where not in exceptions]
+        errors.append(("components/responses/MethodNotAllowed", "405",
+                       components["MethodNotAllowed"]))
+        special = {"401": "WWW-Authenticate", "405": "Allow", "429": "Retry-After"}
+        for where, status, response in errors:
+            self.assertEqual(set(response.get("content", {})), {"application/json"}, where)
+            self.assertEqual(response["content"]["application/json"].get("schema"),
+                             {"$ref": "#/components/schemas/Error"}, where)
+            if status in special:
+                self.assertIn(special[status], response.get("headers", {}), where)
+
+
+class DocumentTests(DocumentChecks, SynchronousTestCase):
+    """docs/openapi.yaml on its own."""
+
+    path = OPENAPI
+    fewest_examples = 40
+
+    def test_paths(self) -> None:
+        """Every route lives under ``/mx/{mx}/`` and has at least one operation."""
+        paths = self.document.get("paths") or {}
+        self.assertTrue(paths)
+        for path, item in paths.items():
+            self.assertTrue(path.startswith("/mx/{mx}/"), path)
+            self.assertTrue(HTTP_METHODS & set(item), f"{path}: no operation")
+
     def test_security(self) -> None:
         """Every operation needs HTTP Basic authentication."""
         schemes = self.document["components"]["securitySchemes"]
@@ -396,46 +460,7 @@ class DocumentTests(SynchronousTestCase):
                 self.assertIn(name, headers, where)
 
     def test_errors_are_json(self) -> None:
-        """4xx and 5xx bodies are ``{"error": ...}``; 401, 405, 429 carry their headers."""
-        method_not_allowed = self.document["components"]["responses"]["MethodNotAllowed"]
-        errors = [(where, status, response) for where, status, response
-                  in responses(self.document) if status[:1] in ("4", "5")]
-        errors.append(("components/responses/MethodNotAllowed", "405", method_not_allowed))
-        special = {"401": "WWW-Authenticate", "405": "Allow", "429": "Retry-After"}
-        for where, status, response in errors:
-            self.assertEqual(set(response.get("content", {})), {"application/json"}, where)
-            self.assertEqual(response["content"]["application/json"].get("schema"),
-                             {"$ref": "#/components/schemas/Error"}, where)
-            if status in special:
-                self.assertIn(special[status], response.get("headers", {}), where)
-
-    def test_contract_statuses(self) -> None:
-        """Every error status of the contract is documented; each route has the common ones."""
-        documented = set()
-        for path, method, operation in operations(self.document):
-            statuses = {str(status) for status in operation["responses"]}
-            documented |= statuses
-            missing = EVERY_OPERATION_STATUSES - statuses
-            self.assertEqual(missing, set(), f"{method.upper()} {path}")
-        if "MethodNotAllowed" in self.document["components"]["responses"]:
-            documented.add("405")  # answers requests that match no operation
-        self.assertEqual(CONTRACT_STATUSES - documented, set())
-
-    def test_json_bodies_have_examples(self) -> None:
-        for where, _, response in responses(self.document):
-            media = response.get("content", {}).get("application/json")
-            if media is not None:
-                self.assertTrue("example" in media or "examples" in media, where)
-
-    def test_examples_match_schemas(self) -> None:
-        checked = 0
-        errors = []
-        for where, value, schema in documented_examples(self.document):
-            checked += 1
-            errors += [f"{where}: {error}" for error in schema_errors(self.document, value,
-                                                                      schema)]
-        self.assertEqual(errors, [])
-        self.assertGreater(checked, 40)  # the walk found them
+        self.errors_are_json()
 
 
 class SchemaTests(SynchronousTestCase):
@@ -570,3 +595,261 @@ def _expected_operations() -> Iterable[tuple[str, str]]:
     yield "/mx/{mx}/voicemail", "get"
     for method in ("get", "patch", "delete"):
         yield "/mx/{mx}/voicemail/{mail_id}", method
+
+
+# --- statuses: the document against the code ---------------------------------------------
+
+NOT_PER_OPERATION = frozenset({500})
+"""A bug's answer: any route can give it, and no operation promises it."""
+ERROR_ROW = re.compile(r"^\| *([0-9]{3}(?:, *[0-9]{3})*) *\|", re.MULTILINE)
+
+
+def route_functions(app: Klein) -> dict[tuple[str, str], Callable[..., Any]]:
+    """The function each (path template, lower-case method) of a Klein app runs."""
+    functions = {}
+    for rule in app.url_map.iter_rules():
+        if CATCH_ALL.search(rule.rule) or rule.methods is None:
+            continue
+        function = app.endpoints[rule.endpoint].__wrapped__
+        for method in rule.methods - IGNORED_METHODS:
+            functions[(rule_to_template(rule.rule), method.lower())] = function
+    return functions
+
+
+def documented_errors(operation: Mapping[str, Any]) -> set[int]:
+    return {int(status) for status in operation["responses"] if str(status)[:1] in ("4", "5")}
+
+
+def table_statuses(description: str) -> set[int]:
+    """The statuses of the rows of a Markdown table of errors (``| 414, 431 | ... |``)."""
+    return {int(status) for row in ERROR_ROW.findall(description) for status in row.split(",")}
+
+
+class StatusTests(SynchronousTestCase):
+    """Every operation documents exactly the error statuses its code can produce.
+
+    The statuses are read from the code by tests/route_statuses.py (its docstring says how):
+    those of the route's function and of everything it calls, exceptions translated by the
+    error mapping ``as_http_error`` and calls leaving the API by their failure domains (the MX
+    link for a user's session), plus those of ``Routes.render``, which sees every request
+    before it is routed (413 over the body limit; 400 for a path or Host that is not UTF-8).
+    A ``raise HTTPError(409, ...)`` added to a route or to any helper it calls, a new branch of
+    the error mapping, or a new call into code that can fail changes the derived set, and this
+    test fails until the document says the same; a documented status the code cannot produce
+    fails it too.
+
+    Left out, as the document explains: 500 (a bug, possible anywhere); the answers to requests
+    that match no operation (404 for an unknown path, 405); the answers the connection writes
+    before there is a request (408, 414, 431, 400 for a malformed request, 503 over the
+    connection cap). The document's table of errors lists them: :meth:`test_errors_table`.
+    """
+
+    def test_operations_document_what_the_code_can_answer(self) -> None:
+        from mxproxy.api.app import API
+        from mxproxy.api.routing import Routes
+
+        analysis = RouteStatuses()
+        documented = {(path, method): documented_errors(operation)
+                      for path, method, operation in operations(load_document())}
+        functions = route_functions(API.app)
+        self.assertEqual(set(functions), set(documented))
+        wrong = []
+        for (path, method), function in sorted(functions.items()):
+            derived = analysis.of([function, Routes.render]) - NOT_PER_OPERATION
+            missing, extra = derived - documented[path, method], documented[path, method] - derived
+            if missing or extra:
+                wrong.append(f"{method.upper()} {path}: undocumented {sorted(missing)}, "
+                             f"documented but impossible {sorted(extra)}")
+        if wrong:
+            self.fail("\n".join(wrong))
+
+    def test_every_route_reaches_the_mx(self) -> None:
+        """Each route logs in to the MX (the auth cache can miss), so each can answer every
+        status of the MX link: the document's note on shared statuses says so."""
+        from mxproxy.api.app import API
+
+        link = ErrorMapping().of_package(MX_LINK)
+        self.assertEqual(link, {400, 403, 502, 503, 504})
+        analysis = RouteStatuses()
+        for key, function in route_functions(API.app).items():
+            self.assertEqual(link - analysis.of([function]), set(), key)
+
+    def test_errors_table(self) -> None:
+        """The table of errors in the document's description lists every status the API's
+        code writes anywhere (route or not, connection answers included), and no other."""
+        written = {status for status in written_statuses() if status >= 400}
+        self.assertEqual(table_statuses(load_document()["info"]["description"]), written)
+        self.assertTrue({400, 408, 413, 414, 431, 500, 502, 503} <= written)  # the scan works
+
+    def test_table_statuses(self) -> None:
+        self.assertEqual(table_statuses("| status | when |\n|---|---|\n| 400 | bad |\n"
+                                        "| 414, 431 | long |\n| `x` | 500 |\n"), {400, 414, 431})
+
+
+class _Throwaway:
+    """Code for the analysis tests, at module level: the analysis reads its source."""
+
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
+
+    def checks_the_caller(self, request: Request) -> None:
+        self.auth.caller(request, "dev")
+
+    async def works_on_a_session(self, request: Request) -> None:
+        caller = self.auth.caller(request, "dev")
+
+        async def work(session: UserSession) -> None:
+            pass
+
+        await self.auth.on_session(caller, work)
+
+    def conflicts(self) -> None:
+        _conflict()
+
+    def violates_the_protocol(self) -> None:
+        raise ProtocolViolation("a reply out of the blue")
+
+    def computes_a_status(self, status: int) -> None:
+        raise HTTPError(status, "which one?")
+
+
+def _conflict() -> None:
+    raise _refusal()
+
+
+def _refusal() -> HTTPError:
+    return HTTPError(409, "conflict")
+
+
+def _push_mapping(error: BaseException) -> HTTPError:
+    """``as_http_error`` as it would be with a status for the token store's failures."""
+    if isinstance(error, HTTPError):
+        return error
+    if isinstance(error, TokenStoreError):
+        return HTTPError(507, "the token store failed")
+    return HTTPError(500, "internal error")
+
+
+def _unreadable_mapping(error: BaseException) -> HTTPError:
+    for status in (400, 500):
+        return HTTPError(status, "?")
+    return HTTPError(500, "internal error")
+
+
+class StatusAnalysisTests(SynchronousTestCase):
+    """tests/route_statuses.py on throwaway code: what it finds, and what it refuses."""
+
+    def setUp(self) -> None:
+        self.analysis = RouteStatuses(home=(HOME, __name__))
+
+    def test_a_status_two_calls_down(self) -> None:
+        self.assertEqual(self.analysis.of([_Throwaway.conflicts]), {409})
+
+    def test_the_caller_check(self) -> None:
+        """The Authenticator's own statuses, found through the annotation of ``auth``; 500 is
+        the ValueError ``basic_credentials`` raises and catches itself (``except`` is not
+        followed)."""
+        self.assertEqual(self.analysis.of([_Throwaway.checks_the_caller]),
+                         {401, 404, 429, 500})
+
+    def test_a_session_reaches_the_mx_link(self) -> None:
+        self.assertEqual(self.analysis.of([_Throwaway.works_on_a_session]),
+                         {401, 404, 429, 500} | {400, 403, 502, 503, 504})
+
+    def test_an_exception_through_the_mapping(self) -> None:
+        self.assertEqual(self.analysis.of([_Throwaway.violates_the_protocol]), {502})
+
+    def test_a_status_that_is_not_a_literal(self) -> None:
+        error = self.assertRaises(AnalysisError, self.analysis.of,
+                                  [_Throwaway.computes_a_status])
+        self.assertIn("HTTPError(status", str(error))
+
+    def test_an_unclassified_dependency(self) -> None:
+        analysis = RouteStatuses(domains={}, home=(HOME, __name__))
+        error = self.assertRaises(AnalysisError, analysis.of, [_Throwaway.checks_the_caller])
+        self.assertIn("mxproxy.sessions.LoginThrottle", str(error))
+
+    def test_the_push_domain_follows_the_mapping(self) -> None:
+        """A branch of the mapping for the token store's errors reaches the device-token
+        routes, through ``Devices``: today the store's failures are 500."""
+        from mxproxy.api.app import API
+
+        analysis = RouteStatuses(ErrorMapping(_push_mapping))
+        self.assertEqual(analysis.of([API.token]), {400, 401, 404, 429, 500, 501, 507})
+        self.assertNotIn(507, analysis.of([API.calllog]))
+
+
+class ErrorMappingTests(SynchronousTestCase):
+    def test_read_as_it_runs(self) -> None:
+        """The mapping read from the source gives what running ``as_http_error`` gives, for
+        each class it names, a subclass and an unknown failure."""
+        mapping = ErrorMapping()
+        examples: dict[type, BaseException] = {LoginError: LoginError(2, "bad password")}
+        classes = [cls for named, _ in mapping.branches for cls in named]
+        self.assertGreater(len(classes), 5)
+        for cls in [*classes, LoggedOut, ValueError]:
+            error = examples.get(cls) or cls("x")
+            self.assertEqual(mapping.status(cls), as_http_error(error).status, cls)
+
+    def test_unreadable(self) -> None:
+        self.assertRaises(AnalysisError, ErrorMapping, _unreadable_mapping)
+
+
+# --- the statuses every operation shares, on the wire -----------------------------------
+
+
+def operation_request(path: str, method: str, operation: Mapping[str, Any],
+                      headers: Iterable[bytes], body: bytes | None = None) -> bytes:
+    """A raw HTTP/1.1 request for a documented operation: the path filled in from the
+    parameters' examples (the test daemon's MX is ``dev``), the body the request body's first
+    JSON example unless given."""
+    document = load_document()
+    values = {parameter["name"]: str(parameter.get("example", ""))
+              for parameter in parameters_of(document, path, operation)} | {"mx": "dev"}
+    target = TEMPLATE_VARIABLE.sub(lambda match: values[match.group(1)], path)
+    if body is None:
+        media = resolved(document, operation.get("requestBody", {})).get(
+            "content", {}).get("application/json", {})
+        example = media.get("example", next(iter(
+            example["value"] for example in media.get("examples", {}).values()), None))
+        body = b"" if example is None else json.dumps(example).encode()
+    return b"\r\n".join([f"{method.upper()} {target} HTTP/1.1".encode(), *headers,
+                         b"Content-Type: application/json", b"Content-Length: %d" % len(body),
+                         b"Connection: close", b"", body])
+
+
+class SharedStatusTests(TestCase):
+    """Each documented operation answered by a daemon against the simulator with the statuses
+    the document says every operation can give: 413, 400 for a Host that is not UTF-8, and
+    502 when the MX garbles its answer to the login. The analysis says they can happen; this
+    shows they do."""
+
+    async def daemon(self) -> Daemon:
+        self.pbx = company()
+        return await Daemon(self, self.pbx).start()
+
+    async def answers(self, status: int, headers: Iterable[bytes],
+                      body: bytes | None = None) -> None:
+        daemon = await self.daemon()
+        for path, method, operation in operations(load_document()):
+            request = operation_request(path, method, operation, headers, body)
+            response = await exchange(daemon.http_port, request)
+            self.assertEqual(response.status, status, f"{method.upper()} {path}")
+            self.assertIn("error", json.loads(response.body))
+
+    async def test_413(self) -> None:
+        await self.answers(413, [b"Host: x"], b"x" * (64 * 1024 + 1))
+
+    async def test_400_for_a_host_that_is_not_utf8(self) -> None:
+        await self.answers(400, [b"Host: \xff"])
+
+    async def test_502_for_a_garbled_login_reply(self) -> None:
+        daemon = await self.daemon()
+        auth = b"Authorization: Basic " + base64.b64encode(b"%s:%s" % (
+            ALICE[0].encode(), ALICE[1].encode()))
+        for path, method, operation in operations(load_document()):
+            self.pbx.faults.malformed_next = "xml"  # the next frame of each session, once
+            request = operation_request(path, method, operation, [b"Host: x", auth])
+            response = await exchange(daemon.http_port, request)
+            self.assertEqual((response.status, json.loads(response.body)["error"][:29]),
+                             (502, "unexpected reply from the MX:"), f"{method.upper()} {path}")
