@@ -1,26 +1,35 @@
-"""docs/openapi.yaml: sane on its own, and describing exactly the routes and statuses the code
-serves.
+"""docs/openapi.yaml and docs/admin-openapi.yaml: sane on their own, and describing exactly the
+routes and statuses the code serves.
 
 The route comparison reads the app's werkzeug URL map (``API.app.url_map``), so a route added
 to ``mxproxy.api.app`` without documentation, or documented without being served, fails here.
 The statuses of each operation are compared with those the code can produce, as
 tests/route_statuses.py reads them from the code (see :class:`StatusTests`). Examples in the
-document are checked against their schemas by a small validator for the JSON Schema keywords
-the document uses; it refuses keywords it does not know instead of ignoring them.
+documents, and real ``/healthz`` reports, are checked against their schemas by a small validator
+for the JSON Schema keywords the documents use; it refuses keywords it does not know instead of
+ignoring them.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import functools
+import inspect
 import json
 import os
 import re
+import textwrap
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import yaml
 from klein import Klein
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Request
 
@@ -37,11 +46,14 @@ from tests.route_statuses import (
     RouteStatuses,
     written_statuses,
 )
-from tests.support import Daemon, exchange
+from tests.support import Daemon, drop_sessions, exchange
+from tests.test_admin import AdminTestCase, APITestCase
 from tests.test_api import ALICE, company
+from tests.test_push import VOIP, apns_token
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPENAPI = os.path.join(REPO, "docs", "openapi.yaml")
+ADMIN_OPENAPI = os.path.join(REPO, "docs", "admin-openapi.yaml")
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 # werkzeug adds HEAD to every GET rule (and OPTIONS when asked); the document leaves them out.
@@ -793,6 +805,158 @@ class ErrorMappingTests(SynchronousTestCase):
 
     def test_unreadable(self) -> None:
         self.assertRaises(AnalysisError, ErrorMapping, _unreadable_mapping)
+
+
+# --- the admin document ------------------------------------------------------------------
+
+METRIC_ROW = re.compile(r"^\| *`(mxproxy_[a-z_]+)` *\|", re.MULTILINE)
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+def admin_pages() -> set[str]:
+    """The paths the admin site serves (its resource's table of pages)."""
+    from mxproxy.admin import admin_site
+    from mxproxy.metrics import Metrics
+
+    site = admin_site(Metrics(), [], None, Clock())
+    return {path.decode() for path in site.resource._pages}
+
+
+def documented_metrics() -> set[str]:
+    """The metric names of the table in the admin document's description."""
+    return set(METRIC_ROW.findall(load_document(ADMIN_OPENAPI)["info"]["description"]))
+
+
+def exposed_metrics(body: bytes, content_type: str = "text/plain") -> set[str]:
+    """The metric names of an exposition in either format, as a query spells them (counters
+    with ``_total``), without the ``<name>_created`` gauges the text format adds for the
+    counters and histograms with samples."""
+    parse = (openmetrics_families if content_type.startswith(OPENMETRICS)
+             else text_string_to_metric_families)
+    families = {family.name: family.type for family in parse(body.decode())}
+    return {name + ("_total" if kind == "counter" else "") for name, kind in families.items()
+            if not (name.endswith("_created")
+                    and families.get(name.removesuffix("_created")) in ("counter", "histogram"))}
+
+
+class AdminDocumentTests(DocumentChecks, SynchronousTestCase):
+    """docs/admin-openapi.yaml on its own, and against the admin site's pages."""
+
+    path = ADMIN_OPENAPI
+    fewest_examples = 8
+
+    def test_paths_are_the_admin_pages(self) -> None:
+        """``GET`` (and ``HEAD``, as in the API document) of each page, and nothing else."""
+        self.assertEqual(document_operations(self.document),
+                         {(page, "get") for page in admin_pages()})
+
+    def test_no_authentication(self) -> None:
+        self.assertEqual(self.document.get("security"), [])
+        for path, method, operation in operations(self.document):
+            self.assertNotIn("security", operation, f"{method.upper()} {path}")
+
+    def test_errors_are_json(self) -> None:
+        """All but the 503 of ``/healthz``, which is the health report."""
+        self.errors_are_json(exceptions={"GET /healthz 503"})
+        report = self.document["paths"]["/healthz"]["get"]["responses"]["503"]
+        self.assertEqual(report["content"]["application/json"]["schema"],
+                         {"$ref": "#/components/schemas/Health"})
+
+    def test_health_statuses(self) -> None:
+        """The statuses the health page sets (``200 if healthy else 503``), read from it."""
+        from mxproxy.admin import _AdminPages
+
+        tree = ast.parse(textwrap.dedent(inspect.getsource(_AdminPages._healthz)))
+        set_codes = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                     and ast.unparse(node.func).endswith(".setResponseCode")]
+        statuses = {str(node.value) for call in set_codes for node in ast.walk(call)
+                    if isinstance(node, ast.Constant) and isinstance(node.value, int)}
+        self.assertEqual(set(self.document["paths"]["/healthz"]["get"]["responses"]), statuses)
+        self.assertEqual(statuses, {"200", "503"})
+
+    def test_metrics_table_is_the_exposition(self) -> None:
+        """Every family the daemon's registry and live-state collector expose (each family
+        is there even without samples), and no other."""
+        from mxproxy.admin import admin_site
+        from mxproxy.metrics import Metrics
+
+        metrics = Metrics()
+        admin_site(metrics, [], None, Clock())
+        body, _ = metrics.exposition("")
+        self.assertEqual(documented_metrics(), exposed_metrics(body))
+        self.assertGreater(len(documented_metrics()), 10)
+
+    def test_token_store_schema(self) -> None:
+        def errors(store: Any) -> list[str]:
+            return schema_errors(self.document, store,
+                                 {"$ref": "#/components/schemas/TokenStore"})
+
+        self.assertEqual(errors({"state": "ok", "devices": 0}), [])
+        self.assertEqual(errors({"state": "StoreClosed"}), [])
+        self.assertTrue(errors({"state": "ok"}))
+        self.assertTrue(errors({"state": "TimeoutError", "devices": 1}))
+        self.assertTrue(errors({"state": "ok", "devices": 1, "path": "/var/lib"}))
+
+
+def health_errors(code: int, report: Any) -> list[str]:
+    """Why a ``/healthz`` answer does not match the document's schema for its status."""
+    document = load_document(ADMIN_OPENAPI)
+    response = document["paths"]["/healthz"]["get"]["responses"][str(code)]
+    return schema_errors(document, report, response["content"]["application/json"]["schema"])
+
+
+class HealthReportTests(AdminTestCase):
+    """Real ``/healthz`` reports of the admin site match the documented schema, in each state
+    the schema describes: links up and down, push delivery with its store working or failed,
+    and without push delivery (:class:`HealthWithoutPushTests`)."""
+
+    async def test_up(self) -> None:
+        admin = await self.admin()
+        await self.register("alice", "apns", VOIP, apns_token(1))
+        code, report = await admin.health()
+        self.assertEqual((code, report["tokenStore"]), (200, {"state": "ok", "devices": 1}))
+        self.assertEqual(health_errors(code, report), [])
+
+    async def test_down_with_a_failed_store(self) -> None:
+        admin = await self.admin()
+        server = self.d.server
+        assert server.protocol is not None
+        closed = server.protocol.when_closed()
+        await drop_sessions(self.pbx)
+        await closed
+        await self.system.store.close()
+        code, report = await admin.health()
+        self.assertEqual(code, 503)
+        self.assertTrue({"lastError", "nextAttempt"} <= set(report["mx"]["dev"]), report)
+        self.assertEqual(report["tokenStore"], {"state": "StoreClosed"})
+        self.assertEqual(health_errors(code, report), [])
+        report["mx"]["dev"]["state"] = "loginFailed"  # a field the document does not know
+        self.assertTrue(health_errors(code, report))
+
+
+class HealthWithoutPushTests(APITestCase):
+    async def test_up(self) -> None:
+        admin = await self.admin()
+        code, report = await admin.health()
+        self.assertEqual((code, report["tokenStore"]), (200, None))
+        self.assertEqual(health_errors(code, report), [])
+
+
+class MetricsPageTests(APITestCase):
+    async def test_documented_media_types(self) -> None:
+        """A scrape in either format has the content type the document names (with the
+        parameters the scraper reads; the library may add more), and the documented
+        families."""
+        admin = await self.admin()
+        documented = load_document(ADMIN_OPENAPI)["paths"]["/metrics"]["get"]["responses"][
+            "200"]["content"]
+        text, openmetrics = "text/plain; version=0.0.4", OPENMETRICS
+        self.assertEqual(set(documented), {text, openmetrics})
+        for accept, media in (("", text), (openmetrics, openmetrics)):
+            response, body = await admin.request("/metrics", headers={"Accept": accept})
+            [content_type] = response.headers.getRawHeaders(b"content-type")
+            self.assertTrue(content_type.decode().startswith(media), content_type)
+            self.assertEqual(exposed_metrics(body, content_type.decode()), documented_metrics())
 
 
 # --- the statuses every operation shares, on the wire -----------------------------------
