@@ -930,7 +930,7 @@ class HealthReportTests(AdminTestCase):
         self.assertTrue({"lastError", "nextAttempt"} <= set(report["mx"]["dev"]), report)
         self.assertEqual(report["tokenStore"], {"state": "StoreClosed"})
         self.assertEqual(health_errors(code, report), [])
-        report["mx"]["dev"]["state"] = "loginFailed"  # a field the document does not know
+        report["mx"]["dev"]["cause"] = "loginFailed"  # a field the document does not know
         self.assertTrue(health_errors(code, report))
 
 
