@@ -63,6 +63,7 @@ LOGOUT_GRACE = 2.0
 """Seconds a stopping link waits for the MX to take its logout and close; then it is cut: a
 hung MX never says goodbye (which a close over TLS waits for), and a stop must end."""
 ContactObserver = Callable[[Contact | None, Contact | None], None]
+LinkDownObserver = Callable[[Exception], None]
 AB_EVENTS = ("AbAddUserEvent", "AbUpdateUserEvent", "AbDeleteUserEvent")
 
 
@@ -162,6 +163,7 @@ class MXServer(Service):
         self._retry: IDelayedCall | None = None
         self._ready_waiters: list[Deferred[None]] = []
         self._link_observers: list[Callable[[CSTAProtocol], None]] = []
+        self._down_observers: list[LinkDownObserver] = []
         self._contact_observers: list[ContactObserver] = []
         self.protocol: CSTAProtocol | None = None
         self.info: LoginResponse | None = None
@@ -276,6 +278,11 @@ class MXServer(Service):
         """Call ``observer`` with the protocol each time the link is up and loaded."""
         self._link_observers.append(observer)
 
+    def on_link_down(self, observer: LinkDownObserver) -> None:
+        """Call ``observer`` with the reason each time a live link is lost, the stop of the
+        service included: what the MX held for it (monitors, call state) is gone with it."""
+        self._down_observers.append(observer)
+
     def on_contact_changed(self, observer: ContactObserver) -> None:
         """Call ``observer(before, after)`` for every live address-book change."""
         self._contact_observers.append(observer)
@@ -339,6 +346,8 @@ class MXServer(Service):
             self._retries = 0
         self.state.connected, self.state.since = False, now
         self.state.last_error, self.state.cause = str(reason), "lost"
+        for observer in tuple(self._down_observers):
+            observer(reason)
         if not self.running:
             return
         # After a Logout from the MX (another session took over, an admin kicked us) wait the

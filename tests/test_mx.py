@@ -248,6 +248,39 @@ class ReconnectTests(TestCase):
         await logout
 
 
+class LinkDownTests(TestCase):
+    async def test_observers_hear_of_a_lost_link_and_of_the_stop(self) -> None:
+        pbx = company(1)
+        running = Running(self, serve(self, pbx))
+        server = running.server
+        seen: list[tuple[str, bool, bool]] = []
+        server.on_link_down(lambda reason: seen.append(
+            (str(reason), server.state.connected, server.protocol is None)))
+        await server.when_ready()
+        self.assertEqual(seen, [])
+        await running.lose_link(pbx)
+        [(reason, connected, no_protocol)] = seen
+        self.assertEqual(reason, server.state.last_error)
+        self.assertEqual((connected, no_protocol), (False, True))
+        ready = server.when_ready()
+        running.clock.advance(1.0)
+        await ready
+        self.assertEqual(len(seen), 1)
+        await server.stopService()
+        self.assertEqual(len(seen), 2)
+        self.assertEqual(seen[1][1:], (False, True))
+
+    async def test_a_failed_attempt_is_no_link_down(self) -> None:
+        pbx = company(1)
+        pbx.faults.refuse_logins = True
+        running = Running(self, serve(self, pbx))
+        seen: list[Exception] = []
+        running.server.on_link_down(seen.append)
+        await running.failed()
+        await running.server.stopService()
+        self.assertEqual(seen, [])
+
+
 class DuplicateSerialTests(TestCase):
     async def test_a_second_entry_for_one_mx_fails_alone_and_retries_slowly(self) -> None:
         pbx = company(1)
