@@ -11,6 +11,7 @@ from mxproxy.csta.events import ConnectionCleared, Delivered, Established
 from mxproxy.csta.records import XMLRecord
 from mxproxy.mx import MXServer, SerialRegistry
 from mxproxy.push.monitors import CallMonitors
+from mxproxy.push.tokens import user_key
 from mxproxy.testing.mxsim import PBX
 from tests.support import drop_sessions, next_turn, serve
 
@@ -36,7 +37,7 @@ class MonitorTests(TestCase):
         self.stored = list(stored or [])
 
         async def stored_users(sn: str) -> list[str]:
-            return [user for user in self.stored if user.startswith(sn + ":")]
+            return [user for user in self.stored if user.startswith(user_key(sn, ""))]
 
         self.monitors = CallMonitors(self.server, stored_users,
                                      lambda jid, event: self.events.append((jid, event)))
@@ -93,7 +94,8 @@ class MonitorTests(TestCase):
         self.assertEqual(self.pbx.monitors_of("3001"), [])
 
     async def test_stored_users_are_monitored_after_start_and_reconnect(self) -> None:
-        await self.start(stored=[f"TEST1:{company().user('bob').jid}", "OTHER:1"])
+        await self.start(stored=[user_key("TEST1", company().user("bob").jid),
+                                 user_key("OTHER", "1")])
         await self.settle(1)
         self.assertEqual(self.monitors.monitored(self.bob), "3002")
         assert self.server.protocol is not None

@@ -34,7 +34,7 @@ from mxproxy.push.credentials import APNsCertificate, Credential
 from mxproxy.push.dispatcher import RING_WINDOW, PushDispatcher
 from mxproxy.push.fcm import ServiceAccount
 from mxproxy.push.system import PushSystem, build
-from mxproxy.push.tokens import Device
+from mxproxy.push.tokens import Device, user_key
 from mxproxy.testing import fakeapns, fakefcm
 from mxproxy.testing.certs import CertificateAuthority, certificate_authority
 from mxproxy.testing.fakeapns import NO_ANSWER, Delayed, FakeAPNs, ReceivedRequest
@@ -209,7 +209,7 @@ class PushTestCase(TestCase):
         return cast(Tracked, self.system.dispatcher)
 
     def user(self, login: str) -> str:
-        return f"{self.pbx.sn}:{self.pbx.user(login).jid}"
+        return user_key(self.pbx.sn, self.pbx.user(login).jid)
 
     # -- registration -------------------------------------------------------------------------
 

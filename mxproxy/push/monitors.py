@@ -20,6 +20,7 @@ from mxproxy.csta.protocol import CSTAProtocol, Message
 from mxproxy.csta.records import XMLRecord
 from mxproxy.logs import Logger
 from mxproxy.mx import MXServer
+from mxproxy.push.tokens import parse_user_key
 
 CALL_EVENTS = ("DeliveredEvent", "EstablishedEvent", "ConnectionClearedEvent")
 
@@ -84,7 +85,7 @@ class CallMonitors:
         except Exception:
             self.log.failure("mx.{name}: cannot read the users to monitor", name=self._server.name)
             return
-        self._wanted.update(user.partition(":")[2] for user in stored)
+        self._wanted.update(parse_user_key(user)[1] for user in stored)
         for jid in sorted(self._wanted):
             if protocol.up and jid not in self._by_jid:
                 await self._start(protocol, jid)

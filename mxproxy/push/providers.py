@@ -17,7 +17,7 @@ from mxproxy.push.apns import APNsClient, APNsError, APNsResponse
 from mxproxy.push.dispatcher import Notification, Outcome
 from mxproxy.push.fcm import FCMClient, FCMError, FCMResponse
 from mxproxy.push.monitors import CallMonitors
-from mxproxy.push.tokens import Device, TokenStore
+from mxproxy.push.tokens import Device, TokenStore, parse_user_key, user_key
 
 VOIP_SUFFIX = ".voip"
 CALL_TTL = 15  # seconds an FCM call message may wait for an offline phone
@@ -155,14 +155,14 @@ class DeviceRegistry:
         sn = self._sn()
         if sn is None:
             raise MXUnavailable("the MX link has not been established yet")
-        return sn, f"{sn}:{jid}"
+        return sn, user_key(sn, jid)
 
     async def register(self, jid: str, provider: str, bundle: str, sandbox: bool,
                        token: str) -> None:
         sn, user = self._user(jid)
         previous = await self._store.register(user, provider, bundle, sandbox, token)
         if previous is not None and previous != user:
-            owner_sn, _, owner = previous.partition(":")
+            owner_sn, owner = parse_user_key(previous)
             if owner_sn == sn and not await self._store.has_devices(previous):
                 await self._monitors.unwatch(owner)
         await self._monitors.watch(jid)

@@ -26,7 +26,7 @@ from mxproxy.push.dispatcher import PushDispatcher
 from mxproxy.push.fcm import DEFAULT_BASE_URL, FCMClient, ServiceAccount
 from mxproxy.push.monitors import CallMonitors
 from mxproxy.push.providers import APNsSender, DeviceRegistry, FCMSender
-from mxproxy.push.tokens import TokenStore
+from mxproxy.push.tokens import TokenStore, user_key
 
 log = Logger(__name__)
 
@@ -101,8 +101,9 @@ class PushSystem(Service):
         """Monitor this MX's users with devices; returns its device registration."""
 
         def on_call_event(jid: str, event: XMLRecord) -> None:
-            self.dispatcher.call_event(f"{server.sn}:{jid}", monitors.monitored(jid) or "",
-                                       event, lambda number: _name_of(server, number))
+            self.dispatcher.call_event(user_key(server.sn or "", jid),
+                                       monitors.monitored(jid) or "", event,
+                                       lambda number: _name_of(server, number))
 
         monitors = CallMonitors(server, self.store.users, on_call_event)
         self.monitors[server.config.name] = monitors

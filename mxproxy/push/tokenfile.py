@@ -285,10 +285,13 @@ def count(connection: sqlite3.Connection) -> int:
     return int(found)
 
 
-def users(connection: sqlite3.Connection, sn: str) -> list[str]:
-    # The range [sn + ":", sn + ";") holds exactly the ids starting with "<sn>:" (";" follows ":"
-    # in binary order), so "AB" never matches "ABC:…" and the index on user is used.
+def users(connection: sqlite3.Connection, prefix: str) -> list[str]:
+    """Every user id that starts with ``prefix`` (``"<sn>:"``: the users of one MX)."""
+    # The range [prefix, prefix with its last character's successor) holds exactly the ids that
+    # start with it ("AB:" then ends before "AB;", so "AB:" never matches "ABC:…"), and the
+    # index on user is used.
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     rows = connection.execute(
         "SELECT DISTINCT user FROM devices WHERE user >= ? AND user < ? ORDER BY user",
-        (sn + ":", sn + ";"))
+        (prefix, end))
     return [row[0] for row in rows]

@@ -52,6 +52,18 @@ def canonical_token(provider: str, token: str) -> str:
     return token.lower() if provider == "apns" else token
 
 
+def user_key(sn: str, jid: str) -> str:
+    """The store's id of a user, ``<sn>:<jid>`` as in the original (mx-protocol.md §6.6): a
+    JID is unique on one MX only."""
+    return f"{sn}:{jid}"
+
+
+def parse_user_key(user: str) -> tuple[str, str]:
+    """The (sn, jid) of a :func:`user_key`."""
+    sn, _, jid = user.partition(":")
+    return sn, jid
+
+
 def mask_token(token: str) -> str:
     """The first 6 and last 4 characters, or nothing for a token too short to hide anything."""
     if len(token) < 20:
@@ -71,7 +83,7 @@ class Device:
     """APNs development environment (always False for FCM)."""
     token: str = attrs.field(repr=mask_token)
     user: str
-    """``<sn>:<jid>``."""
+    """:func:`user_key`."""
     created: float
     """First registration by this user, Unix seconds."""
     registered: float
@@ -200,8 +212,9 @@ class TokenStore:
         return self._run(tokenfile.has_devices, user)
 
     def users(self, sn: str) -> Deferred[list[str]]:
-        """Every user id (``<sn>:<jid>``) with a device on the MX ``sn``, to restart monitors."""
-        return self._run(tokenfile.users, sn)
+        """Every user id (:func:`user_key`) with a device on the MX ``sn``, to restart
+        monitors."""
+        return self._run(tokenfile.users, user_key(sn, ""))
 
     def count(self) -> Deferred[int]:
         """How many devices are registered: a cheap query that shows the store answers."""
