@@ -1,7 +1,7 @@
 """The validated configuration: frozen attrs classes that the rest of the daemon reads.
 
 The file format and its checks are in :mod:`mxproxy.configfile`; these classes are what it
-produces, and what ``--demo`` builds without a file.
+produces, and what ``--demo`` builds without a file (:mod:`mxproxy.demo`).
 """
 
 from __future__ import annotations
@@ -83,11 +83,3 @@ class Config:
     gfcm: Mapping[str, str] = _EMPTY  # app name -> absolute path of a service-account JSON
     push: PushConfig = PushConfig()
     path: str | None = None  # None for the built-in demo configuration
-
-
-def demo_config(host: str, port: int) -> Config:
-    """The configuration of ``--demo``: one MX named ``demo``, the in-process simulator."""
-    demo = MXConfig(name="demo", host=host, port=port, login="server", password="server", tls=False)
-    return Config(mx=MappingProxyType({demo.name: demo}))
-
-

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.address import IPv4Address
 
 from mxproxy import __version__, logs
 from mxproxy.admin import admin_site
@@ -18,7 +17,7 @@ from mxproxy.api.access import MXAccess
 from mxproxy.api.app import API
 from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.site import APISite, ConnectionLimit
-from mxproxy.config import Config, ConfigError, demo_config
+from mxproxy.config import Config, ConfigError
 from mxproxy.configcheck import check_config
 from mxproxy.configfile import load_config
 from mxproxy.csta.client import CSTAFactory, log_trace, stdout_trace
@@ -33,8 +32,6 @@ from mxproxy.sessions import SessionPool
 
 log = logs.Logger(__name__)
 
-DEMO_CONTROL_PORT = 7780
-
 
 def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     """Build the daemon: one MXServer per configured MX and the HTTP listener."""
@@ -45,13 +42,14 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     logs.set_debug(bool(options["debug"]))
     tune_malloc()
     root = MultiService()
-    config = None if options["demo"] else _load(options["config"])
     metrics = Metrics()
     push: PushSystem | None
-    if config is None:
-        config = _start_demo_mx(reactor)
-        push = _start_demo_push(reactor, options["db"], metrics)
+    if options["demo"]:
+        from mxproxy import demo  # test doubles: loaded for --demo only
+
+        config, push = demo.start(reactor, options["db"], metrics)
     else:
+        config = _load(options["config"])
         push = _push(config, options["db"], reactor, metrics)
     if push is not None:
         push.setServiceParent(root)  # first in, last out: it outlives the links that feed it
@@ -125,27 +123,4 @@ def _push(config: Config, db: str, reactor: Any, metrics: Metrics) -> PushSystem
 def _exit(problems: list[str]) -> SystemExit:
     """The exit of a start that cannot go on (status 1), each problem on a line of its own."""
     return SystemExit("\n".join(f"mxproxy: {problem}" for problem in problems))
-
-
-def _start_demo_push(reactor: Any, db: str, metrics: Metrics) -> PushSystem:
-    """Fake APNs and FCM in this process, with credentials made up for them."""
-    from mxproxy.testing import demopush
-
-    apns, fcm, push, trust = demopush.start(reactor)
-    return build(reactor, db, apns, fcm, push, trust_root=trust, metrics=metrics)
-
-
-def _start_demo_mx(reactor: Any) -> Config:
-    """The simulator with the demo company, in this process, on a free loopback port."""
-    from mxproxy.testing.mxsim import demo_pbx, listen, listen_control
-
-    pbx = demo_pbx(clock=reactor)
-    port = listen(pbx, port=0, interface="127.0.0.1", reactor=reactor)
-    address = port.getHost()
-    assert isinstance(address, IPv4Address)
-    listen_control(pbx, port=DEMO_CONTROL_PORT, reactor=reactor)
-    log.info("demo: MX simulator {sn} on {host}:{port} (users alice, bob, carol), control API "
-             "on http://127.0.0.1:{control}/", sn=pbx.sn, host=address.host, port=address.port,
-             control=DEMO_CONTROL_PORT)
-    return demo_config(address.host, address.port)
 

@@ -20,7 +20,6 @@ from mxproxy.config import (
     ConfigError,
     MXConfig,
     PushConfig,
-    demo_config,
 )
 from mxproxy.configfile import load_config, parse_config
 
@@ -458,14 +457,6 @@ class ValidConfigTests(ConfigTestCase):
         self.assertEqual(config.mx["dev"].fingerprint, FINGERPRINT)
         self.assertEqual(config.mx["office"].ca, os.path.join(directory, "office-mx-ca.pem"))
         self.assertEqual((config.mx["lab"].host, config.mx["lab"].tls), ("2001:db8::7", False))
-
-    def test_demoConfig(self) -> None:
-        config = demo_config("127.0.0.1", 17778)
-        self.assertEqual(
-            dict(config.mx),
-            {"demo": MXConfig("demo", "127.0.0.1", 17778, "server", "server", tls=False)},
-        )
-        self.assertIsNone(config.path)
 
 
 class WarningTests(ConfigTestCase):
