@@ -9,9 +9,9 @@ from twisted.trial.unittest import TestCase
 from mxproxy.config import MXConfig
 from mxproxy.csta.events import ConnectionCleared, Delivered, Established
 from mxproxy.csta.records import XMLRecord
+from mxproxy.monitors import CallMonitors
 from mxproxy.mx import MXServer, SerialRegistry
-from mxproxy.push.monitors import CallMonitors
-from mxproxy.push.tokens import user_key
+from mxproxy.push.tokens import parse_user_key, user_key
 from mxproxy.testing.mxsim import PBX
 from tests.support import drop_sessions, next_turn, serve
 
@@ -37,7 +37,8 @@ class MonitorTests(TestCase):
         self.stored = list(stored or [])
 
         async def stored_users(sn: str) -> list[str]:
-            return [user for user in self.stored if user.startswith(user_key(sn, ""))]
+            return [parse_user_key(user)[1] for user in self.stored
+                    if parse_user_key(user)[0] == sn]
 
         self.monitors = CallMonitors(self.server, stored_users,
                                      lambda jid, event: self.events.append((jid, event)))

@@ -13,10 +13,10 @@ from typing import Any
 
 from mxproxy.csta.errors import MXUnavailable
 from mxproxy.logs import Logger
+from mxproxy.monitors import CallMonitors
 from mxproxy.push.apns import APNsClient, APNsError, APNsResponse
 from mxproxy.push.dispatcher import Notification, Outcome
 from mxproxy.push.fcm import FCMClient, FCMError, FCMResponse
-from mxproxy.push.monitors import CallMonitors
 from mxproxy.push.tokens import Device, TokenStore, parse_user_key, user_key
 
 VOIP_SUFFIX = ".voip"

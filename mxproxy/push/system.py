@@ -13,6 +13,7 @@ from mxproxy.config import Config, PushConfig
 from mxproxy.csta.records import XMLRecord
 from mxproxy.logs import Logger
 from mxproxy.metrics import Metrics
+from mxproxy.monitors import CallMonitors
 from mxproxy.mx import MXServer
 from mxproxy.push.apns import APNS_PORT, HOSTS, APNsClient
 from mxproxy.push.credentials import (
@@ -24,9 +25,8 @@ from mxproxy.push.credentials import (
 )
 from mxproxy.push.dispatcher import PushDispatcher
 from mxproxy.push.fcm import DEFAULT_BASE_URL, FCMClient, ServiceAccount
-from mxproxy.push.monitors import CallMonitors
 from mxproxy.push.providers import APNsSender, DeviceRegistry, FCMSender
-from mxproxy.push.tokens import TokenStore, user_key
+from mxproxy.push.tokens import TokenStore, parse_user_key, user_key
 
 log = Logger(__name__)
 
@@ -105,7 +105,10 @@ class PushSystem(Service):
                                        monitors.monitored(jid) or "", event,
                                        lambda number: _name_of(server, number))
 
-        monitors = CallMonitors(server, self.store.users, on_call_event)
+        async def stored_users(sn: str) -> list[str]:
+            return [parse_user_key(user)[1] for user in await self.store.users(sn)]
+
+        monitors = CallMonitors(server, stored_users, on_call_event)
         self.monitors[server.config.name] = monitors
         return DeviceRegistry(lambda: server.sn, self.store, monitors, self.senders)
 

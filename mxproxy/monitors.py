@@ -20,7 +20,6 @@ from mxproxy.csta.protocol import CSTAProtocol, Message
 from mxproxy.csta.records import XMLRecord
 from mxproxy.logs import Logger
 from mxproxy.mx import MXServer
-from mxproxy.push.tokens import parse_user_key
 
 CALL_EVENTS = ("DeliveredEvent", "EstablishedEvent", "ConnectionClearedEvent")
 
@@ -35,6 +34,7 @@ class CallMonitors:
 
     def __init__(self, server: MXServer, stored_users: Callable[[str], Awaitable[list[str]]],
                  on_call_event: CallObserver) -> None:
+        """``stored_users(sn)``: the JIDs of the users with devices on the MX ``sn``."""
         self._server = server
         self._stored_users = stored_users
         self._on_call_event = on_call_event
@@ -85,7 +85,7 @@ class CallMonitors:
         except Exception:
             self.log.failure("mx.{name}: cannot read the users to monitor", name=self._server.name)
             return
-        self._wanted.update(parse_user_key(user)[1] for user in stored)
+        self._wanted.update(stored)
         for jid in sorted(self._wanted):
             if protocol.up and jid not in self._by_jid:
                 await self._start(protocol, jid)
