@@ -1,48 +1,65 @@
-"""Call monitors on an MX's server link for the users who registered a device.
+"""Call monitors on an MX's server link, one per user whose calls someone needs to follow.
 
-A user's first device token starts ``MonitorStart`` on their extension; the MX then reports
-that extension's calls tagged with the monitor's ``monitorCrossRefID``, which this module maps
-back to the user. Monitors live and die with the link, so every (re)connect restarts them for
-every user the token store knows on that MX; an extension change in the address book moves
-the monitor; the last token removed stops it.
+A monitor is wanted for reasons: :data:`DEVICES` (the user registered a device for pushes),
+:data:`CALLS` (the user asked for their calls or used call control: it lapses after 10 minutes
+without use), :data:`STREAM` (an open event stream); it runs while any reason holds.
+``MonitorStart`` on the user's extension makes the MX report that extension's calls tagged with
+the monitor's ``monitorCrossRefID``, which this module maps back to the user. Monitors live and
+die with the link, so every (re)connect restarts them for every wanted user, after the sources
+given to :meth:`CallMonitors.restore` (the token store's users) added theirs; an extension
+change in the address book moves the monitor; the last reason released stops it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import MappingProxyType
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from mxproxy.csta import commands
 from mxproxy.csta.errors import MXError
+from mxproxy.csta.events import CallEvent
 from mxproxy.csta.messages import EVENTS, Contact, MonitorStarted
 from mxproxy.csta.protocol import CSTAProtocol, Message
-from mxproxy.csta.records import XMLRecord
 from mxproxy.logs import Logger
 from mxproxy.mx import MXServer
 
-CALL_EVENTS = ("DeliveredEvent", "EstablishedEvent", "ConnectionClearedEvent")
+DEVICES = "devices"
+CALLS = "calls"
+STREAM = "stream"
+LEASES: Mapping[str, float] = MappingProxyType({CALLS: 600.0})
+"""The reasons that lapse by themselves: seconds after the last :meth:`CallMonitors.want`."""
 
-CallObserver = Callable[[str, XMLRecord], None]
-"""Receives (JID of the monitored user, typed call event)."""
+CALL_EVENTS = tuple(name for name, kind in EVENTS.items() if issubclass(kind, CallEvent))
+"""Every call event the CSTA layer can read; the call state takes what it knows of each."""
+
+EventSink = Callable[[str, str, CallEvent], None]
+"""Receives (JID of the monitored user, their monitored extension, typed call event)."""
+
+UserSource = Callable[[], Awaitable[Iterable[str]]]
+"""The JIDs of users to monitor for one reason, read again at every link-up."""
 
 
 class CallMonitors:
-    """The monitors of one MX: which user each ``monitorCrossRefID`` belongs to."""
+    """The monitors of one MX: why each user is monitored, and which user each
+    ``monitorCrossRefID`` belongs to."""
 
     log = Logger()
 
-    def __init__(self, server: MXServer, stored_users: Callable[[str], Awaitable[list[str]]],
-                 on_call_event: CallObserver) -> None:
-        """``stored_users(sn)``: the JIDs of the users with devices on the MX ``sn``."""
+    def __init__(self, server: MXServer, clock: IReactorTime, on_event: EventSink) -> None:
         self._server = server
-        self._stored_users = stored_users
-        self._on_call_event = on_call_event
-        self._wanted: set[str] = set()
+        self._clock = clock
+        self._on_event = on_event
+        self._reasons: dict[str, set[str]] = {}
+        self._leases: dict[tuple[str, str], IDelayedCall] = {}
+        self._sources: list[tuple[str, UserSource]] = []
         self._starting: set[str] = set()
         self._by_ref: dict[int, str] = {}
         self._by_jid: dict[str, tuple[int, str]] = {}
         server.on_link_up(self._link_up)
+        server.on_link_down(self._link_down)
         server.on_contact_changed(self._contact_changed)
 
     def __len__(self) -> int:
@@ -53,41 +70,76 @@ class CallMonitors:
         entry = self._by_jid.get(jid)
         return entry[1] if entry is not None else None
 
-    async def watch(self, jid: str) -> None:
-        """Make sure the user's calls are monitored (now if the link is up, else on connect)."""
-        self._wanted.add(jid)
+    def reasons(self, jid: str) -> frozenset[str]:
+        """Why ``jid`` is to be monitored (empty: not)."""
+        return frozenset(self._reasons.get(jid, ()))
+
+    def restore(self, reason: str, source: UserSource) -> None:
+        """At every link-up, want ``reason`` for each user ``source`` gives, before the
+        monitors restart (the push side's users with devices: they outlive the daemon)."""
+        self._sources.append((reason, source))
+
+    async def want(self, jid: str, reason: str) -> None:
+        """Monitor the user's calls for ``reason`` (now if the link is up, else on connect);
+        a reason of :data:`LEASES` lapses that long after the last call."""
+        self._reasons.setdefault(jid, set()).add(reason)
+        lease = LEASES.get(reason)
+        if lease is not None:
+            self._lease(jid, reason, lease)
         protocol = self._server.protocol
         if protocol is not None and jid not in self._by_jid:
             await self._start(protocol, jid)
 
-    async def unwatch(self, jid: str) -> None:
-        """Stop monitoring a user whose last device is gone."""
-        self._wanted.discard(jid)
+    async def release(self, jid: str, reason: str) -> None:
+        """``reason`` no longer holds; the monitor stops with the last one."""
+        timer = self._leases.pop((jid, reason), None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        reasons = self._reasons.get(jid, set())
+        reasons.discard(reason)
+        if reasons:
+            return
+        self._reasons.pop(jid, None)
         await self._stop(jid)
+
+    def _lease(self, jid: str, reason: str, seconds: float) -> None:
+        timer = self._leases.get((jid, reason))
+        if timer is not None and timer.active():
+            timer.reset(seconds)
+            return
+        self._leases[(jid, reason)] = self._clock.callLater(
+            seconds, lambda: Deferred.fromCoroutine(self.release(jid, reason)))
 
     # -- link life ----------------------------------------------------------------------------
 
     def _link_up(self, protocol: CSTAProtocol) -> None:
         for name in CALL_EVENTS:
             protocol.subscribe(name, self._call_event)
-        protocol.when_closed().addCallback(lambda _: self._link_down())
         Deferred.fromCoroutine(self._restart(protocol))
 
-    def _link_down(self) -> None:
-        """The MX drops a link's monitors with it; the next link-up starts them again."""
+    def _link_down(self, reason: Exception) -> None:
+        """The MX drops a link's monitors with it; the next link-up starts them again. A
+        stopping daemon lets go of its leases too."""
         self._by_ref.clear()
         self._by_jid.clear()
+        if not self._server.running:
+            for timer in self._leases.values():
+                if timer.active():
+                    timer.cancel()
+            self._leases.clear()
 
     async def _restart(self, protocol: CSTAProtocol) -> None:
-        sn = self._server.sn
-        try:
-            stored = await self._stored_users(sn or "")
-        except Exception:
-            self.log.failure("mx.{name}: cannot read the users to monitor", name=self._server.name)
-            return
-        self._wanted.update(stored)
-        for jid in sorted(self._wanted):
-            if protocol.up and jid not in self._by_jid:
+        for reason, source in self._sources:
+            try:
+                users = await source()
+            except Exception:
+                self.log.failure("mx.{name}: cannot read the users to monitor",
+                                 name=self._server.name)
+                continue
+            for jid in users:
+                self._reasons.setdefault(jid, set()).add(reason)
+        for jid in sorted(self._reasons):
+            if protocol.up and jid in self._reasons and jid not in self._by_jid:
                 await self._start(protocol, jid)
         self.log.info("mx.{name}: monitoring calls of {count} users", name=self._server.name,
                       count=len(self._by_jid))
@@ -114,6 +166,8 @@ class CallMonitors:
             return  # the link changed meanwhile; the restart covers this user
         self._by_ref[ref] = jid
         self._by_jid[jid] = (ref, contact.ext)
+        if jid not in self._reasons:
+            await self._stop(jid)  # released while the MX was starting it
 
     async def _stop(self, jid: str) -> None:
         entry = self._by_jid.pop(jid, None)
@@ -143,17 +197,18 @@ class CallMonitors:
     async def _move(self, jid: str) -> None:
         await self._stop(jid)
         protocol = self._server.protocol
-        if jid in self._wanted and protocol is not None:
+        if jid in self._reasons and protocol is not None:
             await self._start(protocol, jid)
 
     # -- events -------------------------------------------------------------------------------
 
     def _call_event(self, message: Message) -> None:
         event = EVENTS[message.name].from_xml(message.element)
-        ref = getattr(event, "monitor_cross_ref_id", None)
-        jid = self._by_ref.get(ref) if isinstance(ref, int) else None
+        assert isinstance(event, CallEvent)
+        jid = self._by_ref.get(event.monitor_cross_ref_id)
         if jid is None:
             self.log.debug("mx.{name}: {event} for an unknown monitor {ref}",
-                           name=self._server.name, event=message.name, ref=ref)
+                           name=self._server.name, event=message.name,
+                           ref=event.monitor_cross_ref_id)
             return
-        self._on_call_event(jid, event)
+        self._on_event(jid, self._by_jid[jid][1], event)

@@ -17,6 +17,7 @@ from mxproxy.api.access import MXAccess
 from mxproxy.api.app import API
 from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.site import APISite, ConnectionLimit
+from mxproxy.calls import CallState
 from mxproxy.config import Config, ConfigError
 from mxproxy.configcheck import check_config
 from mxproxy.configfile import load_config
@@ -65,7 +66,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
                            clear_text_retry=mx.clear_text_retry,
                            idle_timeout=options["session-idle"])
         pool.setServiceParent(root)
-        access[name] = MXAccess(server, pool, push.attach(server) if push else None)
+        calls = CallState(server, reactor)
+        access[name] = MXAccess(server, pool, push.attach(server, calls) if push else None)
     clients = ClientAddresses(reactor, options["trusted-proxy"])
     site = APISite(API(access, reactor, metrics=metrics, clients=clients).resource(), reactor,
                    ConnectionLimit(reactor, options["max-connections-per-address"],

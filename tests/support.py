@@ -57,8 +57,10 @@ class Daemon:
     ``clock`` drives the API's timers (auth cache, throttle, idle sessions) and the user
     sessions' protocol timers, the call log's deadline included.
 
-    With ``push`` (a :class:`mxproxy.push.system.PushSystem`), the server link is attached to it
-    as the daemon does, so device registration works and ``devices`` is its registration;
+    ``calls`` is the MX's call state (:class:`mxproxy.calls.CallState`) on ``clock``. With
+    ``push`` (a :class:`mxproxy.push.system.PushSystem`), the server link and the call state are
+    attached to it as the daemon does, so device registration works and ``devices`` is its
+    registration;
     ``link_clock`` drives the server link's timers (reconnect delays without jitter).
     ``metrics`` (a :class:`mxproxy.metrics.Metrics`) receives the HTTP requests and the CSTA
     round trips of both the server link and the user sessions, as the daemon wires it.
@@ -86,6 +88,7 @@ class Daemon:
         from mxproxy.api.access import MXAccess
         from mxproxy.api.app import API
         from mxproxy.api.site import APISite, ConnectionLimit
+        from mxproxy.calls import CallState
         from mxproxy.config import MXConfig
         from mxproxy.csta.client import CSTAFactory
         from mxproxy.mx import MXServer, SerialRegistry
@@ -99,8 +102,10 @@ class Daemon:
         round_trip = None if self.metrics is None else self.metrics.round_trips("dev")
         self.server = MXServer(config, reactor, SerialRegistry(), on_round_trip=round_trip,
                                **link)
+        self.calls = CallState(self.server, self.clock)
         if self.push is not None:
-            self.devices = self.push.attach(self.server)  # before the link is up, as the daemon
+            # Before the link is up, as the daemon does.
+            self.devices = self.push.attach(self.server, self.calls)
         self.server.startService()
         self.test.addCleanup(self.server.stopService)
         await self.server.when_ready()

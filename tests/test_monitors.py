@@ -1,47 +1,53 @@
-"""Call monitors on the server link, against the simulator over loopback."""
+"""Call monitors on the server link, against the simulator over loopback; the link's timers and
+the leases of the ``calls`` reason on task.Clocks of their own."""
 
 from __future__ import annotations
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from mxproxy.config import MXConfig
-from mxproxy.csta.events import ConnectionCleared, Delivered, Established
-from mxproxy.csta.records import XMLRecord
-from mxproxy.monitors import CallMonitors
+from mxproxy.csta.events import CallEvent, ConnectionCleared, Delivered, Established
+from mxproxy.monitors import CALLS, DEVICES, LEASES, STREAM, CallMonitors
 from mxproxy.mx import MXServer, SerialRegistry
-from mxproxy.push.tokens import parse_user_key, user_key
 from mxproxy.testing.mxsim import PBX
 from tests.support import drop_sessions, next_turn, serve
 
+LEASE = LEASES[CALLS]
 
-def company() -> PBX:
-    pbx = PBX(sn="TEST1")
+
+def company(clock: Clock | None = None) -> PBX:
+    pbx = PBX(sn="TEST1", clock=clock)
     pbx.add_server_login("server", "server-secret")
     pbx.add_user("alice", "a", "3001")
     pbx.add_user("bob", "b", "3002")
     return pbx
 
 
-class MonitorTests(TestCase):
-    async def start(self, stored: list[str] | None = None) -> None:
-        self.pbx = company()
+class MonitorTestCase(TestCase):
+    async def start(self, stored: list[str] | None = None, pbx_clock: Clock | None = None
+                    ) -> None:
+        """The link up, with the monitors; ``stored``: the JIDs a source restores as
+        ``devices`` at every link-up."""
+        self.pbx = company(pbx_clock)
         address = serve(self, self.pbx)
         self.clock = Clock()
+        self.leases = Clock()
         config = MXConfig(name="dev", host=address.host, port=address.port, login="server",
                           password="server-secret", tls=False)
         self.server = MXServer(config, reactor, SerialRegistry(), jitter=lambda: 0.0,
                                clock=self.clock)
-        self.events: list[tuple[str, XMLRecord]] = []
+        self.events: list[tuple[str, str, CallEvent]] = []
         self.stored = list(stored or [])
 
-        async def stored_users(sn: str) -> list[str]:
-            return [parse_user_key(user)[1] for user in self.stored
-                    if parse_user_key(user)[0] == sn]
+        async def stored_users() -> list[str]:
+            return self.stored
 
-        self.monitors = CallMonitors(self.server, stored_users,
-                                     lambda jid, event: self.events.append((jid, event)))
+        self.monitors = CallMonitors(self.server, self.leases,
+                                     lambda jid, ext, event: self.events.append((jid, ext, event)))
+        self.monitors.restore(DEVICES, stored_users)
         self.server.startService()
         self.addCleanup(self.server.stopService)
         await self.server.when_ready()
@@ -52,10 +58,24 @@ class MonitorTests(TestCase):
         while len(self.monitors) < count:
             await next_turn()
 
-    async def test_watch_starts_a_monitor_and_maps_events_to_the_user(self) -> None:
+    async def reconnect(self) -> None:
+        """Drop the link from the simulator's side and let the server link come back."""
+        assert self.server.protocol is not None
+        closed = self.server.protocol.when_closed()
+        await drop_sessions(self.pbx)
+        await closed
+        await next_turn()
+        self.assertEqual(len(self.monitors), 0)
+        ready = self.server.when_ready()
+        self.clock.advance(1.0)
+        await ready
+
+
+class MonitorTests(MonitorTestCase):
+    async def test_a_reason_starts_a_monitor_and_maps_events_to_the_user(self) -> None:
         await self.start()
         started = self.pbx.wait_for("MonitorStart")
-        await self.monitors.watch(self.alice)
+        await self.monitors.want(self.alice, DEVICES)
         command = await started
         self.assertEqual(command.element.findtext("monitorObject/deviceObject"), "3001")
         self.assertEqual(self.monitors.monitored(self.alice), "3001")
@@ -63,8 +83,8 @@ class MonitorTests(TestCase):
         delivered = self.server.protocol.expect("DeliveredEvent")
         call = self.pbx.place_call("+15555550100", "3001", calling_name="Caller")
         await delivered
-        [(jid, event)] = self.events
-        self.assertEqual(jid, self.alice)
+        [(jid, ext, event)] = self.events
+        self.assertEqual((jid, ext), (self.alice, "3001"))
         assert isinstance(event, Delivered)
         self.assertEqual(event.called_device, "3001")
         established = self.server.protocol.expect("EstablishedEvent")
@@ -73,48 +93,41 @@ class MonitorTests(TestCase):
         cleared = self.server.protocol.expect("ConnectionClearedEvent")
         self.pbx.hang_up(call)
         await cleared
-        self.assertEqual([type(e) for _, e in self.events],
+        self.assertEqual([type(e) for _, _, e in self.events],
                          [Delivered, Established, ConnectionCleared])
 
-    async def test_unwatched_users_produce_no_events(self) -> None:
+    async def test_unmonitored_users_produce_no_events(self) -> None:
         await self.start()
-        await self.monitors.watch(self.alice)
+        await self.monitors.want(self.alice, DEVICES)
         assert self.server.protocol is not None
         self.pbx.place_call("+15555550100", "3002")
         self.pbx.place_call("+15555550100", "3001")
         await self.server.protocol.expect("DeliveredEvent")
-        self.assertEqual([jid for jid, _ in self.events], [self.alice])
+        self.assertEqual([jid for jid, _, _ in self.events], [self.alice])
 
-    async def test_unwatch_stops_the_monitor(self) -> None:
+    async def test_releasing_the_only_reason_stops_the_monitor(self) -> None:
         await self.start()
-        await self.monitors.watch(self.alice)
+        await self.monitors.want(self.alice, DEVICES)
         stopped = self.pbx.wait_for("MonitorStop")
-        await self.monitors.unwatch(self.alice)
+        await self.monitors.release(self.alice, DEVICES)
         await stopped
         self.assertIsNone(self.monitors.monitored(self.alice))
+        self.assertEqual(self.monitors.reasons(self.alice), frozenset())
         self.assertEqual(self.pbx.monitors_of("3001"), [])
 
     async def test_stored_users_are_monitored_after_start_and_reconnect(self) -> None:
-        await self.start(stored=[user_key("TEST1", company().user("bob").jid),
-                                 user_key("OTHER", "1")])
+        await self.start(stored=[company().user("bob").jid])
         await self.settle(1)
         self.assertEqual(self.monitors.monitored(self.bob), "3002")
-        assert self.server.protocol is not None
-        closed = self.server.protocol.when_closed()
-        await drop_sessions(self.pbx)
-        await closed
-        await next_turn()
-        self.assertIsNone(self.monitors.monitored(self.bob))
-        ready = self.server.when_ready()
-        self.clock.advance(1.0)
-        await ready
+        self.assertEqual(self.monitors.reasons(self.bob), {DEVICES})
+        await self.reconnect()
         await self.settle(1)
         self.assertEqual(self.monitors.monitored(self.bob), "3002")
         self.assertEqual(len(self.pbx.monitors_of("3002")), 1)
 
     async def test_extension_change_moves_the_monitor(self) -> None:
         await self.start()
-        await self.monitors.watch(self.alice)
+        await self.monitors.want(self.alice, DEVICES)
         moved = self.pbx.wait_for("MonitorStart")
         stopped = self.pbx.wait_for("MonitorStop")
         self.pbx.update_contact(self.alice, business_phone="3011")
@@ -123,3 +136,96 @@ class MonitorTests(TestCase):
         while self.monitors.monitored(self.alice) != "3011":
             await next_turn()
         self.assertEqual(self.pbx.monitors_of("3001"), [])
+
+
+class ReasonTests(MonitorTestCase):
+    async def test_calls_starts_a_monitor_on_demand_that_lapses_after_ten_minutes_unused(
+            self) -> None:
+        await self.start()
+        await self.monitors.want(self.alice, CALLS)
+        self.assertEqual(len(self.pbx.monitors_of("3001")), 1)
+        self.leases.advance(LEASE - 60)
+        await self.monitors.want(self.alice, CALLS)  # used again: ten minutes from now
+        self.leases.advance(LEASE - 1)
+        await next_turn()
+        self.assertEqual(self.monitors.monitored(self.alice), "3001")
+        self.assertNotIn("MonitorStop", [c.name for c in self.pbx.received])
+        self.assertEqual([c.name for c in self.pbx.received].count("MonitorStart"), 1)
+        stopped = self.pbx.wait_for("MonitorStop")
+        self.leases.advance(1)
+        await stopped
+        self.assertIsNone(self.monitors.monitored(self.alice))
+        self.assertEqual(self.monitors.reasons(self.alice), frozenset())
+        self.assertEqual(self.leases.getDelayedCalls(), [])
+
+    async def test_the_monitor_runs_while_any_reason_holds(self) -> None:
+        await self.start()
+        await self.monitors.want(self.alice, DEVICES)
+        await self.monitors.want(self.alice, CALLS)
+        await self.monitors.want(self.alice, STREAM)
+        self.leases.advance(LEASE)  # calls lapses
+        await self.monitors.release(self.alice, DEVICES)
+        self.assertEqual(self.monitors.reasons(self.alice), {STREAM})
+        self.assertEqual(self.monitors.monitored(self.alice), "3001")
+        stopped = self.pbx.wait_for("MonitorStop")
+        await self.monitors.release(self.alice, STREAM)
+        await stopped
+        names = [c.name for c in self.pbx.received]
+        self.assertEqual((names.count("MonitorStart"), names.count("MonitorStop")), (1, 1))
+
+    async def test_calls_outlives_the_last_device(self) -> None:
+        await self.start()
+        await self.monitors.want(self.bob, DEVICES)
+        await self.monitors.want(self.bob, CALLS)
+        await self.monitors.release(self.bob, DEVICES)  # the last token removed
+        self.assertEqual(self.monitors.monitored(self.bob), "3002")
+        stopped = self.pbx.wait_for("MonitorStop")
+        self.leases.advance(LEASE)
+        await stopped
+        self.assertIsNone(self.monitors.monitored(self.bob))
+
+    async def test_link_up_restarts_every_wanted_user_whatever_the_reason(self) -> None:
+        await self.start(stored=[company().user("bob").jid])
+        await self.settle(1)
+        await self.monitors.want(self.alice, CALLS)
+        await self.reconnect()
+        await self.settle(2)
+        self.assertEqual((self.monitors.monitored(self.alice), self.monitors.monitored(self.bob)),
+                         ("3001", "3002"))
+        self.assertEqual((len(self.pbx.monitors_of("3001")), len(self.pbx.monitors_of("3002"))),
+                         (1, 1))
+
+    async def test_a_lease_lapsing_while_the_link_is_down_is_not_restarted(self) -> None:
+        await self.start()
+        await self.monitors.want(self.alice, CALLS)
+        assert self.server.protocol is not None
+        closed = self.server.protocol.when_closed()
+        await drop_sessions(self.pbx)
+        await closed
+        self.leases.advance(LEASE)
+        ready = self.server.when_ready()
+        self.clock.advance(1.0)
+        await ready
+        await next_turn()
+        self.assertEqual(self.pbx.monitors_of("3001"), [])
+
+    async def test_released_while_the_mx_starts_it_stops_the_monitor(self) -> None:
+        pbx_clock = Clock()
+        await self.start(pbx_clock=pbx_clock)
+        self.pbx.faults.reply_delay = 1.0
+        wanted = Deferred.fromCoroutine(self.monitors.want(self.alice, CALLS))
+        await self.pbx.wait_for("MonitorStart")
+        await self.monitors.release(self.alice, CALLS)
+        self.pbx.faults.reply_delay = 0.0
+        pbx_clock.advance(1.0)  # the MonitorStart reply comes after the release
+        await wanted
+        self.assertIsNone(self.monitors.monitored(self.alice))
+        self.assertEqual(self.pbx.monitors_of("3001"), [])
+
+    async def test_a_stopping_daemon_cancels_the_leases(self) -> None:
+        await self.start()
+        await self.monitors.want(self.alice, CALLS)
+        self.assertEqual(len(self.leases.getDelayedCalls()), 1)
+        await self.server.stopService()
+        self.assertEqual(self.leases.getDelayedCalls(), [])
+        self.assertEqual(len(self.monitors), 0)

@@ -24,10 +24,11 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from mxproxy import calls
 from mxproxy.config import PushConfig
+from mxproxy.csta.events import CallEvent
 from mxproxy.csta.messages import EVENTS
 from mxproxy.csta.protocol import Message
-from mxproxy.csta.records import XMLRecord
 from mxproxy.metrics import Metrics
 from mxproxy.push import tokenfile
 from mxproxy.push.credentials import APNsCertificate, Credential
@@ -100,9 +101,9 @@ class Tracked(PushDispatcher):
         super().__init__(*args, **kwargs)
         self.pending: list[Deferred[None]] = []
 
-    def call_event(self, user: str, ext: str, event: XMLRecord,
-                   calling_name: Callable[[str], str]) -> Deferred[None]:
-        handling = super().call_event(user, ext, event, calling_name)
+    def call_event(self, user: str, event: CallEvent, before: calls.Call | None,
+                   after: calls.Call | None) -> Deferred[None]:
+        handling = super().call_event(user, event, before, after)
         self.pending.append(handling)
         return handling
 

@@ -1,1 +1,1 @@
-"""Push notifications of incoming calls: device tokens, call monitors, APNs and FCM senders."""
+"""Push notifications of incoming calls: device tokens, the dispatcher, APNs and FCM senders."""

@@ -1,23 +1,26 @@
 """From a call event to one push per device: fan-out, de-duplication, limits, retries, pruning.
 
-The MX reader hands events over and moves on; every delivery runs on its own, so a slow or dead
-provider never delays the next call. A device is told about a call once, retried on transient
-failures only while the phone could still ring, and forgotten only when the provider says its
-token is dead. When a pushed call ends before this user answered, or someone else answered it,
-one follow-up tells the app to stop ringing (never as a VoIP push: iOS would expect a new call).
+The call state (:mod:`mxproxy.calls`) hands each event over with the user's call before and
+after it, and moves on; every delivery runs on its own, so a slow or dead provider never delays
+the next call. Whether a call rings this user, and whether it stopped ringing because they
+answered, comes from the call state; what the dispatcher keeps is what it told: which devices
+heard of which call. A device is told about a call once, retried on transient failures only
+while the phone could still ring, and forgotten only when the provider says its token is dead.
+When a pushed call ends before this user answered, or someone else answered it, one follow-up
+tells the app to stop ringing (never as a VoIP push: iOS would expect a new call).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from mxproxy.csta.events import ConnectionCleared, Delivered, Established
-from mxproxy.csta.records import XMLRecord
+from mxproxy.calls import RINGING, Call
+from mxproxy.csta.events import CallEvent, Delivered, Established
 from mxproxy.logs import Logger
 from mxproxy.metrics import DELIVERED, DROPPED, FAILED, REJECTED, Metrics
 from mxproxy.push.slots import FanOut, Slots
@@ -64,11 +67,9 @@ class Sender(Protocol):
 
 
 @attrs.define
-class _Call:
-    """A call this user's devices were told about, until it is answered or ends."""
+class _Pushed:
+    """The devices told about a call that rings this user, until it stops ringing."""
 
-    user: str
-    ext: str
     key: str  # the notification's call_key: a follow-up collapses with the call's push
     devices: list[Device]
     started: float
@@ -90,8 +91,7 @@ class PushDispatcher:
         self._metrics = metrics if metrics is not None else Metrics()
         self.slots = {provider: Slots(clock, max_in_flight, max_queued)
                       for provider in self._senders}
-        self._calls: dict[tuple[str, int], _Call] = {}
-        self._told: dict[tuple[str, int], set[tuple[str, str, bool, str]]] = {}
+        self._pushed: dict[tuple[str, int], _Pushed] = {}
         self._alarms: dict[str, float] = {}
         self.delivered = 0
         self.failed = 0
@@ -104,13 +104,16 @@ class PushDispatcher:
         """Pushes sent and not yet answered, per provider."""
         return {provider: slots.busy for provider, slots in self.slots.items()}
 
-    def call_event(self, user: str, ext: str, event: XMLRecord,
-                   calling_name: Callable[[str], str]) -> Deferred[None]:
-        """React to one event on ``user``'s monitor; ``ext`` is the user's extension."""
-        if isinstance(event, Delivered):
-            handling = Deferred.fromCoroutine(self._incoming(user, ext, event, calling_name))
-        elif isinstance(event, (Established, ConnectionCleared)):
-            handling = Deferred.fromCoroutine(self._progress(user, ext, event))
+    def call_event(self, user: str, event: CallEvent, before: Call | None,
+                   after: Call | None) -> Deferred[None]:
+        """React to one event on the monitor of ``user`` (a store user id), given the user's
+        call before and after it: a call that rings them is pushed, one that stops ringing
+        before they answered gets a follow-up."""
+        if isinstance(event, Delivered) and after is not None and after.state == RINGING:
+            handling = Deferred.fromCoroutine(self._incoming(user, event, after))
+        elif before is not None and before.state == RINGING and (
+                after is None or after.state != RINGING):
+            handling = Deferred.fromCoroutine(self._stopped_ringing(user, event, after))
         else:
             return succeed(None)
         if not handling.called:
@@ -144,49 +147,36 @@ class PushDispatcher:
 
     # -- incoming call ------------------------------------------------------------------------
 
-    async def _incoming(self, user: str, ext: str, event: Delivered,
-                        calling_name: Callable[[str], str]) -> None:
-        if ext not in (event.called_device, event.alerting_device):
-            return  # the far end of this user's own outgoing call
-        key = (user, event.call_id)
+    async def _incoming(self, user: str, event: Delivered, call: Call) -> None:
+        key = (user, call.call_id)
         self._forget_old_calls()
         payload = dict(event.push_payload(int(self._clock.seconds())))
-        name = event.calling_display_name or calling_name(event.calling_device)
-        if name:
-            payload["callingName"] = name
-        notification = Notification("call", _call_key(event), payload,
-                                    caller=name or event.calling_device)
+        if call.peer_name:
+            payload["callingName"] = call.peer_name
+        notification = Notification("call", call.global_call_id or str(call.call_id), payload,
+                                    caller=call.peer_name or call.peer)
         # Known before the devices are read, so that an answer or hang-up arriving meanwhile
         # finds the call and nothing rings for a call that is already over.
-        call = self._calls.setdefault(key, _Call(user, ext, notification.call_key, [],
-                                                 self._clock.seconds()))
+        pushed = self._pushed.setdefault(key, _Pushed(notification.call_key, [],
+                                                      self._clock.seconds()))
         devices = await self._store.devices(user)
-        if self._calls.get(key) is not call:
+        if self._pushed.get(key) is not pushed:
             return
-        told = self._told.setdefault(key, set())
+        told = {_identity(device) for device in pushed.devices}
         fresh = [device for device in devices if _identity(device) not in told]
-        told.update(_identity(device) for device in fresh)
-        call.devices.extend(fresh)
+        pushed.devices.extend(fresh)
         await self._fan_out(fresh, notification, self._clock.seconds())
 
-    # -- call progress ------------------------------------------------------------------------
+    # -- the call stopped ringing -------------------------------------------------------------
 
-    async def _progress(self, user: str, ext: str, event: Established | ConnectionCleared) -> None:
-        key = (user, event.call_id)
-        call = self._calls.get(key)
-        if call is None:
-            return
-        if isinstance(event, Established):
-            if event.answering_device == ext:
-                del self._calls[key]  # answered by this user: the app knows
-                return
-            reason = "answeredElsewhere"
-        else:
-            reason = "ended"
-        del self._calls[key]
+    async def _stopped_ringing(self, user: str, event: CallEvent, after: Call | None) -> None:
+        pushed = self._pushed.pop((user, event.call_id), None)
+        if pushed is None or after is not None:
+            return  # nothing was pushed, or this user answered: the app knows
+        reason = "answeredElsewhere" if isinstance(event, Established) else "ended"
         payload = {"event": "callEnded", "reason": reason, "callId": event.call_id}
-        notification = Notification("callEnded", call.key, payload)
-        await self._fan_out(call.devices, notification, self._clock.seconds())
+        notification = Notification("callEnded", pushed.key, payload)
+        await self._fan_out(pushed.devices, notification, self._clock.seconds())
 
     # -- delivery -----------------------------------------------------------------------------
 
@@ -291,12 +281,11 @@ class PushDispatcher:
                               reason=reason)
 
     def _forget_old_calls(self) -> None:
+        """Calls whose end never came (the link went down meanwhile) are dropped after an
+        hour."""
         horizon = self._clock.seconds() - FORGET_CALLS_AFTER
-        for key in [key for key, call in self._calls.items() if call.started < horizon]:
-            del self._calls[key]
-            self._told.pop(key, None)
-        for key in [key for key in self._told if key not in self._calls]:
-            del self._told[key]
+        for key in [key for key, pushed in self._pushed.items() if pushed.started < horizon]:
+            del self._pushed[key]
 
 
 def _result(outcome: Outcome) -> str:
@@ -309,6 +298,3 @@ def _result(outcome: Outcome) -> str:
 def _identity(device: Device) -> tuple[str, str, bool, str]:
     return (device.provider, device.bundle, device.sandbox, device.token)
 
-
-def _call_key(event: Delivered) -> str:
-    return event.global_call_id or str(event.call_id)

@@ -13,7 +13,7 @@ from typing import Any
 
 from mxproxy.csta.errors import MXUnavailable
 from mxproxy.logs import Logger
-from mxproxy.monitors import CallMonitors
+from mxproxy.monitors import DEVICES, CallMonitors
 from mxproxy.push.apns import APNsClient, APNsError, APNsResponse
 from mxproxy.push.dispatcher import Notification, Outcome
 from mxproxy.push.fcm import FCMClient, FCMError, FCMResponse
@@ -136,7 +136,8 @@ def fcm_outcome(response: FCMResponse) -> Outcome:
 
 
 class DeviceRegistry:
-    """Device tokens of one MX's users (the API's ``Devices``): store, then monitor."""
+    """Device tokens of one MX's users (the API's ``Devices``): store, then monitor (the
+    ``devices`` reason holds while a user has one)."""
 
     log = Logger()
 
@@ -164,14 +165,14 @@ class DeviceRegistry:
         if previous is not None and previous != user:
             owner_sn, owner = parse_user_key(previous)
             if owner_sn == sn and not await self._store.has_devices(previous):
-                await self._monitors.unwatch(owner)
-        await self._monitors.watch(jid)
+                await self._monitors.release(owner, DEVICES)
+        await self._monitors.want(jid, DEVICES)
 
     async def unregister(self, jid: str, provider: str, bundle: str, sandbox: bool,
                          token: str) -> None:
         _, user = self._user(jid)
         await self._store.remove(provider, bundle, sandbox, token, user=user)
         if not await self._store.has_devices(user):
-            await self._monitors.unwatch(jid)
+            await self._monitors.release(jid, DEVICES)
 
 

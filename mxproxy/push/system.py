@@ -1,5 +1,5 @@
 """Assembling push delivery: credentials from the config, one client per host and credential,
-the token store, the dispatcher, and the per-MX glue from call monitors to the dispatcher."""
+the token store, the dispatcher, and the per-MX glue from the call state to the dispatcher."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 
+from mxproxy.calls import Call, CallState
 from mxproxy.config import Config, PushConfig
-from mxproxy.csta.records import XMLRecord
+from mxproxy.csta.events import CallEvent
 from mxproxy.logs import Logger
 from mxproxy.metrics import Metrics
-from mxproxy.monitors import CallMonitors
+from mxproxy.monitors import DEVICES, CallMonitors
 from mxproxy.mx import MXServer
 from mxproxy.push.apns import APNS_PORT, HOSTS, APNsClient
 from mxproxy.push.credentials import (
@@ -97,20 +98,22 @@ class PushSystem(Service):
                             else client.close() for client in self.clients])
         await self.store.close()
 
-    def attach(self, server: MXServer) -> DeviceRegistry:
-        """Monitor this MX's users with devices; returns its device registration."""
+    def attach(self, server: MXServer, calls: CallState) -> DeviceRegistry:
+        """Push this MX's calls: its users with devices are monitored (again at every link-up,
+        from the store), and their call events reach the dispatcher; returns the MX's device
+        registration."""
 
-        def on_call_event(jid: str, event: XMLRecord) -> None:
-            self.dispatcher.call_event(user_key(server.sn or "", jid),
-                                       monitors.monitored(jid) or "", event,
-                                       lambda number: _name_of(server, number))
+        def on_call_event(jid: str, event: CallEvent, before: Call | None,
+                          after: Call | None) -> None:
+            self.dispatcher.call_event(user_key(server.sn or "", jid), event, before, after)
 
-        async def stored_users(sn: str) -> list[str]:
-            return [parse_user_key(user)[1] for user in await self.store.users(sn)]
+        async def stored_users() -> list[str]:
+            return [parse_user_key(user)[1] for user in await self.store.users(server.sn or "")]
 
-        monitors = CallMonitors(server, stored_users, on_call_event)
-        self.monitors[server.config.name] = monitors
-        return DeviceRegistry(lambda: server.sn, self.store, monitors, self.senders)
+        calls.on_call_event(on_call_event)
+        calls.monitors.restore(DEVICES, stored_users)
+        self.monitors[server.config.name] = calls.monitors
+        return DeviceRegistry(lambda: server.sn, self.store, calls.monitors, self.senders)
 
 
 def build(reactor: Any, db: str, apns: Iterable[Credential], fcm: Mapping[str, ServiceAccount],
@@ -158,9 +161,3 @@ def _fcm_trust(pem: bytes | None) -> Any:
 
     return ssl.Certificate.loadPEM(pem)
 
-
-def _name_of(server: MXServer, number: str) -> str:
-    contact = server.address_book.by_ext(number)
-    if contact is None:
-        return ""
-    return " ".join(part for part in (contact.first_name, contact.last_name) if part)
