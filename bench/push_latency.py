@@ -454,11 +454,11 @@ def install_probes(reactor: Any, path: str) -> None:
         current["read"] = time.perf_counter()
         data_received(self, data)
 
-    def probe_call_event(self: Any, user: str, event: Any, *args: Any) -> Any:
+    def probe_call_event(self: Any, mx: str, user: str, event: Any, *args: Any) -> Any:
         if isinstance(event, Delivered):
             stages[event.call_id] = {"read": current["read"], "dispatch": time.perf_counter()}
             ringing[user] = event.call_id
-        return call_event(self, user, event, *args)
+        return call_event(self, mx, user, event, *args)
 
     def probe_devices(self: Any, user: str) -> Any:
         call_id = ringing.pop(user, None)

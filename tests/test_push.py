@@ -101,9 +101,9 @@ class Tracked(PushDispatcher):
         super().__init__(*args, **kwargs)
         self.pending: list[Deferred[None]] = []
 
-    def call_event(self, user: str, event: CallEvent, before: calls.Call | None,
+    def call_event(self, mx: str, user: str, event: CallEvent, before: calls.Call | None,
                    after: calls.Call | None) -> Deferred[None]:
-        handling = super().call_event(user, event, before, after)
+        handling = super().call_event(mx, user, event, before, after)
         self.pending.append(handling)
         return handling
 
@@ -292,13 +292,14 @@ def by_token(requests: list[ReceivedRequest]) -> dict[str, list[ReceivedRequest]
 
 
 def call_fields(call: Call, time: float, **extra: Any) -> dict[str, Any]:
-    """The push body the original sends for the simulator's DeliveredEvent of ``call``."""
+    """The push body for the simulator's DeliveredEvent of ``call``: the original's, and the
+    name of the MX in the API's URLs (the test daemon's is ``dev``)."""
     fields: dict[str, Any] = {
         "callId": call.call_id, "deviceId": call.called, "globalCallId": call.global_call_id,
         "alertingDevice": call.called, "callingDevice": call.calling,
         "calledDevice": call.called, "lastRedirectionDevice": call.calling,
         "localConnectionInfo": "alerting", "cause": "normal",
-        "callTypeFlags": CALL_TYPE_FLAGS, "time": int(time)}
+        "callTypeFlags": CALL_TYPE_FLAGS, "time": int(time), "mx": "dev"}
     fields.update(extra)
     return fields
 
@@ -322,6 +323,9 @@ class PayloadTests(PushTestCase):
         self.assertEqual(request.payload,
                          call_fields(call, self.clock.seconds(), callingName="Carl Caller"))
         self.assertIsInstance(request.payload["globalCallId"], str)
+        # What the app needs to answer: POST /mx/<mx>/calls/<callId>/answer.
+        self.assertEqual((request.payload["mx"], request.payload["callId"]),
+                         ("dev", call.call_id))
         self.assertEqual(self.sandbox.received, [])
         [device] = await self.devices(self.alice)
         self.assertEqual(device.last_success, self.clock.seconds())

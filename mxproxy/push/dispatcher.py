@@ -104,13 +104,13 @@ class PushDispatcher:
         """Pushes sent and not yet answered, per provider."""
         return {provider: slots.busy for provider, slots in self.slots.items()}
 
-    def call_event(self, user: str, event: CallEvent, before: Call | None,
+    def call_event(self, mx: str, user: str, event: CallEvent, before: Call | None,
                    after: Call | None) -> Deferred[None]:
-        """React to one event on the monitor of ``user`` (a store user id), given the user's
-        call before and after it: a call that rings them is pushed, one that stops ringing
-        before they answered gets a follow-up."""
+        """React to one event on the monitor of ``user`` (a store user id) on the MX named
+        ``mx``, given the user's call before and after it: a call that rings them is pushed,
+        one that stops ringing before they answered gets a follow-up."""
         if isinstance(event, Delivered) and after is not None and after.state == RINGING:
-            handling = Deferred.fromCoroutine(self._incoming(user, event, after))
+            handling = Deferred.fromCoroutine(self._incoming(mx, user, event, after))
         elif before is not None and before.state == RINGING and (
                 after is None or after.state != RINGING):
             handling = Deferred.fromCoroutine(self._stopped_ringing(user, event, after))
@@ -147,12 +147,13 @@ class PushDispatcher:
 
     # -- incoming call ------------------------------------------------------------------------
 
-    async def _incoming(self, user: str, event: Delivered, call: Call) -> None:
+    async def _incoming(self, mx: str, user: str, event: Delivered, call: Call) -> None:
         key = (user, call.call_id)
         self._forget_old_calls()
         payload = dict(event.push_payload(int(self._clock.seconds())))
         if call.peer_name:
             payload["callingName"] = call.peer_name
+        payload["mx"] = mx  # with callId, what the app needs to answer without a lookup
         notification = Notification("call", call.global_call_id or str(call.call_id), payload,
                                     caller=call.peer_name or call.peer)
         # Known before the devices are read, so that an answer or hang-up arriving meanwhile

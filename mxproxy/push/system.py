@@ -105,7 +105,8 @@ class PushSystem(Service):
 
         def on_call_event(jid: str, event: CallEvent, before: Call | None,
                           after: Call | None) -> None:
-            self.dispatcher.call_event(user_key(server.sn or "", jid), event, before, after)
+            self.dispatcher.call_event(server.config.name, user_key(server.sn or "", jid),
+                                       event, before, after)
 
         async def stored_users() -> list[str]:
             return [parse_user_key(user)[1] for user in await self.store.users(server.sn or "")]
