@@ -1,6 +1,6 @@
 """The calls of one MX's users, as the monitors on their extensions report them: the one source
 of truth for the API (``GET calls``, the 409 answers), the push dispatcher
-(``answeredElsewhere``) and the event hub.
+(``answeredElsewhere``) and, later, the event hub.
 
 Each monitored event moves one user's call to its next state (:func:`advance`); a call that is
 over for the user leaves the table, and so does one without any event for an hour (an end the
@@ -123,7 +123,7 @@ def _established(call: Call | None, event: Established, ext: str,
     if (event.answering_device or event.device_id) == ext:
         if call is not None:
             return attrs.evolve(call, state=CONNECTED)
-        return _party(call, event, CONNECTED, INCOMING, event.calling_device,
+        return _party(None, event, CONNECTED, INCOMING, event.calling_device,
                       event.calling_display_name, name_of)
     if event.calling_device == ext:  # the far end answered this user's call
         return _party(call, event, CONNECTED, OUTGOING, event.answering_device,
@@ -135,6 +135,8 @@ def _established(call: Call | None, event: Established, ext: str,
 
 def _cleared(call: Call | None, event: ConnectionCleared, ext: str,
              name_of: NameOf) -> Call | None:
+    # Whoever hung up: in a call of two that ends it. (A conference that goes on without the
+    # party that left would end here too; the MX's events on it are not modelled yet.)
     return None
 
 
@@ -162,8 +164,7 @@ def _diverted(call: Call | None, event: Diverted, ext: str, name_of: NameOf) -> 
     if call is None or event.new_destination == ext:
         return call  # now ringing here: a DeliveredEvent says so
     if call.direction == OUTGOING and event.diverting_device != ext and event.new_destination:
-        return attrs.evolve(call, peer=event.new_destination,
-                            peer_name=name_of(event.new_destination) or None)
+        return _with_peer(call, event.new_destination, name_of)
     return None  # went elsewhere
 
 
@@ -174,6 +175,11 @@ def _transferred(call: Call | None, event: Transferred, ext: str,
     peer = event.transferred_to_device
     if not peer or peer == ext:
         return call
+    return _with_peer(call, peer, name_of)
+
+
+def _with_peer(call: Call, peer: str, name_of: NameOf) -> Call:
+    """The call, now with another far end (the MX names it in no event: the book does)."""
     return attrs.evolve(call, peer=peer, peer_name=name_of(peer) or None)
 
 

@@ -19,7 +19,7 @@ import attrs
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from mxproxy.calls import RINGING, Call
+from mxproxy.calls import FORGET_AFTER, RINGING, Call
 from mxproxy.csta.events import CallEvent, Delivered, Established
 from mxproxy.logs import Logger
 from mxproxy.metrics import DELIVERED, DROPPED, FAILED, REJECTED, Metrics
@@ -31,7 +31,6 @@ MAX_IN_FLIGHT = 512
 MAX_QUEUED = 4096
 RETRY_FIRST = 1.0
 CREDENTIAL_ALARM_INTERVAL = 600.0
-FORGET_CALLS_AFTER = 3600.0
 
 
 @attrs.frozen
@@ -282,9 +281,9 @@ class PushDispatcher:
                               reason=reason)
 
     def _forget_old_calls(self) -> None:
-        """Calls whose end never came (the link went down meanwhile) are dropped after an
-        hour."""
-        horizon = self._clock.seconds() - FORGET_CALLS_AFTER
+        """Calls whose end never came (the link went down meanwhile) are dropped when the call
+        state would drop them."""
+        horizon = self._clock.seconds() - FORGET_AFTER
         for key in [key for key, pushed in self._pushed.items() if pushed.started < horizon]:
             del self._pushed[key]
 
