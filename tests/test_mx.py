@@ -6,8 +6,11 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mxproxy.addressbook import PAGE_WINDOW
 from mxproxy.config import MXConfig
 from mxproxy.csta.client import MXAddress
+from mxproxy.csta.protocol import Trace
+from mxproxy.csta.xml import local_name, parse
 from mxproxy.mx import (
     FAILURE_LOG_WINDOW,
     REFUSED_RETRY,
@@ -39,11 +42,12 @@ class Running:
 
     def __init__(self, test: TestCase, address: MXAddress, name: str = "dev",
                  serials: SerialRegistry | None = None, max_contacts: int = 100_000,
-                 clock: Clock | None = None, password: str = "server-secret") -> None:
+                 clock: Clock | None = None, password: str = "server-secret",
+                 trace: Trace | None = None) -> None:
         self.clock = clock or Clock()
         config = MXConfig(name=name, host=address.host, port=address.port, login="server",
                           password=password, tls=address.tls, max_contacts=max_contacts)
-        self.server = MXServer(config, reactor, serials or SerialRegistry(),
+        self.server = MXServer(config, reactor, serials or SerialRegistry(), trace=trace,
                                jitter=lambda: 0.0, clock=self.clock)
         self.state = self.server.state
         self.server.startService()
@@ -112,6 +116,21 @@ class AddressBookLoadTests(TestCase):
 
     async def test_page_size_is_the_mx_s_not_fifty(self) -> None:
         await self.load(51, page_size=7)
+
+    async def test_pages_are_asked_for_ahead_of_their_answers(self) -> None:
+        frames: list[str] = []
+
+        def trace(direction: str, invoke_id: int, body: bytes) -> None:
+            element = parse(body)
+            if local_name(element) in ("iq", "ablist"):
+                frames.append(f"{direction} {local_name(element)} {element.get('index')}")
+
+        running = Running(self, serve(self, company(1000)), trace=trace)
+        await running.server.when_ready()
+        self.assertEqual(frames[:2 + PAGE_WINDOW], ["-> iq 0", "<- ablist 0"] + [
+            f"-> iq {index}" for index in range(1, 1 + PAGE_WINDOW)])
+        self.assertEqual(sorted(frame for frame in frames if frame.startswith("<-")),
+                         sorted(f"<- ablist {index}" for index in range(20)))
 
     async def test_state_reports_the_link(self) -> None:
         server = await self.load(3)

@@ -62,7 +62,9 @@ class Script:
     index_shift: int = 0
     """Pages answer with the asked index plus this (0: the one asked for)."""
     page_delay: float = 0.0
-    """Seconds (of the double's clock) before each page goes out."""
+    """Seconds (of the double's clock) each page takes: a page goes out this long after it was
+    asked for or after the page before it, whichever is later (an MX working through the pages
+    asked for ahead one at a time)."""
     adds_per_page: int = 0
     """``AbAddUserEvent`` of contacts not in the book sent before each page."""
     hold_logins: bool = False
@@ -151,6 +153,8 @@ class Session(Protocol):
         self.silent = False
         self._flooding = False
         self._decoder = FrameDecoder()
+        self._page_due = 0.0
+        """When the last page asked for goes out (with a ``page_delay``)."""
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -187,7 +191,9 @@ class Session(Protocol):
         elif name == "iq:addressbook":
             index = int(element.get("index", "0"))
             if self.mx.script.page_delay > 0:
-                self.mx.clock.callLater(self.mx.script.page_delay, self._page, index)
+                now = self.mx.clock.seconds()
+                self._page_due = max(now, self._page_due) + self.mx.script.page_delay
+                self.mx.clock.callLater(self._page_due - now, self._page, index)
             else:
                 self._page(index)
         else:
