@@ -323,6 +323,38 @@ class AddressBookTests(SimulatorTestCase):
                 self.assertEqual(jids, expected, (page_size, total))
                 self.assertEqual(requests, max(1, -(-total // page_size)), (page_size, total))
 
+    def test_each_change_to_the_book_is_in_the_pages_sent_after_it(self) -> None:
+        self.pbx.page_size = 7
+        jids = self.fill(20)
+        client = self.client("cti")
+        self.assertEqual(fetch_pages(client)[0], jids)
+        changes = [lambda: self.pbx.update_contact(jids[3], first_name="Renamed"),
+                   lambda: self.pbx.add_contact(Contact("", "Added")),
+                   lambda: self.pbx.remove_contact(jids[10])]
+        for change in changes:
+            change()
+            pages = [client.request(f'<iq type="get" id="addressbook" index="{index}"/>')[0][1]
+                     for index in range(3)]
+            self.assertEqual([attr(entry, "jid") for page in pages
+                              for entry in findall(page, "abentry")], list(self.pbx.contacts))
+            self.assertEqual({attr(page, "size") for page in pages}, {str(len(self.pbx.contacts))})
+        (_, page), = client.request('<iq type="get" id="addressbook" index="0"/>')
+        self.assertEqual(text(findall(page, "abentry")[3], "firstName"), "Renamed")
+
+    def test_a_page_is_built_once_per_state_of_the_book(self) -> None:
+        self.fill(120)
+        first = self.pbx.address_book_page(1)
+        self.assertIs(self.pbx.address_book_page(1), first)
+        self.pbx.page_size = 7
+        self.assertNotEqual(self.pbx.address_book_page(1), first)
+        self.pbx.page_size = 50
+        self.assertIs(self.pbx.address_book_page(1), first)
+        self.pbx.update_contact(list(self.pbx.contacts)[0], last_name="Changed")
+        self.assertIsNot(self.pbx.address_book_page(1), first)
+        self.assertEqual(self.pbx.address_book_page(1), first)  # page 1 itself is unchanged
+        # Past the end nothing is kept: a client could ask for any index.
+        self.assertIsNot(self.pbx.address_book_page(3), self.pbx.address_book_page(3))
+
     def test_empty_book_is_one_empty_list(self) -> None:
         self.fill(0)
         (invoke_id, page), = self.client("cti").request(

@@ -114,10 +114,7 @@ def address_book(session: Session, command: ReceivedCommand) -> None:
     index = to_int(attr(command.element, "index"), "index")
     if index < 0:
         raise XMLError(f"index must be >= 0, got {index}")
-    contacts = list(session.pbx.contacts.values())
-    size = session.pbx.page_size
-    session.send_event(wire.ablist(len(contacts), index,
-                                   contacts[index * size:(index + 1) * size]))
+    session.send_event(session.pbx.address_book_page(index))
 
 
 @CORE("iq:calllog")

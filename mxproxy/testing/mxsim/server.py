@@ -173,14 +173,14 @@ class Session(Protocol):
     def fail(self, invoke_id: int, operation: str = "", private: str = "") -> None:
         self._send(invoke_id, wire.csta_error(operation, private))
 
-    def send_event(self, element: Element) -> None:
-        """An unsolicited message (id 9999)."""
-        self._send(EVENT_ID, element)
+    def send_event(self, body: Element | bytes) -> None:
+        """An unsolicited message (id 9999), as an element or serialized already."""
+        self._send(EVENT_ID, body)
 
-    def _send(self, invoke_id: int, element: Element) -> None:
+    def _send(self, invoke_id: int, body: Element | bytes) -> None:
         if self.closed or self.transport is None:
             return
-        frame = encode(invoke_id, serialize(element))
+        frame = encode(invoke_id, body if isinstance(body, bytes) else serialize(body))
         faults = self.pbx.faults
         if faults.malformed_next is not None and self._broken_round != faults.malformed_round:
             self._broken_round = faults.malformed_round
