@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.defer import Deferred
@@ -27,9 +27,9 @@ from mxproxy.api.errors import HTTPError, not_found, write_error
 from mxproxy.api.request import SERVER
 from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer
-from mxproxy.push.apns import APNsClient
-from mxproxy.push.credentials import APNsCertificate
-from mxproxy.push.system import PushSystem
+
+if TYPE_CHECKING:
+    from mxproxy.push.system import PushSystem  # imported by a daemon with push delivery only
 
 STORE_TIMEOUT = 2.0
 """Seconds the health report waits for the token store's query (it queues behind writes)."""
@@ -167,7 +167,12 @@ def _monitors(push: PushSystem | None, server: MXServer) -> int:
 def _apns_expiry(push: PushSystem | None) -> dict[tuple[str, str], datetime]:
     """The expiry of each APNs certificate in use, by (bundle id, environment)."""
     found: dict[tuple[str, str], datetime] = {}
-    for client in push.clients if push is not None else ():
+    if push is None:
+        return found
+    from mxproxy.push.apns import APNsClient  # loaded already: push delivery is configured
+    from mxproxy.push.credentials import APNsCertificate
+
+    for client in push.clients:
         credential = client.credential if isinstance(client, APNsClient) else None
         if isinstance(credential, APNsCertificate):
             for environment in credential.environments:

@@ -21,7 +21,6 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from mxproxy import logs
-from mxproxy.acme import ACMEService
 from mxproxy.api.site import APISite
 from mxproxy.tls import (
     RedirectToHTTPS,
@@ -97,6 +96,8 @@ def api_listeners(options: Mapping[str, Any], site: APISite, parent: MultiServic
         except TLSConfigError as error:
             raise SystemExit(f"mxproxy: {error}") from None
     else:
+        from mxproxy.acme import ACMEService  # the ACME client (and requests): only used here
+
         ACMEService(host, options["acme-directory"], acme_dir(options), certificate, challenges,
                     reactor, email=options["acme-email"]).setServiceParent(parent)
     https, http = options["https-listen"], options["http-listen"]

@@ -2,12 +2,16 @@
 
 Everything that can be checked before listening is checked here, so a bad configuration exits
 with a one-line reason and a non-zero status instead of a half-started daemon.
+
+What a daemon may not use is imported only when it does: the push stack (HTTP/2, treq, JWT)
+with push credentials, ACME (and ``requests``) for a public ``--host`` without a certificate,
+the configuration check with ``--check-config``. Each costs a start tens of milliseconds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService
 
@@ -19,7 +23,6 @@ from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.site import APISite, ConnectionLimit
 from mxproxy.calls import CallState
 from mxproxy.config import Config, ConfigError
-from mxproxy.configcheck import check_config
 from mxproxy.configfile import load_config
 from mxproxy.csta.client import CSTAFactory, log_trace, stdout_trace
 from mxproxy.csta.protocol import Trace
@@ -27,9 +30,10 @@ from mxproxy.listeners import admin_listener, api_listeners
 from mxproxy.memory import tune_malloc
 from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer, SerialRegistry
-from mxproxy.push.system import PushConfigError, PushSystem, build, load_credentials
-from mxproxy.push.tokens import TokenStoreError
 from mxproxy.sessions import SessionPool
+
+if TYPE_CHECKING:
+    from mxproxy.push.system import PushSystem
 
 log = logs.Logger(__name__)
 
@@ -39,6 +43,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
     if options["check-config"]:
+        from mxproxy.configcheck import check_config
+
         raise SystemExit(check_config(options["config"]))
     logs.set_debug(bool(options["debug"]))
     tune_malloc()
@@ -109,6 +115,9 @@ def _push(config: Config, db: str, reactor: Any, metrics: Metrics) -> PushSystem
     if not config.apns and not config.gfcm:
         log.warn("push: no apns or gfcm credentials configured; device registration answers 501")
         return None
+    from mxproxy.push.system import PushConfigError, build, load_credentials
+    from mxproxy.push.tokens import TokenStoreError
+
     try:
         apns, fcm = load_credentials(config)
         trust = None

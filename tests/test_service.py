@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from typing import Any
 
@@ -15,6 +16,21 @@ from mxproxy.mx import MXServer
 from mxproxy.options import MXProxyOptions
 from mxproxy.service import makeService
 from mxproxy.testing.certs import certificate_authority
+from tests.test_plugin import run
+
+FEATURE_MODULES = ("acme", "josepy", "requests", "mxproxy.acme", "mxproxy.push.system",
+                   "mxproxy.push.apns", "mxproxy.push.fcm", "treq", "jwt", "mxproxy.configcheck")
+"""Modules only some daemons use: ACME for a public --host without a certificate, the push
+stack with push credentials, the configuration check with --check-config."""
+BUILD_AND_LIST = f"""
+import json, sys
+from mxproxy.options import MXProxyOptions
+from mxproxy.service import makeService
+options = MXProxyOptions()
+options.parseOptions(sys.argv[1:])
+makeService(options)
+print(json.dumps([name for name in {FEATURE_MODULES!r} if name in sys.modules]))
+"""
 
 
 class RecordingReactor:
@@ -124,3 +140,27 @@ class MakeServiceTests(SynchronousTestCase):
         os.close(fd)
         self.addCleanup(os.remove, path)
         return path
+
+
+class ImportTests(SynchronousTestCase):
+    """A start imports what its options and configuration use, no more: each of these
+    costs the start tens of milliseconds (in a fresh process, as twistd is)."""
+
+    def imported(self, *args: str) -> list[str]:
+        """The :data:`FEATURE_MODULES` imported once the daemon is built with ``args``."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(directory, "mxproxy.json"), "w") as file:
+            json.dump({"mx": {"dev": {"addr": "h", "login": "s", "password": "p"}}}, file)
+        result = run([sys.executable, "-c", BUILD_AND_LIST, "--config", "mxproxy.json",
+                      "--db", "mxproxy.db", *args], directory)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        imported: list[str] = json.loads(result.stdout)
+        return imported
+
+    def test_behind_a_reverse_proxy_without_push_none(self) -> None:
+        self.assertEqual(self.imported("--listen", "tcp:0:interface=127.0.0.1"), [])
+
+    def test_a_public_host_without_a_certificate_acme(self) -> None:
+        self.assertEqual(self.imported("--host", "push.example.com"),
+                         ["acme", "josepy", "requests", "mxproxy.acme"])
