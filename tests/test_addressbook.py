@@ -93,6 +93,17 @@ class PipelineTests(SynchronousTestCase):
         load.link.receive(EVENT_ID, page(2, 100, 80, 20))
         self.assertEqual(len(self.successResultOf(load.result)), 100)
 
+    def test_a_size_that_shrinks_ends_the_load_with_pages_in_flight(self) -> None:
+        load = Loading()
+        load.asked()
+        load.answer(0, 1000)
+        self.assertEqual(len(load.asked()), PAGE_WINDOW)
+        load.answer(1, 100)  # contacts were deleted meanwhile: 100 are all there is
+        self.assertEqual(len(self.successResultOf(load.result)), 100)
+        self.assertEqual(load.timers(), LINK_TIMERS)
+        load.answer(2, 100, first=1)  # the answers still in flight are not read
+        self.assertEqual(load.asked(), [])
+
     def test_a_window_of_one_asks_page_by_page(self) -> None:
         load = Loading(window=1)
         for index in range(3):
