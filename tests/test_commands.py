@@ -137,13 +137,47 @@ class CommandShapeTests(SynchronousTestCase):
             commands.update_vm_note("81", "call back tomorrow"),
             b"<UpdateVmNote><mailId>81</mailId><note>call back tomorrow</note></UpdateVmNote>")
 
+    def test_call_control(self) -> None:
+        """The samples of §4.1, each built from (call id, own extension[, target])."""
+        cases = [
+            (commands.answer_call(21, "3095"),
+             b"<AnswerCall><callToBeAnswered><callID>21</callID><deviceID>3095</deviceID>"
+             b"</callToBeAnswered></AnswerCall>"),
+            (commands.clear_connection(21, "3095"),
+             b"<ClearConnection><connectionToBeCleared><callID>21</callID><deviceID>3095"
+             b"</deviceID></connectionToBeCleared></ClearConnection>"),
+            (commands.hold_call(21, "3095"),
+             b"<HoldCall><callToBeHeld><callID>21</callID><deviceID>3095</deviceID>"
+             b"</callToBeHeld></HoldCall>"),
+            (commands.retrieve_call(21, "3095"),
+             b"<RetrieveCall><callToBeRetrieved><callID>21</callID><deviceID>3095</deviceID>"
+             b"</callToBeRetrieved></RetrieveCall>"),
+            (commands.single_step_transfer(21, "3095", "3044"),
+             b"<SingleStepTransferCall><activeCall><callID>21</callID><deviceID>3095</deviceID>"
+             b"</activeCall><transferredTo>3044</transferredTo></SingleStepTransferCall>"),
+            (commands.deflect_call(21, "3095", "3044"),
+             b"<DeflectCall><callToBeDiverted><callID>21</callID><deviceID>3095</deviceID>"
+             b"</callToBeDiverted><newDestination>3044</newDestination></DeflectCall>"),
+        ]
+        for element, sample in cases:
+            self.assertSample(element, sample)
+
+    def test_assign_device(self) -> None:
+        """§4.2; the name is escaped like any text."""
+        self.assertSample(commands.assign_device("alice-softphone"),
+                          b'<AssignDevice><deviceID type="device">alice-softphone</deviceID>'
+                          b"</AssignDevice>")
+        sent = parse(serialize(commands.assign_device("a<b&c")))
+        self.assertEqual(sent.findtext("deviceID"), "a<b&c")
+
     def test_logout(self) -> None:
         self.assertSample(commands.logout(), b"<logout/>")
 
     def test_no_namespace(self) -> None:
         """The MX has accepted un-namespaced requests since the ``mx`` library (§3.4)."""
         built = [commands.login_request("u", "p"), commands.make_call("1", "2"),
-                 commands.monitor_start("1"), commands.mail_receive("1", True)]
+                 commands.monitor_start("1"), commands.mail_receive("1", True),
+                 commands.single_step_transfer(1, "2", "3"), commands.assign_device("d")]
         for element in built:
             for node in element.iter():
                 self.assertIsNone(etree.QName(node).namespace, node.tag)

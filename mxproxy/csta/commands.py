@@ -1,4 +1,4 @@
-"""Builders for every request the proxy sends to the MX, in the shapes of mx-protocol.md §2-3.
+"""Builders for every request the proxy sends to the MX, in the shapes of mx-protocol.md §2-4.
 
 Each function returns an lxml element without a namespace (what the MX has accepted since the
 ``mx`` library dropped the ECMA-323 one); the protocol layer frames and sends it. Mail commands
@@ -100,6 +100,60 @@ def mail_set_status(mail_id: str, read: bool, media_type: str | None = None) -> 
 
 def update_vm_note(mail_id: str, note: str, media_type: str | None = None) -> Element:
     return _mail_command("UpdateVmNote", {"mailId": mail_id, "note": note}, media_type)
+
+
+def _call_command(tag: str, wrapper: str, call_id: int, device: str,
+                  extra: dict[str, str] | None = None) -> Element:
+    """A call-control request (mx-protocol.md §4.1): the connection it acts on, ``<callID>``
+    and ``<deviceID>`` (the user's own extension) inside ``wrapper``, then ``extra``."""
+    element = build(tag)
+    connection = sub(element, wrapper)
+    sub(connection, "callID", str(call_id))
+    sub(connection, "deviceID", device)
+    for name, value in (extra or {}).items():
+        sub(element, name, value)
+    return element
+
+
+def answer_call(call_id: int, device: str) -> Element:
+    """Answer the call alerting at ``device``, on the SIP device bound by ``assign_device``."""
+    return _call_command("AnswerCall", "callToBeAnswered", call_id, device)
+
+
+def clear_connection(call_id: int, device: str) -> Element:
+    """Hang up ``device``'s connection; the MX confirms with ``ConnectionClearedEvent``."""
+    return _call_command("ClearConnection", "connectionToBeCleared", call_id, device)
+
+
+def hold_call(call_id: int, device: str) -> Element:
+    """Confirmed by ``HeldEvent``."""
+    return _call_command("HoldCall", "callToBeHeld", call_id, device)
+
+
+def retrieve_call(call_id: int, device: str) -> Element:
+    """Confirmed by ``RetrievedEvent``."""
+    return _call_command("RetrieveCall", "callToBeRetrieved", call_id, device)
+
+
+def single_step_transfer(call_id: int, device: str, to: str) -> Element:
+    """Hand the connected call over to ``to`` and leave it."""
+    return _call_command("SingleStepTransferCall", "activeCall", call_id, device,
+                         {"transferredTo": to})
+
+
+def deflect_call(call_id: int, device: str, to: str) -> Element:
+    """Send a call still ringing at ``device`` on to ``to`` (another number, voicemail)."""
+    return _call_command("DeflectCall", "callToBeDiverted", call_id, device,
+                         {"newDestination": to})
+
+
+def assign_device(name: str) -> Element:
+    """Bind the SIP device ``name`` (e.g. the app's soft phone) to the session, so that
+    ``AnswerCall`` connects the call there; the MX answers with an ``AssignDeviceInfo`` event
+    naming the device it bound (mx-protocol.md §4.2), not with a same-id reply."""
+    element = build("AssignDevice")
+    sub(element, "deviceID", name, type="device")
+    return element
 
 
 def get_service_list() -> Element:
