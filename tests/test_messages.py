@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxproxy.csta import events, messages
+from mxproxy.csta import errors, events, messages
 from mxproxy.csta.records import XMLRecord
 from mxproxy.csta.xml import ECMA_CSTA_NS, XMLError, parse
 
@@ -504,6 +504,15 @@ class CallEventTests(SynchronousTestCase):
             monitor_cross_ref_id=12, call_id=21, device_id="3095", cause="normalClearing",
             releasing_device="3044"))
 
+    def test_connection_state_of_established_cleared_and_diverted(self) -> None:
+        """``localConnectionInfo``, which the call state needs, on the events that lacked it."""
+        for kind, sample in ((events.Established, ESTABLISHED), (events.ConnectionCleared, CLEARED),
+                             (events.Diverted, b"<DivertedEvent></DivertedEvent>")):
+            root = sample.rsplit(b"</", 1)
+            element = read(kind, root[0] + b"<localConnectionInfo>connected"
+                           b"</localConnectionInfo></" + root[1])
+            self.assertEqual(element.local_connection_info, "connected", kind)
+
     def test_held(self) -> None:
         self.assertEqual(messages.parse_event(parse(HELD)), events.Held(
             monitor_cross_ref_id=12, call_id=21, device_id="3095", cause="normal",
@@ -742,6 +751,64 @@ class ErrorTextTests(SynchronousTestCase):
         self.assertEqual(messages.csta_error_text(parse(b"<CSTAErrorCode/>")), "")
 
 
+class CallControlAnswerTests(SynchronousTestCase):
+    def test_assign_device_info(self) -> None:
+        sample = b"<AssignDeviceInfo><deviceID>alice-softphone</deviceID></AssignDeviceInfo>"
+        self.assertEqual(messages.parse_event(parse(sample)),
+                         events.AssignDeviceInfo(device_id="alice-softphone"))
+        self.assertEqual(messages.parse_event(parse(prefixed(sample))),
+                         events.AssignDeviceInfo(device_id="alice-softphone"))
+
+    def test_transfer_result(self) -> None:
+        sample = (b"<SingleStepTransferCallResponse><transferredCall><callID>22</callID>"
+                  b"<deviceID>3044</deviceID></transferredCall></SingleStepTransferCallResponse>")
+        self.assertEqual(read(messages.TransferResult, sample),
+                         messages.TransferResult(call_id=22, device_id="3044"))
+        self.assertEqual(read(messages.TransferResult, b"<SingleStepTransferCallResponse/>"),
+                         messages.TransferResult())
+
+
+class CSTAErrorKindTests(SynchronousTestCase):
+    """How a refusal is typed: by the ECMA-323 values it carries, with the MX's text."""
+
+    def kind(self, body: bytes) -> tuple[type, str]:
+        error = messages.csta_error(parse(b"<CSTAErrorCode>" + body + b"</CSTAErrorCode>"))
+        return type(error), error.text
+
+    def test_unknown_call(self) -> None:
+        self.assertEqual(self.kind(b"<operation>invalidCallID</operation>"),
+                         (errors.UnknownCall, "invalidCallID"))
+        self.assertEqual(self.kind(b"<operation>invalidCallID</operation>"
+                                   b"<privateErrorCode>no call 21</privateErrorCode>"),
+                         (errors.UnknownCall, "no call 21"))
+
+    def test_any_state_incompatibility_is_a_call_state_error(self) -> None:
+        for value in (b"noCallToAnswer", b"noHeldCall", b"somethingNew", b""):
+            self.assertEqual(
+                self.kind(b"<stateIncompatibility>" + value + b"</stateIncompatibility>"
+                          b"<privateErrorCode>call 21 is not ringing</privateErrorCode>"),
+                (errors.CallStateError, "call 21 is not ringing"), value)
+
+    def test_state_values_count_wherever_they_are(self) -> None:
+        """``invalidConnectionID`` is an operation error: the call goes on, not at that device."""
+        self.assertEqual(self.kind(b"<operation>invalidConnectionID</operation>"),
+                         (errors.CallStateError, "invalidConnectionID"))
+        self.assertEqual(self.kind(b"<operation>noActiveCall</operation>"),
+                         (errors.CallStateError, "noActiveCall"))
+
+    def test_namespaced(self) -> None:
+        error = messages.csta_error(parse(prefixed(
+            b"<CSTAErrorCode><stateIncompatibility>noHeldCall</stateIncompatibility>"
+            b"</CSTAErrorCode>")))
+        self.assertIsInstance(error, errors.CallStateError)
+
+    def test_the_rest_is_a_plain_csta_error(self) -> None:
+        for body, text in ((b"<privateErrorCode>URM Denied</privateErrorCode>", "URM Denied"),
+                           (b"<operation>invalidDeviceID</operation>", "invalidDeviceID"),
+                           (b"", "")):
+            self.assertEqual(self.kind(body), (errors.CSTAError, text))
+
+
 class RegistryTests(SynchronousTestCase):
     def test_names(self) -> None:
         self.assertEqual(dict(messages.EVENTS), {
@@ -767,6 +834,7 @@ class RegistryTests(SynchronousTestCase):
             "MailIncomingReadyEvent": events.MailIncomingReady,
             "Logout": events.Logout,
             "presence": events.Presence,
+            "AssignDeviceInfo": events.AssignDeviceInfo,
         })
 
     def test_read_only(self) -> None:

@@ -7,7 +7,15 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxproxy.csta.errors import CSTAError, LoggedOut, MXTimeout, MXUnavailable, ProtocolViolation
+from mxproxy.csta.errors import (
+    CallStateError,
+    CSTAError,
+    LoggedOut,
+    MXTimeout,
+    MXUnavailable,
+    ProtocolViolation,
+    UnknownCall,
+)
 from mxproxy.csta.frame import MAX_BODY_SIZE, Frame, FrameDecoder, FrameTooLarge, encode
 from mxproxy.csta.protocol import (
     BAD_FRAME_LIMIT,
@@ -83,6 +91,16 @@ class RequestTests(SynchronousTestCase):
         link.receive(1, b"<CSTAErrorCode><operation>x</operation>"
                         b"<privateErrorCode>URM Denied</privateErrorCode></CSTAErrorCode>")
         self.assertEqual(self.failureResultOf(result, CSTAError).value.text, "URM Denied")
+
+    def test_csta_error_code_is_typed_by_its_values(self) -> None:
+        """A refusal that says why fails as the class the API maps (409, 404)."""
+        link = Link()
+        state, unknown = link.protocol.request(b"<HoldCall/>"), link.protocol.request(b"<x/>")
+        link.receive(1, b"<CSTAErrorCode><stateIncompatibility>noActiveCall"
+                        b"</stateIncompatibility></CSTAErrorCode>")
+        link.receive(2, b"<CSTAErrorCode><operation>invalidCallID</operation></CSTAErrorCode>")
+        self.assertEqual(self.failureResultOf(state, CallStateError).value.text, "noActiveCall")
+        self.failureResultOf(unknown, UnknownCall)
 
     def test_timeout_uses_the_injected_clock(self) -> None:
         link = Link(reply_timeout=7.0)

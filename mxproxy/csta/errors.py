@@ -1,4 +1,23 @@
-"""Typed failures of the MX link, shared by the protocol, the client and everything above them."""
+"""Typed failures of the MX link, shared by the protocol, the client and everything above them.
+
+A ``CSTAErrorCode`` (mx-protocol.md §3.8) becomes one of three classes, read from the ECMA-323
+error values it carries (the XML names of ECMA-269's universal failures), so that the API can
+tell "not now" from "no such call" from "not so":
+
+* :class:`UnknownCall`: the operation error ``invalidCallID`` -- no call has that id.
+* :class:`CallStateError`: any ``<stateIncompatibility>`` value, and the operation error
+  ``invalidConnectionID`` (the call goes on, but no longer at that device). The simulator
+  sends ``noCallToAnswer`` (not ringing at that device: answered elsewhere, transferred,
+  deflected, over), ``noConnectionToClear``, ``noActiveCall`` (hold or transfer of a call
+  that is not connected), ``noHeldCall`` (retrieve of a call that is not held) and
+  ``invalidObjectState`` (deflect of a call that is not ringing there).
+* :class:`CSTAError` itself for the rest: ``invalidDeviceID``, ``invalidDestination``,
+  ``privilegeViolationOnSpecifiedDevice`` (another user's device), the MX's private codes
+  such as ``URM Denied``.
+
+The real MX's values are not documented (only ``URM Denied`` is seen), so a refusal carrying
+none of these stays a plain :class:`CSTAError`. Each keeps the MX's own text.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +32,30 @@ class CSTAError(MXError):
     def __init__(self, text: str) -> None:
         super().__init__(text)
         self.text = text
+
+
+UNKNOWN_CALL = "invalidCallID"
+INVALID_CONNECTION = "invalidConnectionID"
+STATE_INCOMPATIBILITY = "stateIncompatibility"
+"""The ``CSTAErrorCode`` child that holds a state error's value (``operation`` holds the rest)."""
+NO_CALL_TO_ANSWER = "noCallToAnswer"
+NO_CONNECTION_TO_CLEAR = "noConnectionToClear"
+NO_ACTIVE_CALL = "noActiveCall"
+NO_HELD_CALL = "noHeldCall"
+INVALID_OBJECT_STATE = "invalidObjectState"
+CALL_STATE_VALUES = frozenset({INVALID_CONNECTION, NO_CALL_TO_ANSWER, NO_CONNECTION_TO_CLEAR,
+                               NO_ACTIVE_CALL, NO_HELD_CALL, INVALID_OBJECT_STATE,
+                               "noCallToClear", "noCallToComplete",
+                               "invalidConnectionIDForActiveCall"})
+"""State values recognised wherever they appear, should an MX put them under ``operation``."""
+
+
+class CallStateError(CSTAError):
+    """The call exists, but not in a state that allows the command at that device."""
+
+
+class UnknownCall(CSTAError):
+    """The MX knows no call with that id."""
 
 
 class LoginError(MXError):

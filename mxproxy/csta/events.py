@@ -1,4 +1,4 @@
-"""Unsolicited MX events about calls, mail and the session (mx-protocol.md §3.6-3.9, §4.7).
+"""Unsolicited MX events about calls, mail and the session (mx-protocol.md §3.6-3.9, §4.2, §4.7).
 
 Each call event names the element that holds its connection (``establishedConnection``,
 ``droppedConnection``, ...) and lists its own fields; the shared parts (monitor, call, device,
@@ -101,6 +101,7 @@ class Established(CallEvent):
     calling_display_name: str = string("callingDisplayName")
     called_device: str = _device("calledDevice")
     last_redirection_device: str = _device("lastRedirectionDevice")
+    local_connection_info: str = string("localConnectionInfo")
     cmds_allowed: int = integer("cmdsAllowed")
     call_type_flags: int = integer("callTypeFlags")
     cad: tuple[CallData, ...] = derived(_call_data, ())
@@ -126,6 +127,7 @@ class ConnectionCleared(CallEvent):
     connection_tag = "droppedConnection"
 
     releasing_device: str = _device("releasingDevice")
+    local_connection_info: str = string("localConnectionInfo")
 
 
 @attrs.frozen
@@ -159,6 +161,7 @@ class Diverted(CallEvent):
     diverting_device: str = _device("divertingDevice")
     new_destination: str = _device("newDestination")
     last_redirection_device: str = _device("lastRedirectionDevice")
+    local_connection_info: str = string("localConnectionInfo")
     cmds_allowed: int = integer("cmdsAllowed")
     call_type_flags: int = integer("callTypeFlags")
 
@@ -251,6 +254,14 @@ class Logout(XMLRecord):
     """``<Logout mode=…/>``: the MX ended the session (e.g. a forced login elsewhere)."""
 
     mode: str = string("@mode")
+
+
+@attrs.frozen
+class AssignDeviceInfo(XMLRecord):
+    """``AssignDeviceInfo``: the SIP device the MX bound to the session after ``AssignDevice``
+    (mx-protocol.md §4.2); another name than the one asked for means the binding failed."""
+
+    device_id: str = string("deviceID")
 
 
 @attrs.frozen

@@ -15,7 +15,16 @@ from types import MappingProxyType
 
 import attrs
 
+from mxproxy.csta.errors import (
+    CALL_STATE_VALUES,
+    STATE_INCOMPATIBILITY,
+    UNKNOWN_CALL,
+    CallStateError,
+    CSTAError,
+    UnknownCall,
+)
 from mxproxy.csta.events import (
+    AssignDeviceInfo,
     CallParkInfo,
     ConnectionCleared,
     Delivered,
@@ -285,6 +294,28 @@ def csta_error_text(element: Element) -> str:
     return (element.text or "").strip()
 
 
+def csta_error(element: Element) -> CSTAError:
+    """The typed failure a ``CSTAErrorCode`` stands for (see :mod:`mxproxy.csta.errors`),
+    carrying :func:`csta_error_text`."""
+    values = {(child.text or "").strip() for child in element if isinstance(child.tag, str)}
+    kind: type[CSTAError] = CSTAError
+    if UNKNOWN_CALL in values:
+        kind = UnknownCall
+    elif not values.isdisjoint(CALL_STATE_VALUES) or any(
+            local_name(child) == STATE_INCOMPATIBILITY for child in element):
+        kind = CallStateError
+    return kind(csta_error_text(element))
+
+
+@attrs.frozen
+class TransferResult(XMLRecord):
+    """The answer to ``SingleStepTransferCall``: the call as it goes on at the target
+    (``transferredCall``, as mx-protocol.md §4.1 reads it); empty when the MX says nothing."""
+
+    call_id: int = integer("transferredCall/callID")
+    device_id: str = string("transferredCall/deviceID")
+
+
 EVENTS: Mapping[str, type[XMLRecord]] = MappingProxyType({
     "ablist": AddressBookPage,
     "callloginfo": CallLogBlock,
@@ -308,6 +339,7 @@ EVENTS: Mapping[str, type[XMLRecord]] = MappingProxyType({
     "MailIncomingReadyEvent": MailIncomingReady,
     "Logout": Logout,
     "presence": Presence,
+    "AssignDeviceInfo": AssignDeviceInfo,
 })
 """Root local name of every unsolicited message → the class that reads it."""
 

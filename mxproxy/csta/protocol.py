@@ -38,7 +38,7 @@ from mxproxy.csta.errors import (
     ProtocolViolation,
 )
 from mxproxy.csta.frame import KEEPALIVE_ID, MAX_REQUEST_ID, FrameDecoder, encode
-from mxproxy.csta.messages import csta_error_text
+from mxproxy.csta.messages import csta_error
 from mxproxy.logs import Logger, RateLimitedLog
 
 DEFAULT_REPLY_TIMEOUT = 7.0
@@ -225,8 +225,9 @@ class CSTAProtocol(Protocol):
     def request(self, body: Body, timeout: float | None = None) -> Deferred[Message]:
         """Send ``body`` with a new invoke id; fires with the same-id reply.
 
-        Fails with ``CSTAError`` for ``CSTAErrorCode``, ``MXTimeout`` when no reply arrives in
-        time, ``MXUnavailable`` when the link is or goes down. Cancelling forgets the waiter.
+        Fails with ``CSTAError`` for ``CSTAErrorCode`` (``UnknownCall`` or ``CallStateError``
+        where its values say so), ``MXTimeout`` when no reply arrives in time,
+        ``MXUnavailable`` when the link is or goes down. Cancelling forgets the waiter.
         Raises ``FrameTooLarge`` before anything is written when the body cannot be framed.
         """
         if not self.up:
@@ -409,7 +410,7 @@ class CSTAProtocol(Protocol):
         message = Message(invoke_id, xml.local_name(element), element)
         if waiter is not None:
             if message.name == "CSTAErrorCode":
-                waiter.reply.errback(CSTAError(csta_error_text(element)))
+                waiter.reply.errback(csta_error(element))
             else:
                 waiter.reply.callback(message)
         subscribers = self._subscribers.get(message.name)
