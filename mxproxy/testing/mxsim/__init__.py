@@ -10,15 +10,17 @@ from mxproxy.testing.mxsim.demo import demo_pbx
 from mxproxy.testing.mxsim.model import (
     Call,
     CallRecord,
+    Conflict,
     Contact,
     Faults,
     ReceivedCommand,
+    UnknownObject,
     User,
     Variants,
     Voicemail,
 )
 from mxproxy.testing.mxsim.operations import password_hash
-from mxproxy.testing.mxsim.pbx import PBX, Conflict, UnknownObject
+from mxproxy.testing.mxsim.pbx import PBX
 from mxproxy.testing.mxsim.server import Session, SessionFactory, listen
 
 __all__ = [

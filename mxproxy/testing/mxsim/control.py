@@ -49,8 +49,16 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from mxproxy.testing.mxsim.model import Call, Contact, Faults, User, Variants
-from mxproxy.testing.mxsim.pbx import PBX, Conflict, UnknownObject, default_reactor
+from mxproxy.testing.mxsim.model import (
+    Call,
+    Conflict,
+    Contact,
+    Faults,
+    UnknownObject,
+    User,
+    Variants,
+)
+from mxproxy.testing.mxsim.pbx import PBX, default_reactor
 
 Answer = tuple[int, Any]
 Route = tuple[str, tuple[str, ...], Callable[..., Answer]]

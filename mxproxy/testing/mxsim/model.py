@@ -1,4 +1,5 @@
-"""The records a simulated PBX is made of, plus its fault and protocol-variant switches.
+"""The records a simulated PBX is made of, its fault and protocol-variant switches, and the
+two refusals its operations raise.
 
 Plain attrs classes with no behaviour beyond validation, so tests and the demo can build them
 directly; the PBX (``pbx.py``) owns them and turns changes into wire events.
@@ -21,6 +22,17 @@ CallLogEnd = Literal["short", "empty-terminator"]
 CALL_LOG_ENDS: tuple[CallLogEnd, ...] = ("short", "empty-terminator")
 ALL = "*"
 NoReply = frozenset[str] | Literal["*"]
+
+
+class UnknownObject(KeyError):
+    """A login, JID, extension or call id the PBX does not have (control API: 404)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Conflict(ValueError):
+    """The change would duplicate a login, extension or JID (control API: 409)."""
 
 
 @attrs.define

@@ -19,13 +19,15 @@ from twisted.internet.interfaces import IReactorTime
 
 from mxproxy.csta.xml import serialize
 from mxproxy.testing.mxsim import wire
+from mxproxy.testing.mxsim.calls import CallSwitch
 from mxproxy.testing.mxsim.model import (
-    Call,
     CallRecord,
+    Conflict,
     Contact,
     Faults,
     ReceivedCommand,
     Service,
+    UnknownObject,
     User,
     Variants,
     Voicemail,
@@ -50,24 +52,13 @@ def default_services() -> list[Service]:
             Service(3458764513956069003, "Park Server", "ParkServer", "3950", SYSTEM_JID)]
 
 
-class UnknownObject(KeyError):
-    """A login, JID, extension or call id the PBX does not have (control API: 404)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class Conflict(ValueError):
-    """The change would duplicate a login, extension or JID (control API: 409)."""
-
-
 def default_reactor() -> Any:
     """The global reactor, imported late so that importing the simulator never installs one."""
     from twisted.internet import reactor
     return reactor
 
 
-class PBX:
+class PBX(CallSwitch):
     """One simulated MX. ``clock`` drives every timer (reply delays); tests pass ``task.Clock``.
 
     ``page_size`` is the address-book page length (50 on the real MX, smaller values catch
@@ -77,6 +68,7 @@ class PBX:
     def __init__(self, sn: str = "SIM01", clock: IReactorTime | None = None,
                  page_size: int = DEFAULT_PAGE_SIZE, chunk_size: int = DEFAULT_CHUNK_SIZE
                  ) -> None:
+        super().__init__()
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
         if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
@@ -94,7 +86,6 @@ class PBX:
         self._pages: dict[tuple[int, int], bytes] = {}
         """Address-book pages as sent, by (page size, index), until the book changes."""
         self.services = default_services()
-        self.calls: dict[int, Call] = {}
         self.received: deque[ReceivedCommand] = deque(maxlen=RECEIVED_KEPT)
         self.logins: Counter[str] = Counter()
         self.failed_logins: Counter[str] = Counter()
@@ -102,7 +93,6 @@ class PBX:
         self._sessions: list[Session] = []
         self._waiters: dict[str, list[Deferred[ReceivedCommand]]] = {}
         self._last_jid = _JID_BASE
-        self._last_call_id = 0
         self._last_cross_ref = 0
         self._last_mail_id = 0
         self._last_record_id = 0
@@ -254,88 +244,6 @@ class PBX:
         """Every (session, monitorCrossRefID) watching ``device``."""
         return [(session, cross_ref) for session in self._sessions
                 for cross_ref, watched in session.monitors.items() if watched == device]
-
-    def place_call(self, calling: str, called_ext: str, calling_name: str = "") -> Call:
-        """Ring extension ``called_ext`` from ``calling`` (extension or outside number).
-
-        DeliveredEvent goes to every monitor of the callee and, for an internal caller, to the
-        caller's monitors as well (the far end of their outgoing call), as the real MX does.
-        """
-        if not calling:
-            raise ValueError("a call needs a calling number")
-        if not self.is_extension(called_ext):
-            raise UnknownObject(f"no extension {called_ext!r}")
-        call = self.create_call(calling, called_ext, calling_name)
-        self.ring(call)
-        return call
-
-    def create_call(self, calling: str, called: str, calling_name: str = "") -> Call:
-        """A new alerting call to any number, without events yet (MakeCall replies first)."""
-        self._last_call_id += 1
-        now = int(self.clock.seconds())
-        call = Call(self._last_call_id, f"{now:010d}{self._last_call_id:09d}", calling, called,
-                    calling_name or self.display_name(calling), self.display_name(called),
-                    started=now)
-        self.calls[call.call_id] = call
-        return call
-
-    def ring(self, call: Call) -> None:
-        """DeliveredEvent to the monitors of both parties (outside numbers have none)."""
-        self._notify(call, lambda cross_ref: wire.delivered_event(cross_ref, call))
-
-    def answer(self, call: Call | int, device: str | None = None) -> Call:
-        """``device`` (the callee by default) answers: EstablishedEvent to both parties."""
-        call = self._live_call(call)
-        if call.state != "alerting":
-            raise Conflict(f"call {call.call_id} is {call.state}")
-        call.state = "established"
-        call.answered_by = device or call.called
-        call.answered = int(self.clock.seconds())
-        name = self.display_name(call.answered_by)
-        self._notify(call, lambda cross_ref: wire.established_event(cross_ref, call, name))
-        return call
-
-    def hang_up(self, call: Call | int, device: str | None = None) -> Call:
-        """``device`` (the caller by default) hangs up: ConnectionClearedEvent to both parties.
-
-        The call is then written to the call log of each party that is a user.
-        """
-        call = self._live_call(call)
-        releasing = device or call.calling
-        call.state = "cleared"
-        self._notify(call, lambda cross_ref: wire.connection_cleared_event(
-            cross_ref, call, releasing))
-        del self.calls[call.call_id]
-        self._log_call(call)
-        return call
-
-    def _live_call(self, call: Call | int) -> Call:
-        call_id = call if isinstance(call, int) else call.call_id
-        try:
-            return self.calls[call_id]
-        except KeyError:
-            raise UnknownObject(f"no call {call_id}") from None
-
-    def _notify(self, call: Call, event: Any) -> None:
-        devices = dict.fromkeys(d for d in (call.called, call.calling, call.answered_by) if d)
-        for device in devices:
-            for session, cross_ref in self.monitors_of(device):
-                session.send_event(event(cross_ref))
-
-    def _log_call(self, call: Call) -> None:
-        now = int(self.clock.seconds())
-        for extension, direction, other in ((call.calling, "outgoing", call.called),
-                                            (call.called, "incoming", call.calling)):
-            user = self.user_by_extension(extension)
-            if user is None:
-                continue
-            contact = self.contact_at(other) or Contact("")
-            self.add_call_record(
-                user.login, direction=direction, disconnect=now, calling_party=call.calling,
-                original_called_party=call.called, connect=call.answered,
-                missed=direction == "incoming" and call.answered is None,
-                first_name=contact.first_name, last_name=contact.last_name,
-                extension=contact.business_phone)
 
     # -- sessions ----------------------------------------------------------------------------
 
