@@ -1003,7 +1003,7 @@ class LoopbackTests(TestCase):
         self.assertRaises(ValueError, listen_control, self.pbx, interface="0.0.0.0")
 
 
-class ControlAPITests(SimulatorTestCase):
+class ControlAPITestCase(SimulatorTestCase):
     """The control API over real loopback HTTP; its effects observed on in-memory sessions."""
 
     def setUp(self) -> None:
@@ -1027,6 +1027,8 @@ class ControlAPITests(SimulatorTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
         return response.code, json.loads(content)
 
+
+class ControlAPITests(ControlAPITestCase):
     @inlineCallbacks
     def test_state(self) -> Any:
         client, cross_ref = self.monitored("alice", "3001")

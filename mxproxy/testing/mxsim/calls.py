@@ -1,22 +1,65 @@
 """The calls of a simulated MX: who rings whom, who answered, and the events each step causes.
 
 :class:`CallSwitch` is the call half of the PBX, which mixes it in and provides what it
-declares: the directory (who is an extension, names, call logs) and the monitors. Every event
-goes to each monitor of each device involved (mx-protocol.md §1.7: call events reach monitors
-only), and a call that ends is written to the call log of its users.
+declares: the directory (who is an extension, names, call logs, services) and the monitors.
+Tests, the control API and the CSTA operations drive it. A call is a state machine::
+
+    alerting --answer--> established --hold--> held --retrieve--> established
+    alerting --deflect--> alerting (at the new destination)
+    established --transfer--> alerting (at the target; the transferring party has left)
+    any --hang up--> cleared (forgotten; written to the call log of its users)
+
+Deflecting or transferring to the voicemail service (``*86``, the ``VM`` service) ends the
+call as taken by voicemail (the message itself is not modelled). Every event goes to each
+monitor of each device involved (mx-protocol.md §1.7: call events reach monitors only).
+
+A command the call's state does not allow raises :class:`WrongState` with the ECMA-323
+``stateIncompatibility`` value the MX answers (listed in :mod:`mxproxy.csta.errors`); an id
+with no call in progress raises :class:`UnknownObject` (``invalidCallID``), ended calls
+included: a switch releases a call's id when it ends [assumption: the MX's answer for an
+ended call is not documented]. Each command takes ``confirm``, called once the command is
+accepted and before its events go out, so that a same-id answer precedes them (as MakeCall's
+does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mxproxy.csta.errors import (
+    INVALID_OBJECT_STATE,
+    NO_ACTIVE_CALL,
+    NO_CALL_TO_ANSWER,
+    NO_CONNECTION_TO_CLEAR,
+    NO_HELD_CALL,
+)
 from mxproxy.testing.mxsim import wire
-from mxproxy.testing.mxsim.model import Call, CallRecord, Conflict, Contact, UnknownObject, User
+from mxproxy.testing.mxsim.model import (
+    Call,
+    CallRecord,
+    Contact,
+    Service,
+    UnknownObject,
+    User,
+    WrongState,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from mxproxy.testing.mxsim.server import Session
+
+Confirm = Callable[[Call], None]
+Event = Callable[[int], wire.Element]
+
+
+def _accepted(call: Call) -> None:
+    """The default ``confirm``: nobody to tell."""
+
+
+class InvalidDestination(ValueError):
+    """A transfer or deflection to a number the PBX cannot reach (``invalidDestination``)."""
 
 
 class CallSwitch:
@@ -24,8 +67,10 @@ class CallSwitch:
 
     if TYPE_CHECKING:  # provided by the PBX
         clock: IReactorTime
+        services: list[Service]
 
         def is_extension(self, device: str) -> bool: ...
+        def is_dialable(self, number: str) -> bool: ...
         def display_name(self, device: str) -> str: ...
         def user_by_extension(self, extension: str) -> User | None: ...
         def contact_at(self, extension: str) -> Contact | None: ...
@@ -35,6 +80,8 @@ class CallSwitch:
     def __init__(self) -> None:
         self.calls: dict[int, Call] = {}
         self._last_call_id = 0
+
+    # -- calls coming and going ------------------------------------------------------------
 
     def place_call(self, calling: str, called_ext: str, calling_name: str = "") -> Call:
         """Ring extension ``called_ext`` from ``calling`` (extension or outside number).
@@ -60,60 +107,174 @@ class CallSwitch:
         self.calls[call.call_id] = call
         return call
 
-    def ring(self, call: Call) -> None:
-        """DeliveredEvent to the monitors of both parties (outside numbers have none)."""
-        self._notify(call, lambda cross_ref: wire.delivered_event(cross_ref, call))
+    def ring(self, call: Call, cause: str = "normal") -> None:
+        """DeliveredEvent to the monitors of both parties (outside numbers have none);
+        ``cause`` says why it rings there (``redirected`` after a deflection...)."""
+        self._notify(call.involved,
+                     lambda cross_ref: wire.delivered_event(cross_ref, call, cause))
 
-    def answer(self, call: Call | int, device: str | None = None) -> Call:
-        """``device`` (the callee by default) answers: EstablishedEvent to both parties."""
-        call = self._live_call(call)
-        if call.state != "alerting":
-            raise Conflict(f"call {call.call_id} is {call.state}")
-        call.state = "established"
-        call.answered_by = device or call.called
-        call.answered = int(self.clock.seconds())
-        name = self.display_name(call.answered_by)
-        self._notify(call, lambda cross_ref: wire.established_event(cross_ref, call, name))
-        return call
-
-    def hang_up(self, call: Call | int, device: str | None = None) -> Call:
-        """``device`` (the caller by default) hangs up: ConnectionClearedEvent to both parties.
-
-        The call is then written to the call log of each party that is a user.
-        """
-        call = self._live_call(call)
-        releasing = device or call.calling
-        call.state = "cleared"
-        self._notify(call, lambda cross_ref: wire.connection_cleared_event(
-            cross_ref, call, releasing))
-        del self.calls[call.call_id]
-        self._log_call(call)
-        return call
-
-    def _live_call(self, call: Call | int) -> Call:
-        call_id = call if isinstance(call, int) else call.call_id
+    def call(self, call_id: int) -> Call:
+        """The call in progress with this id."""
         try:
             return self.calls[call_id]
         except KeyError:
             raise UnknownObject(f"no call {call_id}") from None
 
-    def _notify(self, call: Call, event: Any) -> None:
-        devices = dict.fromkeys(d for d in (call.called, call.calling, call.answered_by) if d)
-        for device in devices:
+    # -- what the parties do ---------------------------------------------------------------
+
+    def answer(self, call: Call | int, device: str | None = None, on: str = "",
+               pickup: bool = True, confirm: Confirm = _accepted) -> Call:
+        """``device`` (the callee by default) answers, on the SIP device ``on`` if given:
+        EstablishedEvent to both parties and to where it rang. Another device than the callee
+        picks the call up, unless ``pickup`` is false (``AnswerCall``: ``noCallToAnswer`` where
+        the call does not ring). Once answered, a call is not answered again: of two answers,
+        one wins."""
+        call = self._live(call)
+        device = device or call.callee
+        if call.state != "alerting" or not (pickup or device == call.callee):
+            raise WrongState(NO_CALL_TO_ANSWER, f"call {call.call_id} is not ringing at {device}")
+        confirm(call)
+        call.state, call.answered_by, call.answered_on = "established", device, on
+        call.answered = int(self.clock.seconds())
+        name = self.display_name(device)
+        self._notify(call.involved,
+                     lambda cross_ref: wire.established_event(cross_ref, call, name))
+        return call
+
+    def hang_up(self, call: Call | int, device: str | None = None,
+                confirm: Confirm = _accepted) -> Call:
+        """``device`` (the caller by default) hangs up: ConnectionClearedEvent to both
+        parties (a call has two: when one leaves, it ends), then the call log."""
+        call = self._live(call)
+        releasing = device or call.calling
+        if releasing not in call.ends:
+            raise WrongState(NO_CONNECTION_TO_CLEAR,
+                             f"{releasing} has no connection in call {call.call_id}")
+        confirm(call)
+        self._end(call, releasing)
+        return call
+
+    def hold(self, call: Call | int, device: str, confirm: Confirm = _accepted) -> Call:
+        """A party of a connected call puts it on hold: HeldEvent to both parties."""
+        call = self._live(call)
+        if call.state != "established" or device not in call.ends:
+            raise WrongState(NO_ACTIVE_CALL, f"call {call.call_id} is not connected at {device}")
+        confirm(call)
+        call.state, call.held_by = "held", device
+        self._notify(call.involved, lambda cross_ref: wire.held_event(cross_ref, call))
+        return call
+
+    def retrieve(self, call: Call | int, device: str, confirm: Confirm = _accepted) -> Call:
+        """The party that held the call takes it back: RetrievedEvent to both parties."""
+        call = self._live(call)
+        if call.state != "held" or device != call.held_by:
+            raise WrongState(NO_HELD_CALL, f"call {call.call_id} is not held by {device}")
+        confirm(call)
+        call.state, call.held_by = "established", ""
+        self._notify(call.involved,
+                     lambda cross_ref: wire.retrieved_event(cross_ref, call, device))
+        return call
+
+    def transfer(self, call: Call | int, device: str, target: str,
+                 confirm: Confirm = _accepted) -> Call:
+        """A party of a connected call hands it to ``target`` and leaves: TransferedEvent to
+        everyone involved, ConnectionClearedEvent to the leaving party's monitors, then the
+        target rings with the other party as its caller."""
+        call = self._live(call)
+        if call.state != "established" or device not in call.ends:
+            raise WrongState(NO_ACTIVE_CALL, f"call {call.call_id} is not connected at {device}")
+        self._check_destination(call, target)
+        remaining = call.other_end(device)
+        self._log_leg(call, device, answered=True)
+        if remaining != call.calling:  # the caller leaves: the other party becomes the caller
+            call.calling, call.calling_name = remaining, self.display_name(remaining)
+        self._move(call, device, target)
+        confirm(call)
+        self._notify((device, remaining, target), lambda cross_ref: wire.transferred_event(
+            cross_ref, call, device, target))
+        self._notify((device,), lambda cross_ref: wire.connection_cleared_event(
+            cross_ref, call, device, cause="singleStepTransfer"))
+        self._arrive(call, "singleStepTransfer")
+        return call
+
+    def deflect(self, call: Call | int, device: str, target: str,
+                confirm: Confirm = _accepted) -> Call:
+        """The callee sends a call still ringing there on to ``target``: DivertedEvent to
+        everyone involved, then the target rings (or voicemail takes the call)."""
+        call = self._live(call)
+        if call.state != "alerting" or device != call.callee:
+            raise WrongState(INVALID_OBJECT_STATE,
+                             f"call {call.call_id} is not ringing at {device}")
+        self._check_destination(call, target)
+        self._log_leg(call, device, answered=False)
+        self._move(call, device, target)
+        confirm(call)
+        self._notify((call.calling, device, target), lambda cross_ref: wire.diverted_event(
+            cross_ref, call, device, target))
+        self._arrive(call, "redirected")
+        return call
+
+    # -- the parts ---------------------------------------------------------------------------
+
+    def _live(self, call: Call | int) -> Call:
+        return self.call(call if isinstance(call, int) else call.call_id)
+
+    def _check_destination(self, call: Call, target: str) -> None:
+        if target in call.ends or not (self.is_dialable(target) or self._is_voicemail(target)):
+            raise InvalidDestination(f"cannot send call {call.call_id} to {target!r}")
+
+    def _is_voicemail(self, number: str) -> bool:
+        return any(service.service_type == "VM" and service.extension == number
+                   for service in self.services)
+
+    def _move(self, call: Call, leaving: str, target: str) -> None:
+        """``target`` takes the callee's place of a call that ``leaving`` left."""
+        call.state, call.callee = "alerting", target
+        call.callee_name = self.display_name(target)
+        call.answered_by = call.answered_on = call.held_by = ""
+        call.answered, call.redirected_by = None, leaving
+
+    def _arrive(self, call: Call, cause: str) -> None:
+        """The moved call rings at its new callee, or ends in voicemail."""
+        if self._is_voicemail(call.callee):
+            self._end(call, call.callee)
+        else:
+            self.ring(call, cause)
+
+    def _end(self, call: Call, releasing: str) -> None:
+        call.state = "cleared"
+        self._notify(call.involved, lambda cross_ref: wire.connection_cleared_event(
+            cross_ref, call, releasing))
+        del self.calls[call.call_id]
+        for device in call.involved:
+            self._log_leg(call, device, answered=call.answered is not None)
+
+    def _notify(self, devices: tuple[str, ...], event: Event) -> None:
+        for device in dict.fromkeys(d for d in devices if d):
             for session, cross_ref in self.monitors_of(device):
                 session.send_event(event(cross_ref))
 
-    def _log_call(self, call: Call) -> None:
-        now = int(self.clock.seconds())
-        for extension, direction, other in ((call.calling, "outgoing", call.called),
-                                            (call.called, "incoming", call.calling)):
-            user = self.user_by_extension(extension)
-            if user is None:
-                continue
-            contact = self.contact_at(other) or Contact("")
-            self.add_call_record(
-                user.login, direction=direction, disconnect=now, calling_party=call.calling,
-                original_called_party=call.called, connect=call.answered,
-                missed=direction == "incoming" and call.answered is None,
-                first_name=contact.first_name, last_name=contact.last_name,
-                extension=contact.business_phone)
+    def _log_leg(self, call: Call, device: str, answered: bool) -> None:
+        """The call-log record of ``device``'s part in the call, if it is a user's: outgoing
+        for the caller, incoming (missed unless answered) for the callee."""
+        user = self.user_by_extension(device)
+        if user is None:
+            return
+        outgoing = device == call.calling
+        other = call.other_end(device)
+        contact = self.contact_at(other) or Contact("")
+        self.add_call_record(
+            user.login, direction="outgoing" if outgoing else "incoming",
+            disconnect=int(self.clock.seconds()), calling_party=call.calling,
+            original_called_party=call.called, connect=call.answered if answered else None,
+            missed=not outgoing and not answered, first_name=contact.first_name,
+            last_name=contact.last_name, extension=contact.business_phone)
+
+
+def call_json(call: Call) -> dict[str, Any]:
+    """A call for the control API: its parties, state, and where it rings or was answered."""
+    return {"callId": call.call_id, "globalCallId": call.global_call_id, "from": call.calling,
+            "to": call.called, "state": call.state, "parties": list(call.ends),
+            "ringing": call.callee if call.state == "alerting" else "",
+            "answeredBy": call.answered_by, "answeredOn": call.answered_on,
+            "heldBy": call.held_by}

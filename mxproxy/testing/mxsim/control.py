@@ -3,7 +3,8 @@
 Plain HTTP with JSON bodies, bound to a loopback address only (it has no authentication).
 Every answer is JSON; errors are ``{"error": "<reason>"}`` with 400 (bad JSON or field),
 404 (unknown route, call, user or contact), 405 (method not allowed on the route) or 409
-(conflict, e.g. a taken extension or answering a call twice).
+(conflict, e.g. a taken extension, or a call whose state does not allow the step: answering
+it twice, holding it while it rings).
 
 =======  ======================  ==============================================================
 Method   Path                    Body -> answer
@@ -11,10 +12,21 @@ Method   Path                    Body -> answer
 GET      /state                  -> PBX summary: sn, users, serverLogins, contacts (count),
                                  calls, sessions (login, kind, monitors, abNotify), counters,
                                  faults, variants
+GET      /calls                  -> ``{"calls": [call...]}``, the calls in progress; a call is
+                                 ``{"callId", "globalCallId", "from", "to" (dialled), "state"
+                                 ("alerting", "established", "held"), "parties" (caller,
+                                 callee), "ringing" (where it rings), "answeredBy",
+                                 "answeredOn" (the SIP device it was answered on), "heldBy"}``
+GET      /calls/<id>             -> the call
 POST     /calls                  ``{"from", "to", "callerName"?}`` rings extension ``to``
                                  -> 201 ``{"callId", "globalCallId"}``
-POST     /calls/<id>/answer      ``{"device"?}`` (default: the callee) -> the call
-POST     /calls/<id>/hangup      ``{"device"?}`` (default: the caller) -> the call
+POST     /calls/<id>/answer      ``{"device"?}`` (default: the callee; another device picks
+                                 the call up) -> the call
+POST     /calls/<id>/hangup      ``{"device"?}`` (default: the caller) -> the call (cleared)
+POST     /calls/<id>/hold        ``{"device"}`` (a party) -> the call; ``/retrieve`` likewise
+POST     /calls/<id>/transfer    ``{"device", "to"}``: ``device`` hands the call to ``to``
+POST     /calls/<id>/deflect     ``{"device"?, "to"}``: the callee sends it on while ringing;
+                                 ``*86`` (voicemail) ends it
 POST     /users                  ``{"login", "password", "extension", "firstName"?,
                                  "lastName"?, "jid"?, "clearTextOnly"?}`` -> 201 the user
 DELETE   /users/<login>          -> ``{}`` (also removes the address-book entry)
@@ -33,7 +45,9 @@ POST     /faults                 any of ``{"replyDelay", "noReply" (list or "*")
 POST     /variants               ``{"callLogEnd": "short"|"empty-terminator"}`` -> variants
 =======  ======================  ==============================================================
 
-Example: ``curl -s -d '{"from":"+12125550142","to":"3001"}' localhost:7780/calls``.
+Example: ``curl -s -d '{"from":"+12125550142","to":"3001"}' localhost:7780/calls``. The far
+end of a call is what this API plays; the user's side is what a CSTA session does
+(``AssignDevice``, ``AnswerCall``...), though every step is here too for a demo without one.
 """
 
 from __future__ import annotations
@@ -49,8 +63,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from mxproxy.testing.mxsim.calls import call_json
 from mxproxy.testing.mxsim.model import (
-    Call,
     Conflict,
     Contact,
     Faults,
@@ -104,11 +118,6 @@ def _contact_changes(body: dict[str, Any]) -> dict[str, str]:
     return {_snake(key): _get(body, key, str) for key in body}
 
 
-def _call_json(call: Call) -> dict[str, Any]:
-    return {"callId": call.call_id, "globalCallId": call.global_call_id, "from": call.calling,
-            "to": call.called, "state": call.state, "answeredBy": call.answered_by}
-
-
 def _user_json(user: User) -> dict[str, Any]:
     return {"login": user.login, "extension": user.extension, "jid": user.jid,
             "firstName": user.first_name, "lastName": user.last_name,
@@ -131,9 +140,15 @@ class ControlResource(Resource):
         self.pbx = pbx
         self._routes: list[Route] = [
             ("GET", ("state",), self.state),
+            ("GET", ("calls",), self.list_calls),
+            ("GET", ("calls", _ANY), self.show_call),
             ("POST", ("calls",), self.place_call),
             ("POST", ("calls", _ANY, "answer"), self.answer),
             ("POST", ("calls", _ANY, "hangup"), self.hang_up),
+            ("POST", ("calls", _ANY, "hold"), self.hold),
+            ("POST", ("calls", _ANY, "retrieve"), self.retrieve),
+            ("POST", ("calls", _ANY, "transfer"), self.transfer),
+            ("POST", ("calls", _ANY, "deflect"), self.deflect),
             ("POST", ("users",), self.add_user),
             ("DELETE", ("users", _ANY), self.remove_user),
             ("POST", ("contacts",), self.add_contact),
@@ -196,8 +211,9 @@ class ControlResource(Resource):
             "users": [_user_json(u) for u in pbx.users.values()],
             "serverLogins": sorted(pbx.server_logins),
             "contacts": len(pbx.contacts),
-            "calls": [_call_json(c) for c in pbx.calls.values()],
+            "calls": [call_json(c) for c in pbx.calls.values()],
             "sessions": [{"login": s.login, "kind": s.kind, "abNotify": s.ab_notify,
+                          "device": s.device,
                           "monitors": {str(k): v for k, v in s.monitors.items()},
                           "peer": str(s.peer)} for s in pbx.sessions],
             "counters": {"logins": dict(pbx.logins), "failedLogins": dict(pbx.failed_logins),
@@ -216,13 +232,35 @@ class ControlResource(Resource):
             raise UnknownObject(f"no call {text}")
         return int(text)
 
+    def list_calls(self, body: dict[str, Any]) -> Answer:
+        return 200, {"calls": [call_json(call) for call in self.pbx.calls.values()]}
+
+    def show_call(self, body: dict[str, Any], call_id: str) -> Answer:
+        return 200, call_json(self.pbx.call(self._call_id(call_id)))
+
     def answer(self, body: dict[str, Any], call_id: str) -> Answer:
         call = self.pbx.answer(self._call_id(call_id), _get(body, "device", str, ""))
-        return 200, _call_json(call)
+        return 200, call_json(call)
 
     def hang_up(self, body: dict[str, Any], call_id: str) -> Answer:
         call = self.pbx.hang_up(self._call_id(call_id), _get(body, "device", str, ""))
-        return 200, _call_json(call)
+        return 200, call_json(call)
+
+    def hold(self, body: dict[str, Any], call_id: str) -> Answer:
+        return 200, call_json(self.pbx.hold(self._call_id(call_id), _get(body, "device", str)))
+
+    def retrieve(self, body: dict[str, Any], call_id: str) -> Answer:
+        return 200, call_json(self.pbx.retrieve(self._call_id(call_id),
+                                                _get(body, "device", str)))
+
+    def transfer(self, body: dict[str, Any], call_id: str) -> Answer:
+        return 200, call_json(self.pbx.transfer(self._call_id(call_id), _get(body, "device", str),
+                                                _get(body, "to", str)))
+
+    def deflect(self, body: dict[str, Any], call_id: str) -> Answer:
+        call = self.pbx.call(self._call_id(call_id))
+        return 200, call_json(self.pbx.deflect(call, _get(body, "device", str, call.callee),
+                                               _get(body, "to", str)))
 
     def add_user(self, body: dict[str, Any]) -> Answer:
         user = self.pbx.add_user(

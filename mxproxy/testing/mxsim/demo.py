@@ -1,9 +1,11 @@
 """A seeded demo company, so the demo and app developers see realistic, repeatable data.
 
 ``DEMO1`` has the server login ``server``/``server`` and three users whose password is their
-login: ``alice`` (3001), ``bob`` (3002), ``carol`` (3003). Around them: 120 colleagues
-(extensions 3100-3219), about 30 call-log entries per user over the last week, and two or three
-voicemails per user with real WAV audio (8 kHz, 16-bit mono tones, several 32 KiB chunks).
+login: ``alice`` (3001), ``bob`` (3002), ``carol`` (3003), each with the SIP device
+``<login>-softphone`` (its password is the login reply's ``softPhonePwd``). Around them: 120
+colleagues (extensions 3100-3219), about 30 call-log entries per user over the last week, and
+two or three voicemails per user with real WAV audio (8 kHz, 16-bit mono tones, several 32 KiB
+chunks).
 Everything derives from fixed seeds and the clock, so two runs at the same time are identical.
 """
 

@@ -32,7 +32,17 @@ class UnknownObject(KeyError):
 
 
 class Conflict(ValueError):
-    """The change would duplicate a login, extension or JID (control API: 409)."""
+    """The change would duplicate a login, extension or JID, or the call is not in a state
+    that allows it (control API: 409)."""
+
+
+class WrongState(Conflict):
+    """A call command refused for the call's state; ``value`` is the ECMA-323
+    ``stateIncompatibility`` value the MX answers with."""
+
+    def __init__(self, value: str, message: str) -> None:
+        super().__init__(message)
+        self.value = value
 
 
 @attrs.define
@@ -116,6 +126,8 @@ class User:
     last_name: str = ""
     soft_phone_pwd: str = ""
     clear_text_only: bool = False
+    devices: list[str] = attrs.Factory(list)
+    """The SIP devices (soft phones) ``AssignDevice`` may bind for this user."""
     call_log: list[CallRecord] = attrs.Factory(list)
     voicemails: dict[int, Voicemail] = attrs.Factory(dict)
 
@@ -137,20 +149,53 @@ class Service:
     home_system: str
 
 
+CallState = Literal["alerting", "established", "held", "cleared"]
+
+
 @attrs.define
 class Call:
-    """A call between two devices; ``called`` may be an outside number for MakeCall calls."""
+    """A two-party call: ``calling`` and ``callee``, either an extension or an outside number.
+
+    ``called`` is the number first dialled; ``callee`` is where the call is now: ringing there
+    while ``alerting``, replaced by the target of a transfer or deflection (``redirected_by``
+    the device that sent it on). ``answered_by`` is the device that answered: the callee, or
+    another that picked the call up. ``answered_on`` is
+    the SIP device the user answered on (``AssignDevice``), empty when answered at the
+    extension itself; ``held_by`` the party that put the call on hold.
+    """
 
     call_id: int
     global_call_id: str
     calling: str
     called: str
     calling_name: str = ""
-    called_name: str = ""
-    state: Literal["alerting", "established", "cleared"] = "alerting"
+    callee_name: str = ""
+    state: CallState = "alerting"
+    callee: str = ""
     answered_by: str = ""
+    answered_on: str = ""
+    held_by: str = ""
+    redirected_by: str = ""
     started: int = 0
     answered: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.callee = self.callee or self.called
+
+    @property
+    def ends(self) -> tuple[str, str]:
+        """The two parties: the caller, and who answered (or, unanswered, the callee)."""
+        return self.calling, self.answered_by or self.callee
+
+    @property
+    def involved(self) -> tuple[str, ...]:
+        """Every device whose monitors hear of the call: both ends, and where it rang when
+        another device picked it up."""
+        return tuple(dict.fromkeys(d for d in (self.calling, self.callee, self.answered_by) if d))
+
+    def other_end(self, device: str) -> str:
+        calling, answering = self.ends
+        return answering if device == calling else calling
 
 
 @attrs.frozen

@@ -78,6 +78,14 @@ def _login_error(session: Session, kind: str, login: str, secret: str, hashed: b
     return 0 if hashed and secret == password_hash(user.password) else BAD_CREDENTIALS
 
 
+def controls(session: Session, device: str) -> bool:
+    """Whether the session may act for ``device``: a user session for its own extension, a
+    server (CTI) session for any extension."""
+    if session.user is not None:
+        return device == session.user.extension
+    return session.pbx.is_extension(device)
+
+
 @CORE("loginRequest")
 def login(session: Session, command: ReceivedCommand) -> None:
     """Server or user login; a hashed password ends with one LF (sent raw or as ``&#xA;``)."""
@@ -193,9 +201,7 @@ def make_call(session: Session, command: ReceivedCommand) -> None:
     pbx = session.pbx
     calling = text(command.element, "callingDevice")
     destination = text(command.element, "calledDirectoryNumber")
-    allowed = (calling == session.user.extension if session.user is not None
-               else pbx.is_extension(calling))
-    if not allowed:
+    if not controls(session, calling):
         session.fail(command.invoke_id, private="Invalid calling device")
         return
     if not pbx.is_dialable(destination):

@@ -104,14 +104,19 @@ class PBX(CallSwitch):
 
     def add_user(self, login: str, password: str, extension: str, *, first_name: str = "",
                  last_name: str = "", jid: str = "", clear_text_only: bool = False,
-                 soft_phone_pwd: str = "", **contact_fields: str) -> User:
-        """A user, listed in the address book too (as every MX user is); emits AbAddUserEvent."""
+                 soft_phone_pwd: str = "", devices: Iterable[str] = (),
+                 **contact_fields: str) -> User:
+        """A user, listed in the address book too (as every MX user is); emits AbAddUserEvent.
+
+        ``devices`` are the SIP devices it may bind with ``AssignDevice``; by default one,
+        ``<login>-softphone``."""
         if login in self.users:
             raise Conflict(f"login {login!r} exists")
         if self.is_extension(extension):
             raise Conflict(f"extension {extension!r} is taken")
         user = User(login, password, extension, jid or self.new_jid(), first_name, last_name,
-                    soft_phone_pwd or f"sip-{login}-{extension}", clear_text_only)
+                    soft_phone_pwd or f"sip-{login}-{extension}", clear_text_only,
+                    devices=list(devices) or [f"{login}-softphone"])
         contact_fields.setdefault("email", f"{login}@example.invalid")
         self.add_contact(Contact(user.jid, first_name, last_name, extension, **contact_fields))
         self.users[login] = user

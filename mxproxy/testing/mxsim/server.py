@@ -23,12 +23,13 @@ from mxproxy.csta.protocol import no_delay
 from mxproxy.csta.xml import Element, XMLError, attr, local_name, parse, serialize
 from mxproxy.testing.certs import self_signed
 from mxproxy.testing.mxsim import wire
+from mxproxy.testing.mxsim.callcontrol import CALL_CONTROL
 from mxproxy.testing.mxsim.mailbox import MAILBOX, Download
 from mxproxy.testing.mxsim.model import ReceivedCommand, User
 from mxproxy.testing.mxsim.operations import CORE
 from mxproxy.testing.mxsim.pbx import PBX, default_reactor
 
-OPERATIONS = {**CORE.table, **MAILBOX.table}
+OPERATIONS = {**CORE.table, **MAILBOX.table, **CALL_CONTROL.table}
 SESSION_KEPT = 1000  # commands remembered per session
 _ALWAYS_ALLOWED = frozenset({"loginRequest", "logout"})
 
@@ -46,17 +47,19 @@ class Session(Protocol):
 
     ``login``/``kind`` (``"Server"`` or ``"User"``) are None until a login succeeds; ``monitors``
     maps each monitorCrossRefID to the device it watches; ``ab_notify`` says whether address-book
-    events are wanted; ``received`` lists the latest commands (newest last); ``closed`` turns
-    true as soon as the simulator or the peer starts closing.
+    events are wanted; ``device`` is the SIP device ``AssignDevice`` bound ("" for none);
+    ``received`` lists the latest commands (newest last); ``closed`` turns true as soon as the
+    simulator or the peer starts closing.
     """
 
     def __init__(self, pbx: PBX) -> None:
-        self.pbx = pbx
+        self.pbx: PBX = pbx
         self.login: str | None = None
         self.kind: str | None = None
         self.user: User | None = None
         self.monitors: dict[int, str] = {}
         self.ab_notify = False
+        self.device: str = ""
         self.download: Download | None = None
         self.received: deque[ReceivedCommand] = deque(maxlen=SESSION_KEPT)
         self.keepalives = 0
@@ -170,8 +173,8 @@ class Session(Protocol):
         """The direct answer to a request: same invoke id."""
         self._send(invoke_id, element)
 
-    def fail(self, invoke_id: int, operation: str = "", private: str = "") -> None:
-        self._send(invoke_id, wire.csta_error(operation, private))
+    def fail(self, invoke_id: int, operation: str = "", private: str = "", state: str = "") -> None:
+        self._send(invoke_id, wire.csta_error(operation, private, state))
 
     def send_event(self, body: Element | bytes) -> None:
         """An unsolicited message (id 9999), as an element or serialized already."""

@@ -31,11 +31,14 @@ CALL_TYPE_FLAGS = "170917889"  # the only value documented; its bits are not
 CMDS_ALLOWED = "0"
 
 
-def csta_error(operation: str = "", private: str = "") -> Element:
-    """``CSTAErrorCode`` with an ECMA ``operation`` value and/or an MX ``privateErrorCode``."""
+def csta_error(operation: str = "", private: str = "", state: str = "") -> Element:
+    """``CSTAErrorCode`` with an ECMA ``operation`` or ``stateIncompatibility`` value and/or
+    an MX ``privateErrorCode`` (last: the text clients show)."""
     root = build("CSTAErrorCode")
     if operation:
         sub(root, "operation", operation)
+    if state:
+        sub(root, "stateIncompatibility", state)
     if private:
         sub(root, "privateErrorCode", private)
     return root
@@ -152,7 +155,8 @@ def monitor_start_response(cross_ref: int) -> Element:
     return root
 
 
-def _connection(parent: Element, tag: str, call: Call, device: str, with_global: bool) -> None:
+def _connection(parent: Element, tag: str, call: Call, device: str, with_global: bool = False
+                ) -> None:
     connection = sub(parent, tag)
     sub(connection, "callID", str(call.call_id))
     sub(connection, "deviceID", device)
@@ -164,44 +168,94 @@ def _device(parent: Element, tag: str, device: str) -> None:
     sub(sub(parent, tag), "deviceIdentifier", device)
 
 
-def delivered_event(cross_ref: int, call: Call) -> Element:
-    """The alerting connection of ``call``, identical for the callee's and the caller's monitors."""
-    root = build("DeliveredEvent", children={"monitorCrossRefID": str(cross_ref)})
-    _connection(root, "connection", call, call.called, with_global=True)
-    _device(root, "alertingDevice", call.called)
-    sub(root, "alertingDisplayName", call.called_name)
-    _device(root, "callingDevice", call.calling)
-    sub(root, "callingDisplayName", call.calling_name)
-    _device(root, "calledDevice", call.called)
-    _device(root, "lastRedirectionDevice", call.calling)
-    sub(root, "localConnectionInfo", "alerting")
-    sub(root, "cause", "normal")
-    sub(root, "cmdsAllowed", CMDS_ALLOWED)
-    sub(root, "callTypeFlags", CALL_TYPE_FLAGS)
+def _event(name: str, cross_ref: int, tag: str, call: Call, device: str,
+           with_global: bool = False) -> Element:
+    """A call event's root: the monitor, then the connection it is about."""
+    root = build(name, children={"monitorCrossRefID": str(cross_ref)})
+    _connection(root, tag, call, device, with_global)
     return root
 
 
+def _state(root: Element, local: str, cause: str, allowed: bool = True) -> Element:
+    """The tail most call events share: the connection's state and why, and (``allowed``)
+    what may be done with it."""
+    sub(root, "localConnectionInfo", local)
+    sub(root, "cause", cause)
+    if allowed:
+        sub(root, "cmdsAllowed", CMDS_ALLOWED)
+        sub(root, "callTypeFlags", CALL_TYPE_FLAGS)
+    return root
+
+
+def delivered_event(cross_ref: int, call: Call, cause: str = "normal") -> Element:
+    """The alerting connection of ``call`` (at its callee), identical for every monitor; the
+    same after a transfer or a deflection, with ``cause`` saying so."""
+    root = _event("DeliveredEvent", cross_ref, "connection", call, call.callee, True)
+    _device(root, "alertingDevice", call.callee)
+    sub(root, "alertingDisplayName", call.callee_name)
+    _device(root, "callingDevice", call.calling)
+    sub(root, "callingDisplayName", call.calling_name)
+    _device(root, "calledDevice", call.called)
+    _device(root, "lastRedirectionDevice", call.redirected_by or call.calling)
+    return _state(root, "alerting", cause)
+
+
 def established_event(cross_ref: int, call: Call, answering_name: str) -> Element:
-    root = build("EstablishedEvent", children={"monitorCrossRefID": str(cross_ref)})
-    _connection(root, "establishedConnection", call, call.answered_by, with_global=True)
+    root = _event("EstablishedEvent", cross_ref, "establishedConnection", call, call.answered_by,
+                  True)
     _device(root, "answeringDevice", call.answered_by)
     sub(root, "answeringDisplayName", answering_name)
     _device(root, "callingDevice", call.calling)
     sub(root, "callingDisplayName", call.calling_name)
     _device(root, "calledDevice", call.called)
-    _device(root, "lastRedirectionDevice", call.calling)
-    sub(root, "cause", "normal")
-    sub(root, "cmdsAllowed", CMDS_ALLOWED)
-    sub(root, "callTypeFlags", CALL_TYPE_FLAGS)
-    return root
+    _device(root, "lastRedirectionDevice", call.redirected_by or call.calling)
+    return _state(root, "connected", "normal")
 
 
-def connection_cleared_event(cross_ref: int, call: Call, releasing: str) -> Element:
-    root = build("ConnectionClearedEvent", children={"monitorCrossRefID": str(cross_ref)})
-    _connection(root, "droppedConnection", call, releasing, with_global=False)
+def connection_cleared_event(cross_ref: int, call: Call, releasing: str,
+                             cause: str = "normalClearing") -> Element:
+    root = _event("ConnectionClearedEvent", cross_ref, "droppedConnection", call, releasing)
     _device(root, "releasingDevice", releasing)
-    sub(root, "cause", "normalClearing")
+    return _state(root, "null", cause, allowed=False)
+
+
+def held_event(cross_ref: int, call: Call) -> Element:
+    root = _event("HeldEvent", cross_ref, "heldConnection", call, call.held_by)
+    _device(root, "holdingDevice", call.held_by)
+    return _state(root, "hold", "normal")
+
+
+def retrieved_event(cross_ref: int, call: Call, retrieving: str) -> Element:
+    root = _event("RetrievedEvent", cross_ref, "retrievedConnection", call, retrieving)
+    _device(root, "retrievingDevice", retrieving)
+    return _state(root, "connected", "normal")
+
+
+def diverted_event(cross_ref: int, call: Call, diverting: str, destination: str) -> Element:
+    root = _event("DivertedEvent", cross_ref, "connection", call, diverting)
+    _device(root, "divertingDevice", diverting)
+    _device(root, "newDestination", destination)
+    _device(root, "lastRedirectionDevice", diverting)
+    return _state(root, "null", "redirected")
+
+
+def transferred_event(cross_ref: int, call: Call, transferring: str, target: str) -> Element:
+    """``TransferedEvent``, spelled as the MX does (mx-protocol.md §3.7)."""
+    root = _event("TransferedEvent", cross_ref, "primaryOldCall", call, transferring)
+    _device(root, "transferringDevice", transferring)
+    _device(root, "transferredToDevice", target)
+    return _state(root, "null", "singleStepTransfer", allowed=False)
+
+
+def transfer_response(call: Call) -> Element:
+    """The same-id answer to ``SingleStepTransferCall``: the call, now at the target."""
+    root = build("SingleStepTransferCallResponse")
+    _connection(root, "transferredCall", call, call.callee)
     return root
+
+
+def assign_device_info(device: str) -> Element:
+    return build("AssignDeviceInfo", children={"deviceID": device})
 
 
 def mail_list(voicemails: Iterable[Voicemail]) -> Element:
