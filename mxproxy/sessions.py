@@ -215,7 +215,9 @@ class UserSession:
         return self.protocol.up and self.protocol.close_reason is None
 
     async def ensure_mail_monitor(self) -> None:
-        """The MX refuses ``Mail*`` commands unless the session monitors its own extension."""
+        """Monitor the user's own extension on this session, once: the MX refuses ``Mail*``
+        commands without it, and call control (``mxproxy.callcontrol``) needs it too, since
+        the events that confirm its commands reach monitors only (mx-protocol.md §1.7)."""
         if not self._mail_monitor:
             reply = await self.protocol.request(commands.monitor_start(self.identity.ext))
             MonitorStarted.from_xml(reply.element)

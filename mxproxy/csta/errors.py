@@ -58,6 +58,11 @@ class UnknownCall(CSTAError):
     """The MX knows no call with that id."""
 
 
+class DeviceNotAssigned(CSTAError):
+    """``AssignDevice`` was answered with another device than the one asked for: how the MX
+    says no to a name it does not know for the user (mx-protocol.md §4.2)."""
+
+
 class LoginError(MXError):
     """The MX refused a login with ``loginFailed``."""
 
