@@ -197,6 +197,17 @@ class AnswerTests(CallControlTestCase):
             self.assertEqual(self.refusal(self.alice_phone, body), expected, body)
         self.assertEqual(ringing_at_bob.state, "alerting")
 
+    def test_malformed_commands_are_refused_not_fatal(self) -> None:
+        call = self.ring()
+        for body in ("<AnswerCall><callToBeAnswered><callID>x1</callID><deviceID>3001</deviceID>"
+                     "</callToBeAnswered></AnswerCall>", "<HoldCall/>",
+                     "<DeflectCall><callToBeDiverted><callID>99999999999999999999</callID>"
+                     "</callToBeDiverted></DeflectCall>", "<AssignDevice/>"):
+            answers = [e for i, e in self.alice_phone.request(body) if i != EVENT_ID]
+            self.assertIn([local_name(e) for e in answers], ([], ["CSTAErrorCode"]), body)
+        self.assertTrue(self.alice_phone.connected)
+        self.assertEqual(call.state, "alerting")
+
     def test_a_server_session_controls_any_extension(self) -> None:
         call = self.ring()
         server = self.client("cti")
