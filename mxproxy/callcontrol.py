@@ -9,7 +9,7 @@ waits, with the wait registered before the command is written and matched on the
 on the name alone (§7.2, §7.4). A same-id ``CSTAErrorCode`` ends any wait at once.
 
 Call events reach only the connections that monitor a device of the call (§1.7), so these run
-on a session that monitors the user's own extension (``UserSession.ensure_mail_monitor``).
+on a session that monitors the user's own extension (``UserSession.ensure_monitor``).
 
 Failures: :class:`~mxproxy.csta.errors.UnknownCall`,
 :class:`~mxproxy.csta.errors.CallStateError` or another ``CSTAError`` when the MX refuses

@@ -206,7 +206,7 @@ class UserSession:
         self.idle_timer: IDelayedCall | None = None
         self.pooled = True
         """False once the pool has let it go: closed, idle, or not to be trusted again."""
-        self._mail_monitor = False
+        self._monitoring = False
 
     @property
     def up(self) -> bool:
@@ -214,14 +214,14 @@ class UserSession:
         cleanly) is never handed to another request, even before its socket has closed."""
         return self.protocol.up and self.protocol.close_reason is None
 
-    async def ensure_mail_monitor(self) -> None:
+    async def ensure_monitor(self) -> None:
         """Monitor the user's own extension on this session, once: the MX refuses ``Mail*``
         commands without it, and call control (``mxproxy.callcontrol``) needs it too, since
         the events that confirm its commands reach monitors only (mx-protocol.md §1.7)."""
-        if not self._mail_monitor:
+        if not self._monitoring:
             reply = await self.protocol.request(commands.monitor_start(self.identity.ext))
             MonitorStarted.from_xml(reply.element)
-            self._mail_monitor = True
+            self._monitoring = True
 
 
 class SessionPool(Service):

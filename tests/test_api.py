@@ -20,7 +20,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from mxproxy import __version__
 from mxproxy.api.clients import ClientAddresses
-from mxproxy.api.voicemail import STALL_TIMEOUT
+from mxproxy.api.mailstream import STALL_TIMEOUT
 from mxproxy.csta.client import MXAddress
 from mxproxy.options import trusted_proxy
 from mxproxy.testing.mxsim import PBX

@@ -274,7 +274,7 @@ class SimulatorTests(TestCase):
                                             f"{login}-secret")
         close_on_cleanup(self, protocol)
         session = UserSession(protocol, info, login)
-        await session.ensure_mail_monitor()
+        await session.ensure_monitor()
         return session
 
     async def test_walk_through(self) -> None:

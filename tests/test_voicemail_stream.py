@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mxproxy.api.voicemail import STALL_TIMEOUT, VoicemailStream, attachment, content_type
+from mxproxy.api.mailstream import STALL_TIMEOUT, VoicemailStream, attachment, content_type
 from mxproxy.csta import xml
 from mxproxy.csta.messages import Chunk
 from mxproxy.csta.protocol import Message

@@ -23,19 +23,16 @@ from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.errors import HTTPError, as_http_error, bad_request, not_found, write_error
 from mxproxy.api.fields import (
     body_fields,
-    flag,
-    printable,
     query_flag,
     seconds,
     text,
     timestamp,
 )
-from mxproxy.api.routing import Routes, Routing, encode, json_answer, json_body, no_content
-from mxproxy.api.voicemail import VoicemailStream, attachment, check_first, content_type
+from mxproxy.api.routing import Routes, app, encode, json_answer, json_body, no_content
+from mxproxy.api.voicemail import VoicemailRoutes
 from mxproxy.calllog import CallLogTiming, fetch_call_log
 from mxproxy.csta import commands
-from mxproxy.csta.errors import CSTAError
-from mxproxy.csta.messages import Chunk, MakeCallResult, VoiceMailList
+from mxproxy.csta.messages import MakeCallResult
 from mxproxy.logs import Logger
 from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer
@@ -48,15 +45,14 @@ VM_DELAY = (30, 0, 300)
 DEFAULT_TIMING = CallLogTiming()
 _TOKEN = re.compile(r"[A-Za-z0-9_:-]{20,4096}")
 _APNS_TOKEN = re.compile(r"(?:[0-9A-Fa-f]{2}){10,2048}")
-_MAIL_ID = re.compile(r"[0-9]{1,20}")
 ADDRESS_BOOK_ROUTE = "/mx/{mx}/addressbook"
 
 
-class API:
+class API(VoicemailRoutes):
     """The Klein application; one instance serves every configured MX. ``metrics`` receives the
     HTTP requests (a registry of its own when not given)."""
 
-    app = Routing()
+    app = app
 
     def __init__(self, access: Mapping[str, MXAccess], clock: IReactorTime,
                  call_log_timing: CallLogTiming = DEFAULT_TIMING,
@@ -158,95 +154,6 @@ class API:
             await devices.register(identity.jid, kind, bundle, sandbox, token)
         return no_content(request)
 
-    @app.route("/mx/<mx>/voicemail", methods=["GET"])
-    async def voicemail_list(self, request: Request, mx: str) -> bytes:
-        caller = self.auth.caller(request, mx)
-
-        async def mails(session: UserSession) -> VoiceMailList:
-            await session.ensure_mail_monitor()
-            reply = await session.protocol.request(commands.mail_list(session.identity.ext))
-            return VoiceMailList.from_xml(reply.element)
-
-        listing = await self.auth.on_session(caller, mails)
-        return json_answer(request, {"voicemails": [mail.to_json() for mail in listing.mails]})
-
-    @app.route("/mx/<mx>/voicemail/<mail_id>", methods=["GET"])  # and HEAD (werkzeug adds it)
-    async def voicemail_download(self, request: Request, mx: str, mail_id: str) -> None:
-        caller = self.auth.caller(request, mx)
-        mail_id = known_mail_id(mail_id)
-        pool = caller.access.pool
-        session = await self.auth.guarded(caller, pool.acquire(caller.login, caller.password))
-        head = request.method == b"HEAD"
-        try:
-            await session.ensure_mail_monitor()
-            try:
-                reply = await session.protocol.request(commands.mail_receive(mail_id, False))
-            except CSTAError:
-                raise not_found(f"no voicemail {mail_id!r}") from None
-            first = Chunk.from_xml(reply.element)
-            check_first(first)
-            if head and first.total > 1:  # the headers are known: the rest stays on the MX
-                await session.protocol.request(commands.mail_cancel(mail_id))
-        except BaseException:
-            pool.release(session)
-            raise
-        request.setHeader(b"Content-Type", content_type(first.file_format).encode())
-        request.setHeader(b"Content-Disposition",
-                          attachment(first.document_name, mail_id, first.file_format).encode())
-        if head:
-            pool.release(session)
-            return
-        request.write(first.content)
-        stream = VoicemailStream(request, session.protocol, mail_id, first, self.clock)
-        stream.when_done().addCallback(lambda _: pool.release(session))
-        stream.start()
-        await stream.when_done()
-
-    @app.route("/mx/<mx>/voicemail/<mail_id>", methods=["PATCH"])
-    async def voicemail_update(self, request: Request, mx: str, mail_id: str) -> bytes:
-        caller = self.auth.caller(request, mx)
-        mail_id = known_mail_id(mail_id)
-        fields = body_fields(request)
-        note = fields.get("note")
-        read = flag(fields.get("readed", fields.get("read")))
-        if note is None and read is None:
-            raise bad_request('give "note", "readed" (or "read"), or both')
-        if note is not None and not isinstance(note, str):
-            raise bad_request('"note" must be a string')
-        if note is not None:
-            printable(note, "note", lines=True)
-        if read is not None and not isinstance(read, bool):
-            raise bad_request('"readed" must be true or false')
-
-        async def update(session: UserSession) -> None:
-            await session.ensure_mail_monitor()
-            try:
-                if read is not None:
-                    await session.protocol.request(commands.mail_set_status(mail_id, read))
-                if note is not None:
-                    await session.protocol.request(commands.update_vm_note(mail_id, note))
-            except CSTAError:
-                raise not_found(f"no voicemail {mail_id!r}") from None
-
-        await self.auth.on_session(caller, update)
-        return no_content(request)
-
-    @app.route("/mx/<mx>/voicemail/<mail_id>", methods=["DELETE"])
-    async def voicemail_delete(self, request: Request, mx: str, mail_id: str) -> bytes:
-        caller = self.auth.caller(request, mx)
-        mail_id = known_mail_id(mail_id)
-
-        async def delete(session: UserSession) -> None:
-            await session.ensure_mail_monitor()
-            try:
-                await session.protocol.request(commands.mail_delete(mail_id))
-            except CSTAError as error:  # unknown or foreign ids succeed, as in the original
-                log.info("voicemail {id}: delete refused by the MX: {error}", id=mail_id,
-                         error=error)
-
-        await self.auth.on_session(caller, delete)
-        return no_content(request)
-
     # -- errors -------------------------------------------------------------------------------
 
     @app.handle_errors(NotFound)
@@ -265,11 +172,3 @@ class API:
             log.failure("unexpected failure serving {path}", failure,
                         path=request.path.decode("utf-8", "replace"))
         return write_error(request, error)
-
-
-def known_mail_id(mail_id: str) -> str:
-    """``mail_id`` if an MX could have issued it (its ids are decimal numbers), else a 404
-    without a word to the MX: ``voicemail/%00`` could not even be put into a command."""
-    if not _MAIL_ID.fullmatch(mail_id):
-        raise not_found(f"no voicemail {mail_id[:40]!r}")
-    return mail_id

@@ -15,6 +15,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from mxproxy.api.auth import Authenticator
 from mxproxy.api.request import APIRequest
 from mxproxy.metrics import DISCONNECTED, Metrics
 
@@ -42,6 +43,18 @@ class Routing(Klein):
             self._templates = {rule.endpoint: template(rule.rule)
                                for rule in self.url_map.iter_rules()}
         return self._templates[endpoint]
+
+
+app = Routing()
+"""The one Klein application. Each module of routes (``app.py``, ``voicemail.py``, ``calls.py``)
+is a class whose methods add routes to it; :class:`mxproxy.api.app.API` inherits them all."""
+
+
+class Endpoints:
+    """What every class of routes uses: the credential checks and the clock."""
+
+    auth: Authenticator
+    clock: IReactorTime
 
 
 class FastPath(Protocol):
