@@ -129,6 +129,19 @@ class CollectorTests(SynchronousTestCase):
         self.assertIn("record_id", str(failure.value))
         self.assertLoggedOut()
 
+    def test_a_number_too_long_for_int_fails_it_and_logs_out(self) -> None:
+        """Python refuses to convert over 4,300 digits; that block is malformed too, not
+        dropped in silence leaving a short log."""
+        result = self.fetch()
+        fence = self.fence_id()
+        self.receive(block(1, 21))
+        self.receive(b"<callloginfo><callinfo><record_id>%s</record_id></callinfo>"
+                     b"</callloginfo>" % (b"9" * 5000))
+        self.receive(SERVICES, fence)
+        failure = self.failureResultOf(result, ProtocolViolation)
+        self.assertIn("record_id", str(failure.value))
+        self.assertLoggedOut()
+
     def test_an_unreadable_frame_fails_it_and_logs_out(self) -> None:
         """A frame whose XML does not parse has no name: it may have been a block."""
         result = self.fetch()

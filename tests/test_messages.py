@@ -7,10 +7,11 @@ import operator
 import re
 from typing import Any, TypeVar
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxproxy.csta import errors, events, messages
-from mxproxy.csta.records import XMLRecord
+from mxproxy.csta.records import XMLRecord, integer
 from mxproxy.csta.xml import ECMA_CSTA_NS, XMLError, parse
 
 # --- samples, verbatim from mx-protocol.md (long lines split between tags) ---
@@ -388,6 +389,22 @@ class CallLogTests(SynchronousTestCase):
             b"<callloginfo><callinfo><record_id>9x</record_id></callinfo></callloginfo>")
         self.assertIn("record_id", str(error))
 
+    def test_integer_spellings(self) -> None:
+        """What int() reads, around white space included; empty is zero."""
+        for spelling, expected in [("42", 42), (" 42\n", 42), ("+7", 7), ("-3", -3),
+                                   ("", 0), ("  ", 0)]:
+            element = parse(b"<callinfo><record_id>%s</record_id></callinfo>"
+                            % spelling.encode())
+            self.assertEqual(messages.CallInfo.from_xml(element).record_id, expected, spelling)
+
+    def test_integer_too_long_is_an_xml_error(self) -> None:
+        """Over int()'s 4,300 digits: the field's XMLError, as for any other bad number."""
+        error = self.assertRaises(
+            XMLError, read, messages.CallLogBlock,
+            b"<callloginfo><callinfo><record_id>%s</record_id></callinfo></callloginfo>"
+            % (b"9" * 5000))
+        self.assertIn("record_id", str(error))
+
     def test_first_of_repeated_elements_wins(self) -> None:
         """Whatever the spelling of the repeats; an empty element reads as a missing one."""
         entry = messages.CallInfo.from_xml(parse(
@@ -396,6 +413,25 @@ class CallLogTests(SynchronousTestCase):
             "<callType></callType></callinfo>".encode()))
         self.assertEqual((entry.gcid, entry.record_id, entry.first_name, entry.call_type),
                          ("A", 7, "", 0))
+
+
+@attrs.frozen
+class Lengths(XMLRecord):
+    """A record whose element ``duration`` is read by a field of its own and as one spelling
+    of another."""
+
+    duration: int = integer("duration")
+    length: int = integer("Duration", "duration")
+
+
+class RecordReadingTests(SynchronousTestCase):
+    def test_an_element_read_by_two_fields(self) -> None:
+        self.assertEqual(Lengths.from_xml(parse(b"<x><duration>5</duration>"
+                                                b"<Duration>7</Duration></x>")), Lengths(5, 7))
+        self.assertEqual(Lengths.from_xml(parse(b"<x><duration>5</duration></x>")),
+                         Lengths(5, 5))
+        self.assertEqual(Lengths.from_xml(parse(
+            f'<x xmlns="{ECMA_CSTA_NS}"><duration>5</duration></x>'.encode())), Lengths(5, 5))
 
 
 class CallControlTests(SynchronousTestCase):

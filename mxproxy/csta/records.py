@@ -10,7 +10,7 @@ element or attribute), a missing value is empty or zero, a value of the wrong ki
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 import attrs
@@ -73,23 +73,24 @@ class XMLRecord:
         plan = _plan(cls)
         values: dict[str, Any] = {}
         texts: dict[str, str | None] = {}
-        if plan.wanted:
-            wanted = plan.wanted
+        children, wanted = plan.children, plan.wanted
+        if children or wanted:
             for child in element:
                 tag = child.tag
-                if tag not in wanted:  # a namespaced spelling, or a child no field reads
-                    if not isinstance(tag, str) or tag[:1] != "{":
+                field = children.get(tag)
+                if field is None:  # a namespaced spelling, or not a one-element field's
+                    tag = _local_tag(tag)
+                    field = children.get(tag)
+                    if field is None:
+                        if tag in wanted and tag not in texts:
+                            texts[tag] = child.text
                         continue
-                    tag = tag.rpartition("}")[2]
-                    if tag not in wanted:
-                        continue
-                if tag not in texts:
-                    texts[tag] = child.text
-            for name, paths, convert in plan.single:
-                text = texts.get(paths[0])
-                if text is not None:  # a missing element leaves the field's default
-                    values[name] = convert(text, element, paths)
+                name, paths, convert = field
+                if name not in values:  # the first of repeated elements wins
+                    values[name] = convert(child.text, element, paths)
         attribute = element.get
+        for name, key, paths, convert in plan.attributes:
+            values[name] = convert(attribute(key), element, paths)
         for name, paths, convert in plan.direct:
             text = None
             for path in paths:
@@ -110,12 +111,15 @@ Convert = Callable[[str | None, Element, tuple[str, ...]], object]
 
 @attrs.frozen
 class _Plan:
-    """How to read a class, worked out once: fields read from one child element each
-    (``single``, the common case), other fields read from its own children and attributes
-    (``direct``), the element names those need (``wanted``, gathered in one pass over the
-    children), and fields with their own reader (``other``)."""
+    """How to read a class, worked out once, so that each element is read in one pass over its
+    children: fields read from one child element each (``children``, by the element's local
+    name; the common case, converted as the pass meets them), from one attribute each
+    (``attributes``, with the attribute's name), from the first present of several spellings
+    (``direct``: attributes, and the texts of the ``wanted`` elements, gathered by the pass),
+    and fields with their own reader (``other``)."""
 
-    single: tuple[tuple[str, tuple[str, ...], Convert], ...]
+    children: Mapping[str, tuple[str, tuple[str, ...], Convert]]
+    attributes: tuple[tuple[str, str, tuple[str, ...], Convert], ...]
     direct: tuple[tuple[str, tuple[str, ...], Convert], ...]
     wanted: frozenset[str]
     other: tuple[tuple[str, Read, bool], ...]
@@ -127,21 +131,36 @@ _PLANS: dict[type, _Plan] = {}
 def _plan(cls: type[XMLRecord]) -> _Plan:
     plan = _PLANS.get(cls)
     if plan is None:
-        single: list[tuple[str, tuple[str, ...], Convert]] = []
-        direct: list[tuple[str, tuple[str, ...], Convert]] = []
+        simple: list[tuple[str, tuple[str, ...], Convert]] = []
         other: list[tuple[str, Read, bool]] = []
         for field in attrs.fields(cls):
-            simple = field.metadata.get(_DIRECT)
-            if simple is None:
+            read = field.metadata.get(_DIRECT)
+            if read is None:
                 other.append((field.name, field.metadata[_READ], field.metadata[_IN_CONNECTION]))
             else:
-                paths = simple[0]
-                one_element = len(paths) == 1 and paths[0][0] != "@"
-                (single if one_element else direct).append((field.name, *simple))
-        wanted = frozenset(path for _, paths, _ in single + direct for path in paths
-                           if path[0] != "@")
-        plan = _PLANS[cls] = _Plan(tuple(single), tuple(direct), wanted, tuple(other))
+                simple.append((field.name, *read))
+        direct = [field for field in simple if len(field[1]) > 1]  # several spellings
+        wanted = frozenset(path for _, paths, _ in direct for path in paths if path[0] != "@")
+        children: dict[str, tuple[str, tuple[str, ...], Convert]] = {}
+        attributes: list[tuple[str, str, tuple[str, ...], Convert]] = []
+        for name, paths, convert in simple:
+            if len(paths) > 1:
+                continue
+            path = paths[0]
+            if path[0] == "@":
+                attributes.append((name, path[1:], paths, convert))
+            elif path in wanted:  # an element a field of several spellings reads too
+                direct.append((name, paths, convert))
+            else:
+                children[path] = (name, paths, convert)
+        plan = _PLANS[cls] = _Plan(children, tuple(attributes), tuple(direct), wanted,
+                                   tuple(other))
     return plan
+
+
+def _local_tag(tag: object) -> str:
+    """A child's tag without its namespace; "" for what is not an element (an entity)."""
+    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
 
 
 def raw(element: Element, *paths: str) -> str:
@@ -158,10 +177,12 @@ def _to_string(text: str | None, element: Element, paths: tuple[str, ...]) -> st
 
 
 def _to_integer(text: str | None, element: Element, paths: tuple[str, ...]) -> int:
-    text = "" if text is None else text.strip()
-    if text.isascii() and text.isdigit():
-        return int(text)  # the common case, without building an error label
-    return to_int(text, _label(element, paths))
+    if text:
+        try:
+            return int(text)  # the common case; int() allows white space around the digits
+        except ValueError:
+            pass
+    return to_int("" if text is None else text.strip(), _label(element, paths))
 
 
 def _to_boolean(text: str | None, element: Element, paths: tuple[str, ...]) -> bool:
