@@ -21,6 +21,8 @@ a steady 504 is seen and reported where a silently short log is not.
 
 from __future__ import annotations
 
+import operator
+
 import attrs
 
 from mxproxy.csta import commands
@@ -30,6 +32,7 @@ from mxproxy.csta.protocol import CSTAProtocol, Message
 from mxproxy.csta.xml import XMLError
 
 DEADLINE = 7.0
+_RECORD_ID = operator.attrgetter("record_id")
 
 
 @attrs.frozen
@@ -74,4 +77,4 @@ async def fetch_call_log(protocol: CSTAProtocol, since: int | None,
         raise
     finally:
         unsubscribe()
-    return sorted(entries, key=lambda entry: entry.record_id)
+    return sorted(entries, key=_RECORD_ID)
