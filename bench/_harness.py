@@ -163,6 +163,7 @@ async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
     from mxproxy.api.access import MXAccess
     from mxproxy.api.app import API
     from mxproxy.api.site import APISite, ConnectionLimit
+    from mxproxy.calls import CallState
     from mxproxy.config import MXConfig
     from mxproxy.csta.client import CSTAFactory
     from mxproxy.mx import MXServer, SerialRegistry
@@ -179,7 +180,7 @@ async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
         reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
         pool = (pool_class or SessionPool)(reactor, server.address, CSTAFactory(reactor))
         reactor.addSystemEventTrigger("before", "shutdown", pool.close_all)
-        return MXAccess(server, pool)
+        return MXAccess(server, pool, CallState(server, reactor))
 
     access = {name: link(name, port) for name, port in {"bench": mx_port, **(others or {})}
               .items()}

@@ -11,8 +11,9 @@ key.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -37,27 +38,34 @@ STORE_TIMEOUT = 2.0
 UNWRITABLE = "unwritable"
 """The token store's state while writes fail (disk full): the only one that makes it unhealthy."""
 
+Monitors = Mapping[str, Sized]
+"""The call monitors of each MX (:class:`mxproxy.monitors.CallMonitors`), by its name."""
+EMPTY: Monitors = MappingProxyType({})
 NotAfter = Callable[[], datetime | None]
 """When the served TLS certificate expires, or None while there is none."""
 
 
 def admin_site(metrics: Metrics, servers: Iterable[MXServer], push: PushSystem | None,
-               clock: IReactorTime, tls_not_after: NotAfter | None = None) -> Site:
-    """The site of ``/healthz`` and ``/metrics`` for these MX links and push delivery (None
-    when not configured); ``tls_not_after`` gives the served certificate's expiry, if any.
-    Adds the live-state collector to ``metrics``: call it once per daemon."""
+               clock: IReactorTime, tls_not_after: NotAfter | None = None,
+               monitors: Monitors = EMPTY) -> Site:
+    """The site of ``/healthz`` and ``/metrics`` for these MX links, their call monitors and
+    push delivery (None when not configured); ``tls_not_after`` gives the served
+    certificate's expiry, if any. Adds the live-state collector to ``metrics``: call it once
+    per daemon."""
     servers = tuple(servers)
-    metrics.registry.register(LiveState(servers, push, clock, tls_not_after))
-    return _QuietSite(_AdminPages(Health(servers, push, clock), metrics))
+    metrics.registry.register(LiveState(servers, push, clock, tls_not_after, monitors))
+    return _QuietSite(_AdminPages(Health(servers, push, clock, monitors=monitors), metrics))
 
 
 class Health:
     """The ``/healthz`` report: each MX link, its call monitors, the token store."""
 
     def __init__(self, servers: Iterable[MXServer], push: PushSystem | None,
-                 clock: IReactorTime, store_timeout: float = STORE_TIMEOUT) -> None:
+                 clock: IReactorTime, store_timeout: float = STORE_TIMEOUT,
+                 monitors: Monitors = EMPTY) -> None:
         self._servers = tuple(servers)
         self._push = push
+        self._monitors = monitors
         self._clock = clock
         self._store_timeout = store_timeout
 
@@ -74,7 +82,7 @@ class Health:
         state = server.state
         report: dict[str, Any] = {
             "link": "up" if state.connected else "down", "since": _rfc3339(state.since),
-            "reconnects": state.reconnects, "monitors": _monitors(self._push, server)}
+            "reconnects": state.reconnects, "monitors": _monitors(self._monitors, server)}
         if server.sn is not None:
             report["sn"] = server.sn
         if not state.connected:
@@ -109,9 +117,11 @@ class LiveState:
     """The collector of the gauges that mirror live state, read at each scrape."""
 
     def __init__(self, servers: Iterable[MXServer], push: PushSystem | None,
-                 clock: IReactorTime, tls_not_after: NotAfter | None = None) -> None:
+                 clock: IReactorTime, tls_not_after: NotAfter | None = None,
+                 monitors: Monitors = EMPTY) -> None:
         self._servers = tuple(servers)
         self._push = push
+        self._monitors = monitors
         self._clock = clock
         self._tls_not_after = tls_not_after
 
@@ -121,12 +131,13 @@ class LiveState:
         reconnects = CounterMetricFamily("mxproxy_mx_reconnects", "Times the server link to the "
                                          "MX was established again after a loss", labels=["mx"])
         monitors = GaugeMetricFamily("mxproxy_call_monitors", "Users whose calls are monitored "
-                                     "on the server link, for their pushes", labels=["mx"])
+                                     "on the server link (for pushes, call routes, streams)",
+                                     labels=["mx"])
         for server in self._servers:
             name = server.config.name
             up.add_metric([name], int(server.state.connected))
             reconnects.add_metric([name], server.state.reconnects)
-            monitors.add_metric([name], _monitors(self._push, server))
+            monitors.add_metric([name], _monitors(self._monitors, server))
         yield from (up, reconnects, monitors)
         yield from self._pushes()
         yield from self._expiry()
@@ -158,10 +169,10 @@ class LiveState:
         yield from (apns, tls)
 
 
-def _monitors(push: PushSystem | None, server: MXServer) -> int:
-    """How many call monitors run on the server link (none without push delivery)."""
-    monitors = push.monitors.get(server.config.name) if push is not None else None
-    return len(monitors) if monitors is not None else 0
+def _monitors(monitors: Monitors, server: MXServer) -> int:
+    """How many call monitors run on the server link."""
+    running = monitors.get(server.config.name)
+    return len(running) if running is not None else 0
 
 
 def _apns_expiry(push: PushSystem | None) -> dict[tuple[str, str], datetime]:

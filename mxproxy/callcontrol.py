@@ -33,6 +33,10 @@ from mxproxy.csta.messages import TransferResult, csta_error
 from mxproxy.csta.protocol import CSTAProtocol, Message
 from mxproxy.csta.xml import Element
 
+RING_DELAY = (1, 0, 120)
+"""Seconds before the MX rings the user's devices in remote mode: default, lowest, highest."""
+VM_DELAY = (30, 0, 300)
+"""Seconds of ringing before the MX hands the call to voicemail: default, lowest, highest."""
 TIMEOUT = 7.0
 """Seconds the MX has to confirm each step: what the original's client library allowed it for
 every answer (mx-protocol.md §1.6)."""

@@ -17,7 +17,7 @@ holds the calls that had an event since their monitor started.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -37,6 +37,8 @@ from mxproxy.logs import Logger, RateLimitedLog
 from mxproxy.monitors import CallMonitors
 from mxproxy.mx import MXServer
 
+T = TypeVar("T")
+
 RINGING, DIALING, CONNECTED, HELD = "ringing", "dialing", "connected", "held"
 INCOMING, OUTGOING = "incoming", "outgoing"
 
@@ -47,6 +49,10 @@ SWEEP_INTERVAL = 60.0
 MAX_CALLS_PER_USER = 16
 """Calls one user keeps; beyond them the least recently active goes (an MX that reports calls
 without ever ending them must not grow memory)."""
+ENDED_KEPT = 32
+"""Ended calls remembered per user, for ``ENDED_FOR`` seconds: an answer to a call that is
+over is a conflict (409), not an unknown call, and the MX forgets ended calls at once."""
+ENDED_FOR = 600.0
 
 
 @attrs.frozen
@@ -202,6 +208,8 @@ class CallState:
         self.monitors = CallMonitors(server, clock, self._event)
         self._calls: dict[str, dict[int, tuple[Call, float]]] = {}
         """JID → call id → (the call, when it last had an event)."""
+        self._ended: dict[str, dict[int, float]] = {}
+        """JID → call id → when it ended for the user (at most ``ENDED_KEPT`` each)."""
         self._observers: list[CallObserver] = []
         self._swept = clock.seconds()
         self._crowded = RateLimitedLog(self.log, clock,
@@ -224,6 +232,11 @@ class CallState:
         entry = self._calls.get(jid, {}).get(call_id)
         return entry[0] if entry is not None else None
 
+    def ended(self, jid: str, call_id: int) -> bool:
+        """Whether the call ended for the user within the last ``ENDED_FOR`` seconds."""
+        self._sweep()
+        return call_id in self._ended.get(jid, {})
+
     def _name_of(self, number: str) -> str:
         """The address book's name for an extension, "" when it has none."""
         contact = self._server.address_book.by_ext(number)
@@ -240,6 +253,8 @@ class CallState:
         after = advance(before, event, ext, now, self._name_of)
         if after is None:
             calls.pop(event.call_id, None)
+            if before is not None:
+                self._remember_ended(jid, event.call_id, now)
         else:
             calls[event.call_id] = (after, now)
             if len(calls) > MAX_CALLS_PER_USER:
@@ -253,18 +268,32 @@ class CallState:
         for observer in tuple(self._observers):
             observer(jid, event, before, after)
 
+    def _remember_ended(self, jid: str, call_id: int, now: float) -> None:
+        ended = self._ended.setdefault(jid, {})
+        ended.pop(call_id, None)
+        ended[call_id] = now
+        if len(ended) > ENDED_KEPT:
+            del ended[next(iter(ended))]  # the earliest ended: dicts keep insertion order
+
     def _sweep(self) -> None:
         now = self._clock.seconds()
         if now - self._swept < SWEEP_INTERVAL:
             return
         self._swept = now
-        horizon = now - FORGET_AFTER
-        for jid in list(self._calls):
-            calls = self._calls[jid]
-            for call_id in [call_id for call_id, (_, last) in calls.items() if last < horizon]:
-                del calls[call_id]
-            if not calls:
-                del self._calls[jid]
+        _drop_before(self._calls, now - FORGET_AFTER, lambda entry: entry[1])
+        _drop_before(self._ended, now - ENDED_FOR, lambda when: when)
 
     def _link_down(self, reason: Exception) -> None:
         self._calls.clear()
+
+
+def _drop_before(table: dict[str, dict[int, T]], horizon: float,
+                 when: Callable[[T], float]) -> None:
+    """Drop every user's entries whose time (``when``) is before ``horizon``, and the users
+    left with none."""
+    for jid in list(table):
+        entries = table[jid]
+        for call_id in [call_id for call_id, entry in entries.items() if when(entry) < horizon]:
+            del entries[call_id]
+        if not entries:
+            del table[jid]

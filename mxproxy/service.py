@@ -73,7 +73,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
                            idle_timeout=options["session-idle"])
         pool.setServiceParent(root)
         calls = CallState(server, reactor)
-        access[name] = MXAccess(server, pool, push.attach(server, calls) if push else None)
+        access[name] = MXAccess(server, pool, calls, push.attach(server, calls) if push else None)
     clients = ClientAddresses(reactor, options["trusted-proxy"])
     site = APISite(API(access, reactor, metrics=metrics, clients=clients).resource(), reactor,
                    ConnectionLimit(reactor, options["max-connections-per-address"],
@@ -82,7 +82,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     listeners, certificate = api_listeners(options, site, root, reactor)
     admin = admin_listener(options, admin_site(
         metrics, [entry.server for entry in access.values()], push, reactor,
-        tls_not_after=None if certificate is None else lambda: certificate.not_after), reactor)
+        tls_not_after=None if certificate is None else lambda: certificate.not_after,
+        monitors={name: entry.calls.monitors for name, entry in access.items()}), reactor)
     if admin is not None:
         admin.setServiceParent(root)  # health answers until the API has stopped accepting
     # Added last, so stopped first: a stopping daemon stops accepting before anything else.

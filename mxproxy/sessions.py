@@ -201,6 +201,9 @@ class UserSession:
 
     def __init__(self, protocol: CSTAProtocol, info: LoginResponse, login: str) -> None:
         self.protocol = protocol
+        self.info = info
+        """The MX's login reply: ``GET user`` answers from it (the SIP password included, which
+        is why it lives only as long as the session)."""
         self.identity = Identity(login, info.user_id, info.ext)
         self.lock = DeferredLock()
         self.idle_timer: IDelayedCall | None = None

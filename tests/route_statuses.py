@@ -13,11 +13,12 @@ part of the function they are written in):
   ``as_http_error``, whose ``isinstance`` branches are read from its own source
   (:class:`ErrorMapping`).
 * calls that leave ``mxproxy.api``: each lands in a failure domain (:data:`FAILURE_DOMAINS`):
-  the MX link, whose failures are the exception types of ``mxproxy.csta`` (a refused login, a
-  refused command, a timeout, a protocol violation, an unreachable MX), the push side, or code
-  without failures the mapping knows. Such a call adds the mapping's statuses for the domain's
-  exception types. A call into an mxproxy module the table does not classify fails the
-  analysis: a new dependency must be classified before the comparison can pass.
+  the MX link, whose failures are the exception types of :data:`MX_LINK` (a refused login, a
+  refused command, a timeout, a protocol violation, an unreachable MX), call control, which adds
+  the refusals about calls (:data:`CALL_CONTROL`), the push side (the exception types of a
+  package), or code without failures the mapping knows. Such a call adds the mapping's
+  statuses for the domain's exception types. A call into an mxproxy module the table does not
+  classify fails the analysis: a new dependency must be classified before the comparison can pass.
 
 Callees are found by name (the module's globals), through ``self`` (the owning class), and
 through type annotations: parameters, return types, class attributes (annotations, attrs
@@ -45,16 +46,36 @@ from typing import Any
 import attrs
 
 from mxproxy.api.errors import HTTPError, as_http_error
+from mxproxy.csta.errors import (
+    CallStateError,
+    CSTAError,
+    DeviceNotAssigned,
+    LoginError,
+    MXTimeout,
+    MXUnavailable,
+    ProtocolViolation,
+    UnknownCall,
+)
+from mxproxy.csta.frame import FrameTooLarge
+from mxproxy.csta.xml import XMLError
+
+Domain = str | tuple[type[BaseException], ...] | None
+"""What a call can fail with: the exception types of a package, these exception types, or
+nothing the error mapping translates."""
 
 HOME = "mxproxy.api"
-MX_LINK = "mxproxy.csta"
+MX_LINK: Domain = (LoginError, CSTAError, MXTimeout, MXUnavailable, ProtocolViolation,
+                   XMLError, FrameTooLarge)
+CALL_CONTROL: Domain = (*MX_LINK, CallStateError, UnknownCall, DeviceNotAssigned)
 PUSH = "mxproxy.push"
-FAILURE_DOMAINS: Mapping[str, str | None] = {
+FAILURE_DOMAINS: Mapping[str, Domain] = {
     # A user's session: its login and commands travel over its own link to the MX.
     "mxproxy.sessions.SessionPool": MX_LINK,
     "mxproxy.sessions.UserSession": MX_LINK,
     "mxproxy.calllog": MX_LINK,
-    MX_LINK: MX_LINK,
+    "mxproxy.callcontrol": CALL_CONTROL,
+    "mxproxy.callcontrol.set_mode": MX_LINK,  # fire-and-forget: the MX answers nothing
+    "mxproxy.csta": MX_LINK,
     # Device registration: the push side's token store (mxproxy.push implements Devices).
     "mxproxy.api.access.Devices": PUSH,
     # In memory: nothing the error mapping translates.
@@ -62,9 +83,11 @@ FAILURE_DOMAINS: Mapping[str, str | None] = {
     "mxproxy.sessions.LoginThrottle": None,
     "mxproxy.logs": None,
     "mxproxy.metrics": None,
+    # The call state and its monitors: they log MX refusals, never raise them.
+    "mxproxy.calls": None,
+    "mxproxy.monitors": None,
 }
-"""What a call leaving ``mxproxy.api`` can fail with, by the called name's longest prefix: the
-package whose exception types its failures are, or None."""
+"""What a call leaving ``mxproxy.api`` can fail with, by the called name's longest prefix."""
 
 
 class AnalysisError(Exception):
@@ -152,10 +175,15 @@ class ErrorMapping:
         assert self.fallback is not None
         return self.fallback
 
-    def of_package(self, package: str) -> set[int]:
-        """The statuses of the branches naming an exception type defined in ``package``."""
+    def of_domain(self, domain: Domain) -> set[int]:
+        """The statuses of a failure domain: of its exception types, or of the branches naming
+        an exception type defined in its package."""
+        if domain is None:
+            return set()
+        if isinstance(domain, tuple):
+            return {self.status(error) for error in domain}
         return {status for classes, status in self.branches
-                if any(within(cls.__module__, package) for cls in classes)}
+                if any(within(cls.__module__, domain) for cls in classes)}
 
 
 class Scope:
@@ -319,7 +347,7 @@ class RouteStatuses:
     mapping and the failure domains of the mxproxy code outside them."""
 
     def __init__(self, mapping: ErrorMapping | None = None,
-                 domains: Mapping[str, str | None] = FAILURE_DOMAINS,
+                 domains: Mapping[str, Domain] = FAILURE_DOMAINS,
                  home: Iterable[str] = (HOME,)) -> None:
         self.mapping = mapping if mapping is not None else ErrorMapping()
         self.domains = domains
@@ -380,9 +408,7 @@ class RouteStatuses:
         name = qualified(callee)
         declared = [key for key in self.domains if within(name, key)]
         if declared:
-            domain = self.domains[max(declared, key=len)]
-            if domain is not None:
-                scan.statuses |= self.mapping.of_package(domain)
+            scan.statuses |= self.mapping.of_domain(self.domains[max(declared, key=len)])
             return
         if not any(within(callee.__module__, package) for package in self.home):
             if within(callee.__module__, "mxproxy"):

@@ -113,8 +113,8 @@ class Daemon:
                                 CSTAFactory(self.clock, on_round_trip=round_trip),
                                 idle_timeout=self.idle_timeout, clock=self.clock)
         self.test.addCleanup(self.pool.close_all)
-        self.api = API({"dev": MXAccess(self.server, self.pool, self.devices)}, self.clock,
-                       metrics=self.metrics)
+        access = MXAccess(self.server, self.pool, self.calls, self.devices)
+        self.api = API({"dev": access}, self.clock, metrics=self.metrics)
         site = APISite(self.api.resource(), self.clock,
                        ConnectionLimit(self.clock, self.connections_per_address))
         self.site = site

@@ -73,7 +73,8 @@ class Admin:
 
     def __init__(self, test: TestCase, daemon: Daemon, metrics: Metrics, push: PushSystem | None,
                  clock: Any, tls_not_after: NotAfter | None = None) -> None:
-        site = admin_site(metrics, [daemon.server], push, clock, tls_not_after)
+        site = admin_site(metrics, [daemon.server], push, clock, tls_not_after,
+                          monitors={"dev": daemon.calls.monitors})
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         test.addCleanup(port.stopListening)
         self.base = f"http://127.0.0.1:{port.getHost().port}"
@@ -141,7 +142,7 @@ class HealthTests(AdminTestCase):
         ready = server.when_ready()
         self.link.advance(1)  # the first retry is due
         await ready
-        await self.until(lambda: len(self.system.monitors["dev"]) == 1, "the monitor restarted")
+        await self.until(lambda: len(self.d.calls.monitors) == 1, "the monitor restarted")
         self.assertEqual(await admin.health(), (200, {
             "healthy": True, "version": __version__,
             "mx": {"dev": {"link": "up", "since": "2027-01-15T08:01:31Z", "reconnects": 1,
@@ -419,8 +420,7 @@ class HealthUnitTests(SynchronousTestCase):
     def test_a_token_store_that_does_not_answer_in_time(self) -> None:
         clock = Clock()
         never: Deferred[int] = Deferred()  # a long write queue, a file locked by an admin
-        push = SimpleNamespace(store=SimpleNamespace(count=lambda: never, write_failure=None),
-                               monitors={})
+        push = SimpleNamespace(store=SimpleNamespace(count=lambda: never, write_failure=None))
         report = Deferred.fromCoroutine(Health([], cast(PushSystem, push), clock).report())
         self.assertNoResult(report)
         clock.advance(STORE_TIMEOUT)

@@ -4,7 +4,8 @@ The real daemon runs as a ``twistd mxproxy`` child with a real configuration fil
 simulator (the demo company plus a user with distinctive secrets) and a fake APNs (real TLS and
 HTTP/2) run in the test's reactor. Over real HTTP the test does everything that handles a
 secret: a failed login, a device registration, an incoming call pushed to that device, a
-voicemail list and download, a click-to-call. After SIGTERM the child's whole output (stdout
+voicemail list and download, a click-to-call, ``GET user`` (the SIP password) and an answer on
+the softphone. After SIGTERM the child's whole output (stdout
 and stderr) is searched for every form each secret could leak in; it must also show that the
 CSTA trace and the debug log were really on, so an empty log cannot pass.
 
@@ -161,6 +162,16 @@ class LogSecretsTests(TestCase):
                                    {"from": CALLER, "to": "3002"})
         self.assertEqual((code, json.loads(body)["deviceId"]), (200, EXTENSION), body)
 
+        code, body = await request(self.agent, "GET", f"{base}/user", PASSWORD)
+        self.assertEqual((code, json.loads(body)["softPhonePwd"]), (200, SOFT_PHONE_PASSWORD))
+        call = self.pbx.place_call(CALLER, EXTENSION)
+        code, body = await request(self.agent, "POST", f"{base}/calls/{call.call_id}/answer",
+                                   PASSWORD, {"device": f"{LOGIN}-softphone", "token": DEVICE})
+        self.assertEqual(code, 200, body)
+        code, body = await request(self.agent, "DELETE", f"{base}/calls/{call.call_id}",
+                                   PASSWORD)
+        self.assertEqual(code, 200, body)
+
     async def run_daemon(self, *flags: str) -> bytes:
         """A whole run: start, exercise, SIGTERM; everything the child wrote."""
         daemon = self.start(*flags)
@@ -183,7 +194,8 @@ class LogSecretsTests(TestCase):
         leaks = [name for name, form in secrets().items() if form in output]
         self.assertEqual(leaks, [], text)
         for evidence in (b"loginRequest", b"<pwd>***</", b"MailReceiveIncomingResponse",
-                         b"bytes of base64]", b"MakeCall", debug_marker,
+                         b"bytes of base64]", b"MakeCall", b"AnswerCall", b"AssignDevice",
+                         debug_marker,
                          mask_token(DEVICE).encode()):
             self.assertIn(evidence, output, f"the log lacks {evidence!r}:\n{text}")
 

@@ -602,6 +602,13 @@ def _expected_operations() -> Iterable[tuple[str, str]]:
     yield "/mx/{mx}/addressbook", "get"
     yield "/mx/{mx}/calllog", "get"
     yield "/mx/{mx}/call", "post"
+    yield "/mx/{mx}/user", "get"
+    yield "/mx/{mx}/calls", "get"
+    for method in ("get", "delete"):
+        yield "/mx/{mx}/calls/{call_id}", method
+    for action in ("answer", "hold", "retrieve", "transfer", "deflect"):
+        yield f"/mx/{{mx}}/calls/{{call_id}}/{action}", "post"
+    yield "/mx/{mx}/mode", "put"
     for method in ("post", "delete"):
         yield "/mx/{mx}/token/{kind}/{bundle}", method
     yield "/mx/{mx}/voicemail", "get"
@@ -680,7 +687,7 @@ class StatusTests(SynchronousTestCase):
         status of the MX link: the document's note on shared statuses says so."""
         from mxproxy.api.app import API
 
-        link = ErrorMapping().of_package(MX_LINK)
+        link = ErrorMapping().of_domain(MX_LINK)
         self.assertEqual(link, {400, 403, 502, 503, 504})
         analysis = RouteStatuses()
         for key, function in route_functions(API.app).items():

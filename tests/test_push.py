@@ -684,15 +684,32 @@ class FollowUpTests(PushTestCase):
         await cleared
         self.assertEqual((len(self.apns.received), len(self.fcm.received)), (3, 2))
 
-    async def test_answered_by_the_user_needs_no_follow_up(self) -> None:
+    async def test_answered_by_the_user_elsewhere_stops_their_apps_ringing(self) -> None:
         call = await self.ringing()
+        self.pbx.answer(call)  # on her desk phone
+        await self.assertFollowUp(call, "answeredElsewhere", "Answered on another device")
+
+    async def test_the_answering_device_is_left_out_of_the_follow_up(self) -> None:
+        call = await self.ringing()
+        # The app says so before it answers (POST calls/<id>/answer with its token); APNs
+        # tokens in either case are one device.
+        self.d.devices.answered_here(self.pbx.user("alice").jid, call.call_id,
+                                     apns_token(2).upper())
         established = self.handled("EstablishedEvent")
         self.pbx.answer(call)
         await established
-        cleared = self.handled("ConnectionClearedEvent")
-        self.pbx.hang_up(call, device="3001")
-        await cleared
-        self.assertEqual((len(self.apns.received), len(self.fcm.received)), (2, 1))
+        await self.fcm.wait_for(2)
+        await self.dispatcher.settled()
+        self.assertEqual(len(self.apns.received), 2)
+        self.assertEqual(self.fcm.received[1].message["data"]["reason"], "answeredElsewhere")
+
+    async def test_an_unknown_answering_token_changes_nothing(self) -> None:
+        call = await self.ringing()
+        self.d.devices.answered_here(self.pbx.user("alice").jid, call.call_id, apns_token(9))
+        self.d.devices.answered_here(self.pbx.user("alice").jid, call.call_id + 1,
+                                     apns_token(2))
+        self.pbx.answer(call)
+        await self.assertFollowUp(call, "answeredElsewhere", "Answered on another device")
 
     async def test_call_over_before_its_push_went_out_rings_nothing(self) -> None:
         await self.start()

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import attrs
 
+from mxproxy.calls import CallState
 from mxproxy.mx import MXServer
 from mxproxy.sessions import SessionPool
 
@@ -22,12 +23,17 @@ class Devices(Protocol):
     async def unregister(self, jid: str, provider: str, bundle: str, sandbox: bool,
                          token: str) -> None: ...
 
+    def answered_here(self, jid: str, call_id: int, token: str) -> None:
+        """The device with ``token`` is answering the call: the user's other pushed devices
+        are told ``answeredElsewhere``, that one not."""
+
 
 @attrs.frozen
 class MXAccess:
-    """One MX as the API sees it: its server link, its user sessions, and its device
-    registrations (None when no push provider is configured)."""
+    """One MX as the API sees it: its server link, its user sessions, its users' calls, and
+    its device registrations (None when no push provider is configured)."""
 
     server: MXServer
     pool: SessionPool
+    calls: CallState
     devices: Devices | None = None

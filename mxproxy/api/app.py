@@ -19,6 +19,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from mxproxy.addressbook import AddressBook
 from mxproxy.api.access import MXAccess
 from mxproxy.api.auth import Authenticator
+from mxproxy.api.calls import CallRoutes
 from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.errors import HTTPError, as_http_error, bad_request, not_found, write_error
 from mxproxy.api.fields import (
@@ -30,6 +31,7 @@ from mxproxy.api.fields import (
 )
 from mxproxy.api.routing import Routes, app, encode, json_answer, json_body, no_content
 from mxproxy.api.voicemail import VoicemailRoutes
+from mxproxy.callcontrol import RING_DELAY, VM_DELAY
 from mxproxy.calllog import CallLogTiming, fetch_call_log
 from mxproxy.csta import commands
 from mxproxy.csta.messages import MakeCallResult
@@ -40,15 +42,13 @@ from mxproxy.sessions import UserSession
 
 log = Logger(__name__)
 
-RING_DELAY = (1, 0, 120)  # default, lowest, highest (seconds)
-VM_DELAY = (30, 0, 300)
 DEFAULT_TIMING = CallLogTiming()
 _TOKEN = re.compile(r"[A-Za-z0-9_:-]{20,4096}")
 _APNS_TOKEN = re.compile(r"(?:[0-9A-Fa-f]{2}){10,2048}")
 ADDRESS_BOOK_ROUTE = "/mx/{mx}/addressbook"
 
 
-class API(VoicemailRoutes):
+class API(CallRoutes, VoicemailRoutes):
     """The Klein application; one instance serves every configured MX. ``metrics`` receives the
     HTTP requests (a registry of its own when not given)."""
 

@@ -9,11 +9,14 @@ from twisted.logger import LogLevel
 from twisted.web.server import Request
 
 from mxproxy.csta.errors import (
+    CallStateError,
     CSTAError,
+    DeviceNotAssigned,
     LoginError,
     MXTimeout,
     MXUnavailable,
     ProtocolViolation,
+    UnknownCall,
 )
 from mxproxy.csta.frame import FrameTooLarge
 from mxproxy.csta.xml import XMLError
@@ -52,6 +55,12 @@ def as_http_error(error: BaseException) -> HTTPError:
         return error
     if isinstance(error, LoginError):
         return HTTPError(403, f"the MX refused the login: {error.message or 'no reason given'}")
+    if isinstance(error, CallStateError):
+        return HTTPError(409, f"the call is not in a state that allows this: {error.text}")
+    if isinstance(error, UnknownCall):
+        return HTTPError(404, f"the MX knows no such call: {error.text}")
+    if isinstance(error, DeviceNotAssigned):
+        return HTTPError(400, str(error))
     if isinstance(error, CSTAError):
         return HTTPError(400, f"the MX refused the command: {error.text}")
     if isinstance(error, MXTimeout):

@@ -6,8 +6,10 @@ the next call. Whether a call rings this user, and whether it stopped ringing be
 answered, comes from the call state; what the dispatcher keeps is what it told: which devices
 heard of which call. A device is told about a call once, retried on transient failures only
 while the phone could still ring, and forgotten only when the provider says its token is dead.
-When a pushed call ends before this user answered, or someone else answered it, one follow-up
-tells the app to stop ringing (never as a VoIP push: iOS would expect a new call).
+When a pushed call stops ringing, one follow-up tells the apps to stop ringing (never as a VoIP
+push: iOS would expect a new call): ``ended`` when it ended before anyone answered,
+``answeredElsewhere`` when someone else answered it, or this user did on another device — every
+pushed device but the ones that said they are answering (:meth:`PushDispatcher.answered_here`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from mxproxy.csta.events import CallEvent, Delivered, Established
 from mxproxy.logs import Logger
 from mxproxy.metrics import DELIVERED, DROPPED, FAILED, REJECTED, Metrics
 from mxproxy.push.slots import FanOut, Slots
-from mxproxy.push.tokens import Device, StoreUnavailable, TokenStore
+from mxproxy.push.tokens import Device, StoreUnavailable, TokenStore, canonical_token
 
 RING_WINDOW = 30.0
 MAX_IN_FLIGHT = 512
@@ -72,6 +74,8 @@ class _Pushed:
     key: str  # the notification's call_key: a follow-up collapses with the call's push
     devices: list[Device]
     started: float
+    answering: set[str] = attrs.Factory(set)
+    """Tokens of devices that said they answer it: no follow-up for them."""
 
 
 class PushDispatcher:
@@ -169,14 +173,25 @@ class PushDispatcher:
 
     # -- the call stopped ringing -------------------------------------------------------------
 
+    def answered_here(self, user: str, call_id: int, token: str) -> None:
+        """The device with ``token`` is answering the call pushed to ``user``: it is left out
+        of the follow-up. A token that was not pushed the call changes nothing."""
+        pushed = self._pushed.get((user, call_id))
+        if pushed is None:
+            return
+        for device in pushed.devices:
+            if device.token == canonical_token(device.provider, token):
+                pushed.answering.add(device.token)
+
     async def _stopped_ringing(self, user: str, event: CallEvent, after: Call | None) -> None:
         pushed = self._pushed.pop((user, event.call_id), None)
-        if pushed is None or after is not None:
-            return  # nothing was pushed, or this user answered: the app knows
+        if pushed is None:
+            return  # nothing was pushed
         reason = "answeredElsewhere" if isinstance(event, Established) else "ended"
         payload = {"event": "callEnded", "reason": reason, "callId": event.call_id}
         notification = Notification("callEnded", pushed.key, payload)
-        await self._fan_out(pushed.devices, notification, self._clock.seconds())
+        devices = [device for device in pushed.devices if device.token not in pushed.answering]
+        await self._fan_out(devices, notification, self._clock.seconds())
 
     # -- delivery -----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from mxproxy.csta.errors import MXUnavailable
 from mxproxy.logs import Logger
 from mxproxy.monitors import DEVICES, CallMonitors
 from mxproxy.push.apns import APNsClient, APNsError, APNsResponse
-from mxproxy.push.dispatcher import Notification, Outcome
+from mxproxy.push.dispatcher import Notification, Outcome, PushDispatcher
 from mxproxy.push.fcm import FCMClient, FCMError, FCMResponse
 from mxproxy.push.tokens import Device, TokenStore, parse_user_key, user_key
 
@@ -142,11 +142,13 @@ class DeviceRegistry:
     log = Logger()
 
     def __init__(self, sn: Callable[[], str | None], store: TokenStore,
-                 monitors: CallMonitors, senders: Mapping[str, APNsSender | FCMSender]) -> None:
+                 monitors: CallMonitors, senders: Mapping[str, APNsSender | FCMSender],
+                 dispatcher: PushDispatcher) -> None:
         self._sn = sn
         self._store = store
         self._monitors = monitors
         self._senders = dict(senders)
+        self._dispatcher = dispatcher
 
     def supports(self, provider: str, bundle: str, sandbox: bool) -> bool:
         sender = self._senders.get(provider)
@@ -175,4 +177,7 @@ class DeviceRegistry:
         if not await self._store.has_devices(user):
             await self._monitors.release(jid, DEVICES)
 
-
+    def answered_here(self, jid: str, call_id: int, token: str) -> None:
+        sn = self._sn()
+        if sn is not None:
+            self._dispatcher.answered_here(user_key(sn, jid), call_id, token)

@@ -14,7 +14,7 @@ from mxproxy.config import Config, PushConfig
 from mxproxy.csta.events import CallEvent
 from mxproxy.logs import Logger
 from mxproxy.metrics import Metrics
-from mxproxy.monitors import DEVICES, CallMonitors
+from mxproxy.monitors import DEVICES
 from mxproxy.mx import MXServer
 from mxproxy.push.apns import APNS_PORT, HOSTS, APNsClient
 from mxproxy.push.credentials import (
@@ -80,8 +80,6 @@ class PushSystem(Service):
         self.dispatcher = dispatcher
         self.senders = senders
         self.clients = clients
-        self.monitors: dict[str, CallMonitors] = {}
-        """The call monitors of each attached MX, by its name."""
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -113,8 +111,8 @@ class PushSystem(Service):
 
         calls.on_call_event(on_call_event)
         calls.monitors.restore(DEVICES, stored_users)
-        self.monitors[server.config.name] = calls.monitors
-        return DeviceRegistry(lambda: server.sn, self.store, calls.monitors, self.senders)
+        return DeviceRegistry(lambda: server.sn, self.store, calls.monitors, self.senders,
+                              self.dispatcher)
 
 
 def build(reactor: Any, db: str, apns: Iterable[Credential], fcm: Mapping[str, ServiceAccount],
