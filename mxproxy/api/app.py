@@ -30,6 +30,7 @@ from mxproxy.api.fields import (
     timestamp,
 )
 from mxproxy.api.routing import Routes, app, encode, json_answer, json_body, no_content
+from mxproxy.api.services import ServiceCache, ServiceRoutes
 from mxproxy.api.voicemail import VoicemailRoutes
 from mxproxy.callcontrol import RING_DELAY, VM_DELAY
 from mxproxy.calllog import CallLogTiming, fetch_call_log
@@ -48,7 +49,7 @@ _APNS_TOKEN = re.compile(r"(?:[0-9A-Fa-f]{2}){10,2048}")
 ADDRESS_BOOK_ROUTE = "/mx/{mx}/addressbook"
 
 
-class API(CallRoutes, VoicemailRoutes):
+class API(CallRoutes, ServiceRoutes, VoicemailRoutes):
     """The Klein application; one instance serves every configured MX. ``metrics`` receives the
     HTTP requests (a registry of its own when not given)."""
 
@@ -60,6 +61,7 @@ class API(CallRoutes, VoicemailRoutes):
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
         self.auth = Authenticator(access, clock, clients)
+        self.services = ServiceCache(clock)
         self._call_log_timing = call_log_timing
         self._books: dict[str, tuple[AddressBook, int, bytes]] = {}
         """The encoded address book per MX, valid while the book and its version are."""

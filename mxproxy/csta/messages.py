@@ -262,6 +262,30 @@ class VoiceMailList(XMLRecord):
     row_count: int = integer("@rowCount")
 
 
+@attrs.frozen
+class Service(XMLRecord):
+    """One system service (mx-protocol.md §4.4): voicemail, an auto attendant, the park
+    server...; ``service_type`` is the MX's code (``VM``, ``AA``, ``ParkServer``...).
+    ``service_id`` is a uint64: kept as the MX's digits."""
+
+    service_id: str = string("serviceId")
+    name: str = string("serviceName")
+    service_type: str = string("serviceType")
+    ext: str = string("extension")
+    home_system: str = string("homeSystem")
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.service_id, "name": self.name, "type": self.service_type,
+                "ext": self.ext}
+
+
+@attrs.frozen
+class ServiceList(XMLRecord):
+    """The reply to ``GetServiceList``, whatever its root is called: its ``Service`` children."""
+
+    services: tuple[Service, ...] = records("Service", Service)
+
+
 def _media_content(element: Element) -> bytes:
     # The MX wraps long base64 lines; anything else outside the alphabet is corruption.
     encoded = "".join(raw(element, "mediaContent").split())
