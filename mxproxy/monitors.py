@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from mxproxy.csta import commands
 from mxproxy.csta.errors import MXError
-from mxproxy.csta.events import CallEvent
+from mxproxy.csta.events import CallEvent, MailIncomingReady
 from mxproxy.csta.messages import EVENTS, Contact, MonitorStarted
 from mxproxy.csta.protocol import CSTAProtocol, Message
 from mxproxy.logs import Logger
@@ -37,6 +37,9 @@ CALL_EVENTS = tuple(name for name, kind in EVENTS.items() if issubclass(kind, Ca
 
 EventSink = Callable[[str, str, CallEvent], None]
 """Receives (JID of the monitored user, their monitored extension, typed call event)."""
+
+MailSink = Callable[[str, MailIncomingReady], None]
+"""Receives (JID of the monitored user, a new voicemail or recording of theirs)."""
 
 UserSource = Callable[[], Awaitable[Iterable[str]]]
 """The JIDs of users to monitor for one reason, read again at every link-up."""
@@ -58,6 +61,7 @@ class CallMonitors:
         self._starting: set[str] = set()
         self._by_ref: dict[int, str] = {}
         self._by_jid: dict[str, tuple[int, str]] = {}
+        self._mail_observers: list[MailSink] = []
         server.on_link_up(self._link_up)
         server.on_link_down(self._link_down)
         server.on_contact_changed(self._contact_changed)
@@ -73,6 +77,11 @@ class CallMonitors:
     def reasons(self, jid: str) -> frozenset[str]:
         """Why ``jid`` is to be monitored (empty: not)."""
         return frozenset(self._reasons.get(jid, ()))
+
+    def on_mail(self, observer: MailSink) -> None:
+        """Call ``observer(jid, event)`` for every ``MailIncomingReadyEvent`` a monitor reports:
+        the MX tells the monitors of a user's extension of new voicemail and recordings."""
+        self._mail_observers.append(observer)
 
     def restore(self, reason: str, source: UserSource) -> None:
         """At every link-up, want ``reason`` for each user ``source`` gives, before the
@@ -115,6 +124,7 @@ class CallMonitors:
     def _link_up(self, protocol: CSTAProtocol) -> None:
         for name in CALL_EVENTS:
             protocol.subscribe(name, self._call_event)
+        protocol.subscribe("MailIncomingReadyEvent", self._mail_event)
         Deferred.fromCoroutine(self._restart(protocol))
 
     def _link_down(self, reason: Exception) -> None:
@@ -205,10 +215,20 @@ class CallMonitors:
     def _call_event(self, message: Message) -> None:
         event = EVENTS[message.name].from_xml(message.element)
         assert isinstance(event, CallEvent)
-        jid = self._by_ref.get(event.monitor_cross_ref_id)
+        jid = self._user_of(message.name, event.monitor_cross_ref_id)
+        if jid is not None:
+            self._on_event(jid, self._by_jid[jid][1], event)
+
+    def _mail_event(self, message: Message) -> None:
+        event = MailIncomingReady.from_xml(message.element)
+        jid = self._user_of(message.name, event.monitor_cross_ref_id)
+        if jid is not None:
+            for observer in tuple(self._mail_observers):
+                observer(jid, event)
+
+    def _user_of(self, name: str, ref: int) -> str | None:
+        jid = self._by_ref.get(ref)
         if jid is None:
-            self.log.debug("mx.{name}: {event} for an unknown monitor {ref}",
-                           name=self._server.name, event=message.name,
-                           ref=event.monitor_cross_ref_id)
-            return
-        self._on_event(jid, self._by_jid[jid][1], event)
+            self.log.debug("mx.{mx}: {event} for an unknown monitor {ref}",
+                           mx=self._server.name, event=name, ref=ref)
+        return jid

@@ -26,7 +26,7 @@ from twisted.trial.unittest import TestCase
 
 from mxproxy import calls
 from mxproxy.config import PushConfig
-from mxproxy.csta.events import CallEvent
+from mxproxy.csta.events import CallEvent, MailIncomingReady
 from mxproxy.csta.messages import EVENTS
 from mxproxy.csta.protocol import Message
 from mxproxy.metrics import Metrics
@@ -104,6 +104,11 @@ class Tracked(PushDispatcher):
     def call_event(self, mx: str, user: str, event: CallEvent, before: calls.Call | None,
                    after: calls.Call | None) -> Deferred[None]:
         handling = super().call_event(mx, user, event, before, after)
+        self.pending.append(handling)
+        return handling
+
+    def voicemail(self, mx: str, user: str, mail: MailIncomingReady) -> Deferred[None]:
+        handling = super().voicemail(mx, user, mail)
         self.pending.append(handling)
         return handling
 

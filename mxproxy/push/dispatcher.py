@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from mxproxy.calls import FORGET_AFTER, RINGING, Call
-from mxproxy.csta.events import CallEvent, Delivered, Established
+from mxproxy.csta.events import CallEvent, Delivered, Established, MailIncomingReady
 from mxproxy.logs import Logger
 from mxproxy.metrics import DELIVERED, DROPPED, FAILED, REJECTED, Metrics
 from mxproxy.push.slots import FanOut, Slots
@@ -39,7 +39,7 @@ CREDENTIAL_ALARM_INTERVAL = 600.0
 class Notification:
     """What to tell a user's devices: an incoming call, or that a pushed call ended."""
 
-    kind: str  # "call" or "callEnded"
+    kind: str  # "call", "callEnded" or "voicemail"
     call_key: str
     payload: Mapping[str, Any]
     caller: str = ""  # name or number, for alert texts
@@ -119,6 +119,10 @@ class PushDispatcher:
             handling = Deferred.fromCoroutine(self._stopped_ringing(user, event, after))
         else:
             return succeed(None)
+        return self._track(handling)
+
+    def _track(self, handling: Deferred[None]) -> Deferred[None]:
+        """Keep ``handling`` until it ends, for :meth:`drain`."""
         if not handling.called:
             self._handling.add(handling)
             handling.addBoth(self._handled, handling)
@@ -170,6 +174,21 @@ class PushDispatcher:
         fresh = [device for device in devices if _identity(device) not in told]
         pushed.devices.extend(fresh)
         await self._fan_out(fresh, notification, self._clock.seconds())
+
+    # -- voicemail ----------------------------------------------------------------------------
+
+    def voicemail(self, mx: str, user: str, mail: MailIncomingReady) -> Deferred[None]:
+        """Tell ``user``'s devices of a new voicemail (an alert, never a VoIP push; never the
+        audio): who left it and how long it is, with what the app needs to fetch it."""
+        payload = {"type": "voicemail", "mx": mx, "id": mail.mail_id, "from": mail.sender,
+                   "fromName": mail.from_name, "duration": mail.duration}
+        notification = Notification("voicemail", f"vm-{mail.mail_id}", payload,
+                                    caller=mail.from_name or mail.sender or "unknown caller")
+        return self._track(Deferred.fromCoroutine(self._voicemail(user, notification)))
+
+    async def _voicemail(self, user: str, notification: Notification) -> None:
+        devices = await self._store.devices(user)
+        await self._fan_out(devices, notification, self._clock.seconds())
 
     # -- the call stopped ringing -------------------------------------------------------------
 

@@ -240,8 +240,10 @@ class FCMResponse:
 
 
 def build_message(token: str, data: Mapping[str, str], ttl_seconds: int,
-                  collapse_key: str | None = None) -> dict[str, Any]:
-    """The JSON body of a data-only, high-priority push (no ``notification``: the app rings)."""
+                  collapse_key: str | None = None,
+                  notification: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The JSON body of a high-priority push: data only for calls (the app rings), with a
+    ``notification`` (title, body) that Android shows by itself for news such as voicemail."""
     for key, value in data.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"FCM data must map strings to strings; {key!r} is not")
@@ -251,7 +253,10 @@ def build_message(token: str, data: Mapping[str, str], ttl_seconds: int,
     android: dict[str, str] = {"priority": "HIGH", "ttl": f"{ttl_seconds}s"}
     if collapse_key is not None:
         android["collapse_key"] = collapse_key
-    return {"message": {"token": token, "data": dict(data), "android": android}}
+    message: dict[str, Any] = {"token": token, "data": dict(data), "android": android}
+    if notification is not None:
+        message["notification"] = dict(notification)
+    return {"message": message}
 
 
 def classify_response(status: int, body: bytes, retry_after: str | None = None,
@@ -332,19 +337,22 @@ class FCMClient:
         self.tokens = AccessTokens(account, http_client, self._clock, request_timeout)
 
     def send(self, token: str, data: Mapping[str, str], ttl_seconds: int,
-             collapse_key: str | None = None) -> Deferred[FCMResponse]:
+             collapse_key: str | None = None,
+             notification: Mapping[str, str] | None = None) -> Deferred[FCMResponse]:
         """Push ``data`` to one device. Any HTTP answer becomes an :class:`FCMResponse`;
         no answer fails with :class:`FCMTimeout`, :class:`FCMUnavailable` or
         :class:`FCMAuthError`. A 401 renews the access token and retries once."""
-        return Deferred.fromCoroutine(self._send(token, data, ttl_seconds, collapse_key))
+        return Deferred.fromCoroutine(self._send(token, data, ttl_seconds, collapse_key,
+                                                 notification))
 
     def close(self) -> Deferred[None]:
         """Close the kept-alive connections of the pool this client made, if it made one."""
         return succeed(None) if self._pool is None else self._pool.closeCachedConnections()
 
     async def _send(self, token: str, data: Mapping[str, str], ttl_seconds: int,
-                    collapse_key: str | None) -> FCMResponse:
-        body = build_message(token, data, ttl_seconds, collapse_key)
+                    collapse_key: str | None,
+                    notification: Mapping[str, str] | None) -> FCMResponse:
+        body = build_message(token, data, ttl_seconds, collapse_key, notification)
         access = await self.tokens.get()
         response = await self._post(access, body)
         # THIRD_PARTY_AUTH_ERROR is a 401 about the app's APNs credential, not our token.

@@ -22,6 +22,7 @@ from mxproxy.push.tokens import Device, TokenStore, parse_user_key, user_key
 VOIP_SUFFIX = ".voip"
 CALL_TTL = 15  # seconds an FCM call message may wait for an offline phone
 ENDED_TTL = 60
+VOICEMAIL_TTL = 86_400  # news, not a ringing phone: worth a day of waiting
 
 APNS_PRUNE = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
 APNS_CREDENTIALS = frozenset({"InvalidProviderToken", "ExpiredProviderToken",
@@ -59,8 +60,8 @@ class APNsSender:
             push_type = "voip"
         else:
             push_type = "alert"
-            payload["aps"] = {"alert": _alert(notification), "sound": "default"} \
-                if notification.kind == "call" else {"alert": _alert(notification)}
+            payload["aps"] = {"alert": alert(notification), "sound": "default"} \
+                if notification.kind != "callEnded" else {"alert": alert(notification)}
             # The call's alert and its follow-up share one id: "Call ended" replaces "Incoming
             # call from …" on the lock screen instead of showing next to it.
             collapse_id = notification.call_key
@@ -72,9 +73,14 @@ class APNsSender:
         return apns_outcome(response)
 
 
-def _alert(notification: Notification) -> dict[str, str]:
+def alert(notification: Notification) -> dict[str, str]:
+    """The title and body a phone shows for the notification."""
     if notification.kind == "call":
         return {"title": "Incoming call", "body": f"Incoming call from {notification.caller}"}
+    if notification.kind == "voicemail":
+        seconds = notification.payload.get("duration", 0)
+        return {"title": f"New voicemail from {notification.caller}",
+                "body": f"{seconds // 60}:{seconds % 60:02d}"}
     reason = notification.payload.get("reason")
     body = "Answered on another device" if reason == "answeredElsewhere" else "Call ended"
     return {"title": "Call ended", "body": body}
@@ -113,10 +119,11 @@ class FCMSender:
 
     async def deliver(self, device: Device, notification: Notification) -> Outcome:
         data = {key: str(value) for key, value in notification.payload.items()}
-        ttl = CALL_TTL if notification.kind == "call" else ENDED_TTL
+        ttl = {"call": CALL_TTL, "voicemail": VOICEMAIL_TTL}.get(notification.kind, ENDED_TTL)
+        shown = alert(notification) if notification.kind == "voicemail" else None
         try:
             response = await self._clients[device.bundle].send(
-                device.token, data, ttl, collapse_key=notification.call_key)
+                device.token, data, ttl, collapse_key=notification.call_key, notification=shown)
         except FCMError as error:
             return Outcome(False, retry_after=0.0, reason=str(error))
         return fcm_outcome(response)

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from mxproxy.calls import Call, CallState
 from mxproxy.config import Config, PushConfig
-from mxproxy.csta.events import CallEvent
+from mxproxy.csta.events import CallEvent, MailIncomingReady
 from mxproxy.logs import Logger
 from mxproxy.metrics import Metrics
 from mxproxy.monitors import DEVICES
@@ -97,19 +97,24 @@ class PushSystem(Service):
         await self.store.close()
 
     def attach(self, server: MXServer, calls: CallState) -> DeviceRegistry:
-        """Push this MX's calls: its users with devices are monitored (again at every link-up,
-        from the store), and their call events reach the dispatcher; returns the MX's device
-        registration."""
+        """Push this MX's calls and voicemail: its users with devices are monitored (again at
+        every link-up, from the store), and their call and new-voicemail events reach the
+        dispatcher; returns the MX's device registration."""
 
         def on_call_event(jid: str, event: CallEvent, before: Call | None,
                           after: Call | None) -> None:
             self.dispatcher.call_event(server.config.name, user_key(server.sn or "", jid),
                                        event, before, after)
 
+        def on_mail(jid: str, mail: MailIncomingReady) -> None:
+            if mail.media_type == "VoiceMail" and not mail.read:  # recordings: the user made them
+                self.dispatcher.voicemail(server.config.name, user_key(server.sn or "", jid), mail)
+
         async def stored_users() -> list[str]:
             return [parse_user_key(user)[1] for user in await self.store.users(server.sn or "")]
 
         calls.on_call_event(on_call_event)
+        calls.monitors.on_mail(on_mail)
         calls.monitors.restore(DEVICES, stored_users)
         return DeviceRegistry(lambda: server.sn, self.store, calls.monitors, self.senders,
                               self.dispatcher)

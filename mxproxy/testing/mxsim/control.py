@@ -30,6 +30,10 @@ POST     /calls/<id>/deflect     ``{"device"?, "to"}``: the callee sends it on w
 POST     /users                  ``{"login", "password", "extension", "firstName"?,
                                  "lastName"?, "jid"?, "clearTextOnly"?}`` -> 201 the user
 DELETE   /users/<login>          -> ``{}`` (also removes the address-book entry)
+POST     /users/<login>/voicemail  ``{"from", "fromName"?, "duration"?}`` (seconds, 5 by
+                                 default) a caller leaves a message (a tone):
+                                 ``MailIncomingReadyEvent`` to the monitors of the user's
+                                 extension -> 201 ``{"mailId"}``
 POST     /contacts               contact fields (``jid``? ``firstName`` ``lastName``
                                  ``businessPhone`` ``homePhone`` ``cellPhone`` ``email``
                                  ``did`` ``exchangeId`` ``homeSystem`` ``presence``
@@ -64,6 +68,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from mxproxy.testing.mxsim.calls import call_json
+from mxproxy.testing.mxsim.demo import wav_tones
 from mxproxy.testing.mxsim.model import (
     Conflict,
     Contact,
@@ -151,6 +156,7 @@ class ControlResource(Resource):
             ("POST", ("calls", _ANY, "deflect"), self.deflect),
             ("POST", ("users",), self.add_user),
             ("DELETE", ("users", _ANY), self.remove_user),
+            ("POST", ("users", _ANY, "voicemail"), self.leave_voicemail),
             ("POST", ("contacts",), self.add_contact),
             ("PUT", ("contacts", _ANY), self.update_contact),
             ("DELETE", ("contacts", _ANY), self.remove_contact),
@@ -273,6 +279,17 @@ class ControlResource(Resource):
     def remove_user(self, body: dict[str, Any], login: str) -> Answer:
         self.pbx.remove_user(login)
         return 200, {}
+
+    def leave_voicemail(self, body: dict[str, Any], login: str) -> Answer:
+        """A message of ``duration`` seconds (a tone, at most 30 s of it) from ``from``."""
+        duration = _get(body, "duration", int, 5)
+        if not 1 <= duration <= 300:
+            raise BadRequest('"duration" must be 1 to 300 seconds')
+        mail = self.pbx.leave_voicemail(
+            login, wav_tones(((440.0, min(duration, 30)),)),
+            from_number=_get(body, "from", str), from_name=_get(body, "fromName", str, ""),
+            caller_name=_get(body, "fromName", str, ""), duration=duration)
+        return 201, {"mailId": str(mail.mail_id)}
 
     def add_contact(self, body: dict[str, Any]) -> Answer:
         contact = self.pbx.add_contact(Contact(**{"jid": "", **_contact_changes(body)}))

@@ -239,6 +239,15 @@ class PBX(CallSwitch):
         user.voicemails[mail.mail_id] = mail
         return mail
 
+    def leave_voicemail(self, login: str, content: bytes, **fields: Any) -> Voicemail:
+        """A caller leaves a message: into the mailbox, and a ``MailIncomingReadyEvent`` to
+        every monitor of the user's extension (server links and the user's sessions)."""
+        mail = self.add_voicemail(login, content, **fields)
+        user = self.user(login)
+        for session, cross_ref in self.monitors_of(user.extension):
+            session.send_event(wire.mail_incoming_ready_event(cross_ref, mail, user.jid))
+        return mail
+
     # -- monitors and calls ------------------------------------------------------------------
 
     def new_cross_ref(self) -> int:

@@ -300,3 +300,18 @@ def corrupt(frame: bytes, kind: MalformedKind) -> bytes:
     if kind == "length":
         return header[:2] + struct.pack(">H", 4) + frame[4:]
     return header[:4] + b"00x1" + body
+
+
+def mail_incoming_ready_event(cross_ref: int, mail: Voicemail, owner_id: str) -> Element:
+    """A new message in a monitored user's mailbox, in the shape of mx-protocol.md §3.9.5."""
+    root = build("MailIncomingReadyEvent", {
+        "from": mail.from_number, "fromName": mail.from_name, "callerName": mail.caller_name,
+        "to": mail.to, "private": "0", "urgent": "0", "ownerId": owner_id,
+        "ownerType": mail.owner_type})
+    for tag, value in (("monitorCrossRefID", str(cross_ref)), ("mailId", str(mail.mail_id)),
+                       ("mediaType", mail.media_type), ("gcid", ""),
+                       ("received", str(mail.received)), ("duration", str(mail.duration)),
+                       ("read", "true" if mail.read else "false"),
+                       ("fileFormat", mail.file_format), ("note", mail.note)):
+        sub(root, tag, value)
+    return root
