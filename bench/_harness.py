@@ -166,7 +166,6 @@ async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
     from mxproxy.calls import CallState
     from mxproxy.config import MXConfig
     from mxproxy.csta.client import CSTAFactory
-    from mxproxy.events import EventHub, follow
     from mxproxy.mx import MXServer, SerialRegistry
     from mxproxy.options import CONNECTIONS_PER_ADDRESS
     from mxproxy.sessions import SessionPool
@@ -181,10 +180,7 @@ async def start_proxy(reactor: Any, mx_port: int, pool_class: Any = None,
         reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
         pool = (pool_class or SessionPool)(reactor, server.address, CSTAFactory(reactor))
         reactor.addSystemEventTrigger("before", "shutdown", pool.close_all)
-        calls = CallState(server, reactor)
-        events = EventHub(reactor)
-        follow(events, server, calls)
-        return MXAccess(server, pool, calls, events)
+        return MXAccess(server, pool, CallState(server, reactor))
 
     access = {name: link(name, port) for name, port in {"bench": mx_port, **(others or {})}
               .items()}

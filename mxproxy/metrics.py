@@ -55,14 +55,11 @@ class Metrics:
             "mxproxy_pruned_tokens", "Device tokens deleted because the provider rejected them",
             ("provider",), registry=registry)
 
-    def http_request(self, route: str, method: bytes, status: str,
-                     seconds: float | None) -> None:
-        """Count one answered request; ``route`` is a template such as ``/mx/{mx}/calllog``;
-        ``seconds`` None leaves it out of the latencies (an event stream)."""
+    def http_request(self, route: str, method: bytes, status: str, seconds: float) -> None:
+        """Count one answered request; ``route`` is a template such as ``/mx/{mx}/calllog``."""
         label = _METHODS.get(method, OTHER)
         self.http_requests.labels(route, label, status).inc()
-        if seconds is not None:
-            self.http_duration.labels(route, label).observe(seconds)
+        self.http_duration.labels(route, label).observe(seconds)
 
     def round_trips(self, mx: str) -> Callable[[str, float], None]:
         """The ``on_round_trip`` callback for the CSTA links to the MX named ``mx``."""

@@ -26,7 +26,6 @@ from mxproxy.config import Config, ConfigError
 from mxproxy.configfile import load_config
 from mxproxy.csta.client import CSTAFactory, log_trace, stdout_trace
 from mxproxy.csta.protocol import Trace
-from mxproxy.events import EventHub, follow
 from mxproxy.listeners import admin_listener, api_listeners
 from mxproxy.memory import tune_malloc
 from mxproxy.metrics import Metrics
@@ -74,10 +73,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
                            idle_timeout=options["session-idle"])
         pool.setServiceParent(root)
         calls = CallState(server, reactor)
-        events = EventHub(reactor)
-        follow(events, server, calls)
-        access[name] = MXAccess(server, pool, calls, events,
-                                push.attach(server, calls) if push else None)
+        access[name] = MXAccess(server, pool, calls, push.attach(server, calls) if push else None)
     clients = ClientAddresses(reactor, options["trusted-proxy"])
     site = APISite(API(access, reactor, metrics=metrics, clients=clients).resource(), reactor,
                    ConnectionLimit(reactor, options["max-connections-per-address"],

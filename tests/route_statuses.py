@@ -85,7 +85,6 @@ FAILURE_DOMAINS: Mapping[str, Domain] = {
     "mxproxy.metrics": None,
     # The call state and its monitors: they log MX refusals, never raise them.
     "mxproxy.calls": None,
-    "mxproxy.events": None,
     "mxproxy.monitors": None,
 }
 """What a call leaving ``mxproxy.api`` can fail with, by the called name's longest prefix."""

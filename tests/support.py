@@ -91,7 +91,6 @@ class Daemon:
         from mxproxy.calls import CallState
         from mxproxy.config import MXConfig
         from mxproxy.csta.client import CSTAFactory
-        from mxproxy.events import EventHub, follow
         from mxproxy.mx import MXServer, SerialRegistry
         from mxproxy.sessions import SessionPool
 
@@ -104,8 +103,6 @@ class Daemon:
         self.server = MXServer(config, reactor, SerialRegistry(), on_round_trip=round_trip,
                                **link)
         self.calls = CallState(self.server, self.clock)
-        self.events = EventHub(self.clock)
-        follow(self.events, self.server, self.calls)
         if self.push is not None:
             # Before the link is up, as the daemon does.
             self.devices = self.push.attach(self.server, self.calls)
@@ -116,7 +113,7 @@ class Daemon:
                                 CSTAFactory(self.clock, on_round_trip=round_trip),
                                 idle_timeout=self.idle_timeout, clock=self.clock)
         self.test.addCleanup(self.pool.close_all)
-        access = MXAccess(self.server, self.pool, self.calls, self.events, self.devices)
+        access = MXAccess(self.server, self.pool, self.calls, self.devices)
         self.api = API({"dev": access}, self.clock, metrics=self.metrics)
         site = APISite(self.api.resource(), self.clock,
                        ConnectionLimit(self.clock, self.connections_per_address))

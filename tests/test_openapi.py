@@ -610,7 +610,6 @@ def _expected_operations() -> Iterable[tuple[str, str]]:
         yield f"/mx/{{mx}}/calls/{{call_id}}/{action}", "post"
     yield "/mx/{mx}/mode", "put"
     yield "/mx/{mx}/services", "get"
-    yield "/mx/{mx}/events", "get"
     for method in ("post", "delete"):
         yield "/mx/{mx}/token/{kind}/{bundle}", method
     yield "/mx/{mx}/voicemail", "get"

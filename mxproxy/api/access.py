@@ -8,7 +8,6 @@ from typing import Protocol
 import attrs
 
 from mxproxy.calls import CallState
-from mxproxy.events import EventHub
 from mxproxy.mx import MXServer
 from mxproxy.sessions import SessionPool
 
@@ -31,11 +30,10 @@ class Devices(Protocol):
 
 @attrs.frozen
 class MXAccess:
-    """One MX as the API sees it: its server link, its user sessions, its users' calls and
-    live events, and its device registrations (None when no push provider is configured)."""
+    """One MX as the API sees it: its server link, its user sessions, its users' calls, and
+    its device registrations (None when no push provider is configured)."""
 
     server: MXServer
     pool: SessionPool
     calls: CallState
-    events: EventHub
     devices: Devices | None = None

@@ -19,8 +19,6 @@ from mxproxy.api.auth import Authenticator
 from mxproxy.api.request import APIRequest
 from mxproxy.metrics import DISCONNECTED, Metrics
 
-STREAMS = frozenset({"/mx/{mx}/events"})
-"""Routes whose answers are streams of events, not requests answered."""
 _VARIABLE = re.compile(r"<(?:[^:>]*:)?([^>]+)>")
 
 
@@ -98,9 +96,8 @@ class Routes(Resource):
 
     def _finished(self, result: object, request: APIRequest, started: float) -> None:
         status = DISCONNECTED if isinstance(result, Failure) else str(request.code)
-        # A stream lasts as long as its client wants: counted, but kept out of the latencies.
-        took = None if request.route in STREAMS else self._clock.seconds() - started
-        self._metrics.http_request(request.route, request.method, status, took)
+        self._metrics.http_request(request.route, request.method, status,
+                                   self._clock.seconds() - started)
 
 
 _JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False)

@@ -17,7 +17,6 @@ from mxproxy.api.routing import Endpoints, app, json_answer, no_content
 from mxproxy.csta import commands
 from mxproxy.csta.errors import CSTAError
 from mxproxy.csta.messages import Chunk, VoiceMailList
-from mxproxy.events import VOICEMAIL
 from mxproxy.logs import Logger
 from mxproxy.sessions import UserSession
 
@@ -98,10 +97,6 @@ class VoicemailRoutes(Endpoints):
                     await session.protocol.request(commands.update_vm_note(mail_id, note))
             except CSTAError:
                 raise not_found(f"no voicemail {mail_id!r}") from None
-            changes = {key: value for key, value in (("read", read), ("note", note))
-                       if value is not None}
-            caller.access.events.publish(session.identity.jid, VOICEMAIL,
-                                         {"id": mail_id, "event": "updated", **changes})
 
         await self.auth.on_session(caller, update)
         return no_content(request)
@@ -118,9 +113,6 @@ class VoicemailRoutes(Endpoints):
             except CSTAError as error:  # unknown or foreign ids succeed, as in the original
                 log.info("voicemail {id}: delete refused by the MX: {error}", id=mail_id,
                          error=error)
-                return
-            caller.access.events.publish(session.identity.jid, VOICEMAIL,
-                                         {"id": mail_id, "event": "deleted"})
 
         await self.auth.on_session(caller, delete)
         return no_content(request)
