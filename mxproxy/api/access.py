@@ -7,6 +7,7 @@ from typing import Protocol
 
 import attrs
 
+from mxproxy.events import EventHub
 from mxproxy.mx import MXServer
 from mxproxy.sessions import SessionPool
 
@@ -25,9 +26,11 @@ class Devices(Protocol):
 
 @attrs.frozen
 class MXAccess:
-    """One MX as the API sees it: its server link, its user sessions, and its device
-    registrations (None when no push provider is configured)."""
+    """One MX as the API sees it: its server link, its user sessions, its device
+    registrations (None when no push provider is configured), and its users' live events (None
+    where nothing publishes them)."""
 
     server: MXServer
     pool: SessionPool
     devices: Devices | None = None
+    events: EventHub | None = None
