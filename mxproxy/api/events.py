@@ -15,11 +15,13 @@ holds the password in memory, as long as it is open and no longer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
-from twisted.web.server import Request
+from twisted.web.resource import IResource
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from mxproxy.api.auth import Authenticator, Caller
@@ -27,7 +29,7 @@ from mxproxy.api.errors import HTTPError
 from mxproxy.api.request import APIRequest
 from mxproxy.api.routing import Endpoints, app
 from mxproxy.csta.errors import LoginError, MXError
-from mxproxy.events import OVERFLOW, QUEUE_LIMIT, EventHub, Subscriber
+from mxproxy.events import OVERFLOW, QUEUE_LIMIT, Cut, Subscriber, Write
 from mxproxy.logs import Logger
 from mxproxy.sessions import AUTH_TTL
 
@@ -46,7 +48,7 @@ class EventRoutes(Endpoints):
     """``/mx/<mx>/events``."""
 
     @app.route("/mx/<mx>/events", methods=["GET"])  # and HEAD: the headers, no stream
-    async def events(self, request: Request, mx: str) -> bytes | None:
+    async def events(self, request: Request, mx: str) -> bytes | EventStream:
         caller = self.auth.caller(request, mx)
         identity = await self.auth.identify(caller)
         hub = caller.access.events
@@ -58,9 +60,8 @@ class EventRoutes(Endpoints):
         if request.method == b"HEAD":
             return b""
         cast(APIRequest, request).stream_opened = self.clock.seconds()
-        stream = EventStream(request, self.auth, caller, self.clock)
-        await stream.start(hub, identity.jid, last_event_id(request))
-        return None
+        return EventStream(hub.subscribe, identity.jid, last_event_id(request), self.auth,
+                           caller, self.clock)
 
 
 def last_event_id(request: Request) -> str | None:
@@ -71,35 +72,53 @@ def last_event_id(request: Request) -> str | None:
     return value[:MAX_EVENT_ID + 1].decode("ascii", "replace")
 
 
-@implementer(IPushProducer)
-class EventStream:
-    """One open stream on ``request``: the subscriber of the caller's events, paused and
-    resumed by the connection, and the timer of the next credential check."""
+Subscribe = Callable[[str, Write, Cut, str | None], Subscriber]
 
-    def __init__(self, request: Request, auth: Authenticator, caller: Caller,
-                 clock: IReactorTime) -> None:
-        self._request = request
+
+@implementer(IResource, IPushProducer)
+class EventStream:
+    """One stream: the resource the route answers with, which renders by subscribing to the
+    caller's events (so that the route, and Klein's machinery around it, are done with once
+    the stream is open: an idle stream costs only what it holds); then the producer of the
+    response, paused and resumed by the connection, and the timer of the next credential
+    check."""
+
+    isLeaf = True
+    __slots__ = ("_subscribe", "_jid", "_last_event_id", "_auth", "_caller", "_clock",
+                 "_request", "_subscriber", "_paused", "_check", "_over")
+
+    def __init__(self, subscribe: Subscribe, jid: str, last_event_id: str | None,
+                 auth: Authenticator, caller: Caller, clock: IReactorTime) -> None:
+        self._subscribe = subscribe
+        self._jid = jid
+        self._last_event_id = last_event_id
         self._auth = auth
         self._caller = caller
         self._clock = clock
+        self._request: Request | None = None
         self._subscriber: Subscriber | None = None
         self._paused = False
         self._check: IDelayedCall | None = None
         self._over = False
-        self._ended: Deferred[None] = Deferred()
 
-    def start(self, hub: EventHub, jid: str, last_event_id: str | None) -> Deferred[None]:
-        """Open the stream: what was missed since ``last_event_id``, then live events. Fires
-        when it is over."""
-        request = self._request
+    def render(self, request: Request) -> int:
+        """Open the stream: what was missed since the ``Last-Event-ID``, then live events."""
+        self._request = request
         request.notifyFinish().addBoth(self._gone)
         request.registerProducer(self, True)
         request.write(OPENING)
-        self._subscriber = hub.subscribe(jid, request.write, self._cut, last_event_id)
+        self._subscriber = self._subscribe(self._jid, request.write, self._cut,
+                                           self._last_event_id)
         if self._paused:
             self._subscriber.pause()
         self._schedule_check()
-        return self._ended
+        return NOT_DONE_YET
+
+    def getChildWithDefault(self, name: bytes, request: Request) -> IResource:
+        return self  # a leaf: never asked
+
+    def putChild(self, path: bytes, child: IResource) -> None:
+        raise NotImplementedError("a stream has no children")
 
     # -- IPushProducer ------------------------------------------------------------------------
 
@@ -121,9 +140,9 @@ class EventStream:
     def _cut(self, reason: str) -> None:
         """The hub gave the stream up: a client that does not read loses its connection, any
         other gets the end of the response (and reconnects as it sees fit)."""
-        if self._over:
-            return
         request = self._request
+        if self._over or request is None:
+            return
         request.unregisterProducer()
         if reason == OVERFLOW:
             log.info("events: a stream of {login} cut: its client left more than {limit} "
@@ -134,11 +153,12 @@ class EventStream:
 
     def _end(self) -> None:
         """End the response from this side (the credentials no longer hold)."""
-        if not self._over:
+        request = self._request
+        if not self._over and request is not None:
             if self._subscriber is not None:
                 self._subscriber.close()
-            self._request.unregisterProducer()
-            self._request.finish()
+            request.unregisterProducer()
+            request.finish()
 
     def _gone(self, result: object) -> None:
         """The response is over, whoever ended it."""
@@ -148,8 +168,6 @@ class EventStream:
         if self._check is not None and self._check.active():
             self._check.cancel()
         self._check = None
-        if not self._ended.called:  # Klein cancels it when the client goes away first
-            self._ended.callback(None)
 
     # -- credentials --------------------------------------------------------------------------
 
