@@ -341,3 +341,15 @@ class LinkAndCredentialTests(EventStreamTestCase):
         self.clock.advance(AUTH_TTL)
         await client.end()
         self.assertEqual(self.d.hub.streams(), 0)
+
+    async def test_streams_ended_by_a_new_password_do_not_block_it(self) -> None:
+        """The checks of a user's open streams are no guesses: the streams of six devices
+        failing their check together must not block the account with its new password."""
+        await self.start()
+        streams = [await self.stream() for _ in range(6)]
+        self.pbx.user("alice").password = "changed"
+        self.clock.advance(AUTH_TTL)
+        for client in streams:
+            await client.end()
+        response, _ = await self.get("/addressbook", auth=("alice", "changed"))
+        self.assertEqual(response.code, 200)

@@ -185,7 +185,7 @@ class EventStream:
     async def _verify(self) -> None:
         retry = None
         try:
-            await self._auth.identify(self._caller)
+            await self._auth.reverify(self._caller)
         except LoginError as error:
             log.info("events: the MX no longer accepts the credentials of {login} ({error}); "
                      "stream ended", login=self._caller.login, error=error)
