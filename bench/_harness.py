@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import cProfile
 import ctypes
 import hashlib
 import json
@@ -96,6 +97,22 @@ def serve(setup: Callable[[Any], Coroutine[Any, Any, dict[str, Any]]]) -> None:
     reactor.callLater(CHILD_LIFETIME, reactor.stop)
     reactor.run()
     sys.exit(1 if failed else 0)
+
+
+PROFILER = cProfile.Profile()
+"""The profile of a child's reactor thread, toggled by the benchmark (``--profile``)."""
+
+
+def toggle_profiler(path: str) -> None:
+    """In a child, from a signal handler (it runs on the reactor thread, between two
+    bytecodes): start profiling, or stop and save to ``path``."""
+    if getattr(PROFILER, "running", False):
+        PROFILER.disable()
+        PROFILER.running = False  # type: ignore[attr-defined]
+        PROFILER.dump_stats(path)
+    else:
+        PROFILER.running = True  # type: ignore[attr-defined]
+        PROFILER.enable()
 
 
 def run(name: str, measure: Callable[[Any], T], args: Any) -> T:

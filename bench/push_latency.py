@@ -54,7 +54,6 @@ Usage: python bench/push_latency.py [--users N] [--calls N] [--warmup N] [--burs
 from __future__ import annotations
 
 import argparse
-import cProfile
 import hashlib
 import io
 import itertools
@@ -82,7 +81,7 @@ WAIT_TIMEOUT = 10.0  # seconds for the pushes of one single call
 MONITOR_TIMEOUT = 60.0
 SETTLE = 0.5  # seconds left to the proxy after the last push before it is stopped
 QUIET = 3.0  # a burst is over, incomplete, when no push arrived for this long
-PROFILER = cProfile.Profile()  # --profile: the reactor thread of either child, bursts only
+PROFILER = h.PROFILER  # --profile: the reactor thread of either child, bursts only
 KEY_FILE, CA_FILE = "AuthKey_bench.p8", "fakeapns-ca.pem"
 
 
@@ -418,18 +417,6 @@ async def burst(pbx: Any, apns: Any, args: argparse.Namespace) -> dict[str, Any]
 # -- the proxy process ---------------------------------------------------------------------------
 
 
-def toggle_profiler(path: str) -> None:
-    """SIGUSR2 in the proxy: start profiling its reactor thread, or stop and save to ``path``
-    (the signal handler runs on the reactor thread, between two bytecodes)."""
-    if getattr(PROFILER, "running", False):
-        PROFILER.disable()
-        PROFILER.running = False  # type: ignore[attr-defined]
-        PROFILER.dump_stats(path)
-    else:
-        PROFILER.running = True  # type: ignore[attr-defined]
-        PROFILER.enable()
-
-
 def install_probes(reactor: Any, path: str) -> None:
     """``--stages``: wrap five mxproxy methods in this process to stamp, per call id, when the
     proxy read the bytes holding its DeliveredEvent, when the dispatcher got the typed event,
@@ -546,7 +533,7 @@ async def serve_proxy(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
                         consumeErrors=True)
     seconds = time.perf_counter() - started
     if args.profile:  # toggled by the simulator around each burst
-        signal.signal(signal.SIGUSR2, lambda *_: toggle_profiler(
+        signal.signal(signal.SIGUSR2, lambda *_: h.toggle_profiler(
             os.path.join(args.profile, "proxy.prof")))
     return {"devices": args.users * DEVICES, "registration_s": seconds,
             "code": os.path.dirname(os.path.dirname(os.path.abspath(service.__file__)))}

@@ -78,11 +78,21 @@ class AuthCache:
         self._entries: dict[tuple[str, str], _Cached] = {}
 
     def check(self, mx: str, login: str, password: str) -> Identity | None:
+        entry = self._matching(mx, login, password)
+        return entry.identity if entry is not None else None
+
+    def expires(self, mx: str, login: str, password: str) -> float | None:
+        """When the entry of these credentials lapses (clock seconds): the next check that
+        asks the MX. None when they are not the ones cached."""
+        entry = self._matching(mx, login, password)
+        return entry.expires if entry is not None else None
+
+    def _matching(self, mx: str, login: str, password: str) -> _Cached | None:
         entry = self._live(mx, login)
         if entry is None or not hmac.compare_digest(entry.digest,
                                                     password_hash(login, password)):
             return None
-        return entry.identity
+        return entry
 
     def knows(self, mx: str, login: str) -> bool:
         """Whether a password of this login is cached, so the cache can tell it from others."""

@@ -79,6 +79,7 @@ FAILURE_DOMAINS: Mapping[str, Domain] = {
     # Device registration: the push side's token store (mxproxy.push implements Devices).
     "mxproxy.api.access.Devices": PUSH,
     # In memory: nothing the error mapping translates.
+    "mxproxy.events": None,
     "mxproxy.sessions.AuthCache": None,
     "mxproxy.sessions.LoginThrottle": None,
     "mxproxy.logs": None,

@@ -57,7 +57,8 @@ class Daemon:
     ``clock`` drives the API's timers (auth cache, throttle, idle sessions) and the user
     sessions' protocol timers, the call log's deadline included.
 
-    ``calls`` is the MX's call state (:class:`mxproxy.calls.CallState`) on ``clock``. With
+    ``calls`` is the MX's call state (:class:`mxproxy.calls.CallState`) on ``clock``, ``hub``
+    its event hub (:class:`mxproxy.events.EventHub`), fed as the daemon feeds it. With
     ``push`` (a :class:`mxproxy.push.system.PushSystem`), the server link and the call state are
     attached to it as the daemon does, so device registration works and ``devices`` is its
     registration;
@@ -91,6 +92,8 @@ class Daemon:
         from mxproxy.calls import CallState
         from mxproxy.config import MXConfig
         from mxproxy.csta.client import CSTAFactory
+        from mxproxy.events import EventHub
+        from mxproxy.eventsources import feed
         from mxproxy.mx import MXServer, SerialRegistry
         from mxproxy.sessions import SessionPool
 
@@ -103,6 +106,9 @@ class Daemon:
         self.server = MXServer(config, reactor, SerialRegistry(), on_round_trip=round_trip,
                                **link)
         self.calls = CallState(self.server, self.clock)
+        self.hub = EventHub(self.clock)
+        self.test.addCleanup(self.hub.stopService)
+        feed(self.hub, self.server, self.calls)
         if self.push is not None:
             # Before the link is up, as the daemon does.
             self.devices = self.push.attach(self.server, self.calls)
@@ -113,7 +119,7 @@ class Daemon:
                                 CSTAFactory(self.clock, on_round_trip=round_trip),
                                 idle_timeout=self.idle_timeout, clock=self.clock)
         self.test.addCleanup(self.pool.close_all)
-        access = MXAccess(self.server, self.pool, self.calls, self.devices)
+        access = MXAccess(self.server, self.pool, self.calls, self.devices, self.hub)
         self.api = API({"dev": access}, self.clock, metrics=self.metrics)
         site = APISite(self.api.resource(), self.clock,
                        ConnectionLimit(self.clock, self.connections_per_address))

@@ -615,6 +615,7 @@ def _expected_operations() -> Iterable[tuple[str, str]]:
     yield "/mx/{mx}/voicemail", "get"
     for method in ("get", "patch", "delete"):
         yield "/mx/{mx}/voicemail/{mail_id}", method
+    yield "/mx/{mx}/events", "get"
 
 
 # --- statuses: the document against the code ---------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxproxy.acme import ACMEService
+from mxproxy.events import EventHub
 from mxproxy.listeners import Listener, acme_dir
 from mxproxy.mx import MXServer
 from mxproxy.options import MXProxyOptions
@@ -80,6 +81,17 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual((api.what, api.description), ("HTTP", "127.0.0.1:9090"))
         self.assertEqual(admin.description, "tcp:9473:interface=127.0.0.1")  # loopback only
         self.assertIs(services[-1], api)  # stopped first: no new requests while stopping
+
+    def test_each_mx_has_an_event_hub_stopped_before_its_link(self) -> None:
+        path = self.config_file({"mx": {
+            "dev": {"addr": "127.0.0.1:7778", "login": "s", "password": "p"},
+            "prod": {"addr": "127.0.0.1:7779", "login": "s", "password": "p"}}})
+        services = list(makeService(self.options("--config", path, "--host", "localhost:9090"),
+                                    reactor=RecordingReactor()))
+        hubs = [index for index, s in enumerate(services) if isinstance(s, EventHub)]
+        links = [index for index, s in enumerate(services) if isinstance(s, MXServer)]
+        self.assertEqual(len(hubs), 2)
+        self.assertTrue(all(hub > link for hub, link in zip(hubs, links, strict=True)))
 
     def test_legacy_fcm_server_key_stops_the_start_with_the_reason(self) -> None:
         path = self.config_file({"mx": {"dev": {"addr": "h", "login": "s", "password": "p"}},

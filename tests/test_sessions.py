@@ -49,6 +49,15 @@ class AuthCacheTests(SynchronousTestCase):
         self.cache.evict("dev", "alice")
         self.assertIsNone(self.cache.check("dev", "alice", "secret"))
 
+    def test_when_the_entry_of_these_credentials_lapses(self) -> None:
+        self.clock.advance(100)
+        self.assertEqual(self.cache.expires("dev", "alice", "secret"), 1800)
+        self.assertIsNone(self.cache.expires("dev", "alice", "Secret"))
+        self.cache.store("dev", "alice", "secret", ALICE)
+        self.assertEqual(self.cache.expires("dev", "alice", "secret"), 1900)
+        self.clock.advance(1800)
+        self.assertIsNone(self.cache.expires("dev", "alice", "secret"))
+
     def test_knows_a_login_until_it_expires(self) -> None:
         self.assertTrue(self.cache.knows("dev", "alice"))
         self.assertFalse(self.cache.knows("dev", "bob"))

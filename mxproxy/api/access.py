@@ -8,6 +8,7 @@ from typing import Protocol
 import attrs
 
 from mxproxy.calls import CallState
+from mxproxy.events import EventHub
 from mxproxy.mx import MXServer
 from mxproxy.sessions import SessionPool
 
@@ -30,10 +31,12 @@ class Devices(Protocol):
 
 @attrs.frozen
 class MXAccess:
-    """One MX as the API sees it: its server link, its user sessions, its users' calls, and
-    its device registrations (None when no push provider is configured)."""
+    """One MX as the API sees it: its server link, its user sessions, its users' calls, its
+    device registrations (None when no push provider is configured), and its users' live events
+    (None where nothing publishes them)."""
 
     server: MXServer
     pool: SessionPool
     calls: CallState
     devices: Devices | None = None
+    events: EventHub | None = None

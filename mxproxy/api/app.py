@@ -22,6 +22,7 @@ from mxproxy.api.auth import Authenticator
 from mxproxy.api.calls import CallRoutes
 from mxproxy.api.clients import ClientAddresses
 from mxproxy.api.errors import HTTPError, as_http_error, bad_request, not_found, write_error
+from mxproxy.api.events import EventRoutes
 from mxproxy.api.fields import (
     body_fields,
     query_flag,
@@ -49,7 +50,7 @@ _APNS_TOKEN = re.compile(r"(?:[0-9A-Fa-f]{2}){10,2048}")
 ADDRESS_BOOK_ROUTE = "/mx/{mx}/addressbook"
 
 
-class API(CallRoutes, ServiceRoutes, VoicemailRoutes):
+class API(CallRoutes, ServiceRoutes, VoicemailRoutes, EventRoutes):
     """The Klein application; one instance serves every configured MX. ``metrics`` receives the
     HTTP requests (a registry of its own when not given)."""
 

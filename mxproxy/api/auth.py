@@ -127,6 +127,19 @@ class Authenticator:
             identity = session.identity
         return identity
 
+    async def reverify(self, caller: Caller) -> Identity:
+        """Who the caller still is, for a check the client did not ask for (an open event
+        stream's, when the cache's entry lapsed): as :meth:`identify`, but a refusal spends no
+        throttle budget and evicts no entry. These credentials were good; their refusal now
+        means the password changed, not that someone guesses, and the streams of several
+        devices failing together must not block the account under its new password."""
+        identity = self.cache.check(caller.mx, caller.login, caller.password)
+        if identity is None:
+            session = await caller.access.pool.session(caller.login, caller.password)
+            identity = session.identity
+            self.cache.store(caller.mx, caller.login, caller.password, identity)
+        return identity
+
     async def on_session(self, caller: Caller, work: Callable[[UserSession], Awaitable[T]],
                          retry: bool = True) -> T:
         """Run ``work`` on the caller's pooled session (see ``SessionPool.use``)."""

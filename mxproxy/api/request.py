@@ -46,6 +46,10 @@ class APIRequest(Request):
     route = OTHER
     """The template of the route that matched (``/mx/{mx}/calllog``), set by the API: the label
     of the request's metrics."""
+    stream_opened: float | None = None
+    """When the answer became an open-ended stream (clock seconds), set by its route: the
+    metrics time the request until then, not until the client leaves, which is how a stream
+    ends (an hour-long stream would flood the latency histogram's top bucket)."""
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > MAX_BODY:

@@ -95,6 +95,11 @@ class Routes(Resource):
         return refusal if refusal is not None else self._klein.render(request)
 
     def _finished(self, result: object, request: APIRequest, started: float) -> None:
+        opened = request.stream_opened
+        if opened is not None:  # a stream: its client leaving is its normal end
+            self._metrics.http_request(request.route, request.method, str(request.code),
+                                       opened - started)
+            return
         status = DISCONNECTED if isinstance(result, Failure) else str(request.code)
         self._metrics.http_request(request.route, request.method, status,
                                    self._clock.seconds() - started)
