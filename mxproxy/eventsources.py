@@ -11,7 +11,10 @@ Whom each kind reaches:
   addressbook`` shows it (none once removed).
 * ``link``: every followed user, ``{"state": "down"}`` when the MX link is lost and ``{"state":
   "up"}`` when it is back: the calls in between went unreported, so a client refetches them.
-* ``voicemail``: published by whoever watches the mailboxes, through ``hub.publish``.
+* ``voicemail``: the user whose mailbox changed: ``{"id", "event": "new", "from", "fromName",
+  "duration", "mediaType"}`` for a voicemail or recording the MX announces, ``{"id", "event":
+  "updated", "read"?, "note"?}`` and ``{"id", "event": "deleted"}`` for the API's own changes
+  (the MX tells nobody of those).
 
 A user the hub follows has their calls monitored (reason :data:`~mxproxy.monitors.STREAM`) for
 as long as it follows them, which outlasts their last stream by the resume window: a client
@@ -30,12 +33,13 @@ from mxproxy.csta.events import (
     ConnectionCleared,
     Diverted,
     Established,
+    MailIncomingReady,
     Retrieved,
     Transferred,
 )
 from mxproxy.csta.messages import Contact
 from mxproxy.csta.protocol import CSTAProtocol
-from mxproxy.events import CALL, CONTACT, LINK, EventHub
+from mxproxy.events import CALL, CONTACT, LINK, VOICEMAIL, EventHub
 from mxproxy.logs import Logger
 from mxproxy.monitors import STREAM
 from mxproxy.mx import MXServer
@@ -61,6 +65,9 @@ def feed(hub: EventHub, server: MXServer, calls: CallState) -> None:
         if data is not None:
             hub.publish(jid, CALL, data)
 
+    def mail(jid: str, event: MailIncomingReady) -> None:
+        hub.publish(jid, VOICEMAIL, new_mail(event))
+
     def contact_changed(before: Contact | None, after: Contact | None) -> None:
         data = contact_change(before, after)
         if data is not None:
@@ -80,6 +87,7 @@ def feed(hub: EventHub, server: MXServer, calls: CallState) -> None:
         hub.publish_all(LINK, {"state": "up"})
 
     calls.on_call_event(call_event)
+    calls.monitors.on_mail(mail)
     server.on_contact_changed(contact_changed)
     server.on_link_down(link_down)
     server.on_link_up(link_up)
@@ -111,6 +119,14 @@ def call_change(event: CallEvent, before: Call | None,
     else:
         data["event"] = after.state
     return data
+
+
+def new_mail(event: MailIncomingReady) -> dict[str, Any]:
+    """The ``voicemail`` event's data for a mail the MX announces (read or not: a client shows
+    it either way)."""
+    return {"id": event.mail_id, "event": "new", "from": event.sender,
+            "fromName": event.from_name, "duration": event.duration,
+            "mediaType": event.media_type}
 
 
 def contact_change(before: Contact | None, after: Contact | None) -> dict[str, Any] | None:

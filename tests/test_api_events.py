@@ -200,6 +200,26 @@ class StreamTests(EventStreamTestCase):
         ids = [int(event_id.rpartition("-")[2]) for _, event_id, _ in events]
         self.assertEqual(ids, sorted(ids))
 
+    async def test_voicemail_from_the_mx_and_from_the_api(self) -> None:
+        await self.start()
+        client = await self.stream()
+        left = self.pbx.leave_voicemail("alice", b"RIFF....", from_number=CALLER,
+                                        from_name="Jane Doe", duration=4)
+        await client.until(1)
+        response, body = await self.d.request("PATCH", f"/voicemail/{left.mail_id}", ALICE,
+                                              json.dumps({"read": True}).encode())
+        self.assertEqual(response.code, 204, body)
+        response, body = await self.d.request("DELETE", f"/voicemail/{left.mail_id}", ALICE)
+        self.assertEqual(response.code, 204, body)
+        events = await client.until(3)
+        mail_id = str(left.mail_id)
+        self.assertEqual([data for _, _, data in events],
+                         [{"id": mail_id, "event": "new", "from": CALLER, "fromName": "Jane Doe",
+                           "duration": 4, "mediaType": "VoiceMail"},
+                          {"id": mail_id, "event": "updated", "read": True},
+                          {"id": mail_id, "event": "deleted"}])
+        self.assertEqual(client.kinds(), ["voicemail"] * 3)
+
     async def test_unauthenticated_and_head(self) -> None:
         await self.start()
         refused = await self.stream(auth=("alice", "wrong"))

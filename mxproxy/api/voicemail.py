@@ -7,9 +7,11 @@ refuses them otherwise (mx-protocol.md §3.9.1).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from twisted.web.server import Request
 
+from mxproxy.api.access import MXAccess
 from mxproxy.api.errors import bad_request, not_found
 from mxproxy.api.fields import body_fields, flag, printable
 from mxproxy.api.mailstream import VoicemailStream, attachment, check_first, content_type
@@ -17,6 +19,7 @@ from mxproxy.api.routing import Endpoints, app, json_answer, no_content
 from mxproxy.csta import commands
 from mxproxy.csta.errors import CSTAError
 from mxproxy.csta.messages import Chunk, VoiceMailList
+from mxproxy.events import VOICEMAIL
 from mxproxy.logs import Logger
 from mxproxy.sessions import UserSession
 
@@ -97,6 +100,9 @@ class VoicemailRoutes(Endpoints):
                     await session.protocol.request(commands.update_vm_note(mail_id, note))
             except CSTAError:
                 raise not_found(f"no voicemail {mail_id!r}") from None
+            changes = {key: value for key, value in (("read", read), ("note", note))
+                       if value is not None}
+            mail_changed(caller.access, session, {"id": mail_id, "event": "updated", **changes})
 
         await self.auth.on_session(caller, update)
         return no_content(request)
@@ -113,9 +119,18 @@ class VoicemailRoutes(Endpoints):
             except CSTAError as error:  # unknown or foreign ids succeed, as in the original
                 log.info("voicemail {id}: delete refused by the MX: {error}", id=mail_id,
                          error=error)
+                return
+            mail_changed(caller.access, session, {"id": mail_id, "event": "deleted"})
 
         await self.auth.on_session(caller, delete)
         return no_content(request)
+
+
+def mail_changed(access: MXAccess, session: UserSession, data: dict[str, Any]) -> None:
+    """Tell the user's event streams of a change made through the API: the MX sends its
+    monitors no event for a mail marked read or deleted."""
+    if access.events is not None:
+        access.events.publish(session.identity.jid, VOICEMAIL, data)
 
 
 def known_mail_id(mail_id: str) -> str:
