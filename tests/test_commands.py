@@ -99,6 +99,12 @@ class CommandShapeTests(SynchronousTestCase):
         self.assertSample(commands.mail_list("3095"),
                           b"<MailGetListIncoming><userID>3095</userID></MailGetListIncoming>")
 
+    def test_mail_list_of_recordings(self) -> None:
+        """§3.9.2: the optional ``mediaType`` some versions sent."""
+        self.assertSample(commands.mail_list("3095", media_type=commands.RECORDING),
+                          b"<MailGetListIncoming><userID>3095</userID>"
+                          b"<mediaType>Recording</mediaType></MailGetListIncoming>")
+
     def test_mail_receive_first(self) -> None:
         self.assertSample(
             commands.mail_receive("81", next_chunk=False),
@@ -161,6 +167,15 @@ class CommandShapeTests(SynchronousTestCase):
         ]
         for element, sample in cases:
             self.assertSample(element, sample)
+
+    def test_recording(self) -> None:
+        """The samples of §4.3, without the optional ``groupID``."""
+        self.assertSample(commands.start_recording(25, "3095"),
+                          b"<StartRecording><Call><callID>25</callID><deviceID>3095</deviceID>"
+                          b"</Call></StartRecording>")
+        self.assertSample(commands.stop_recording(25, "3095"),
+                          b"<StopRecording><Call><callID>25</callID><deviceID>3095</deviceID>"
+                          b"</Call></StopRecording>")
 
     def test_assign_device(self) -> None:
         """§4.2; the name is escaped like any text."""

@@ -804,6 +804,29 @@ class CallControlAnswerTests(SynchronousTestCase):
                          messages.TransferResult())
 
 
+class ServiceListTests(SynchronousTestCase):
+    SAMPLE = (b"<GetServiceListResponse><Service><serviceId>3458764513956069001</serviceId>"
+              b"<serviceName>voicemail</serviceName><serviceType>VM</serviceType>"
+              b"<extension>*86</extension><homeSystem>43884850000000099</homeSystem></Service>"
+              b"<Service><serviceId>3458764513956069002</serviceId><serviceName>Auto Attendant"
+              b"</serviceName><serviceType>AA</serviceType><extension>3900</extension></Service>"
+              b"</GetServiceListResponse>")
+
+    def test_sample(self) -> None:
+        """§4.4, with a second service lacking ``homeSystem``; uint64 ids stay strings."""
+        voicemail, attendant = read(messages.ServiceList, self.SAMPLE).services
+        self.assertEqual(voicemail, messages.Service(
+            service_id="3458764513956069001", name="voicemail", service_type="VM", ext="*86",
+            home_system="43884850000000099"))
+        self.assertEqual(attendant.home_system, "")
+        self.assertEqual(voicemail.to_json(), {"id": "3458764513956069001", "name": "voicemail",
+                                               "type": "VM", "ext": "*86"})
+
+    def test_namespaced_and_empty(self) -> None:
+        self.assertEqual(len(read(messages.ServiceList, prefixed(self.SAMPLE)).services), 2)
+        self.assertEqual(read(messages.ServiceList, b"<GetServiceListResponse/>").services, ())
+
+
 class CSTAErrorKindTests(SynchronousTestCase):
     """How a refusal is typed: by the ECMA-323 values it carries, with the MX's text."""
 

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from mxproxy.csta.xml import Element, build, sub
 
+VOICEMAIL = "VoiceMail"
+RECORDING = "Recording"
+MEDIA_TYPES = (VOICEMAIL, RECORDING)
+"""The ``mediaType`` values of a mailbox (mx-protocol.md §3.9): its messages, and the
+recordings of the user's calls, listed and fetched apart."""
+
 
 def login_request(user: str, pwd: str, kind: str = "User", **attrs: str) -> Element:
     """``loginRequest``; ``kind`` is ``User`` or ``Server``. ``pwd`` is sent verbatim, so the
@@ -65,15 +71,16 @@ def monitor_stop(cross_ref_id: int) -> Element:
     return build("MonitorStop", children={"monitorCrossRefID": str(cross_ref_id)})
 
 
-def mail_list(ext: str) -> Element:
-    """List the mailbox of the user whose extension is ``ext`` (``userID``, as mxproxy sent)."""
-    return build("MailGetListIncoming", children={"userID": ext})
-
-
 def _mail_command(tag: str, children: dict[str, str | None], media_type: str | None) -> Element:
     if media_type:
         children = {**children, "mediaType": media_type}
     return build(tag, children=children)
+
+
+def mail_list(ext: str, media_type: str | None = None) -> Element:
+    """List the mailbox of the user whose extension is ``ext`` (``userID``, as mxproxy sent):
+    its voicemail, or with ``media_type`` :data:`RECORDING` its call recordings."""
+    return _mail_command("MailGetListIncoming", {"userID": ext}, media_type)
 
 
 def mail_receive(mail_id: str, next_chunk: bool, media_type: str | None = None) -> Element:
@@ -145,6 +152,16 @@ def deflect_call(call_id: int, device: str, to: str) -> Element:
     """Send a call still ringing at ``device`` on to ``to`` (another number, voicemail)."""
     return _call_command("DeflectCall", "callToBeDiverted", call_id, device,
                          {"newDestination": to})
+
+
+def start_recording(call_id: int, device: str) -> Element:
+    """Record ``device``'s side of a connected call (mx-protocol.md §4.3); the finished
+    recording arrives as a ``MailIncomingReadyEvent`` with ``mediaType`` ``Recording``."""
+    return _call_command("StartRecording", "Call", call_id, device)
+
+
+def stop_recording(call_id: int, device: str) -> Element:
+    return _call_command("StopRecording", "Call", call_id, device)
 
 
 def assign_device(name: str) -> Element:
