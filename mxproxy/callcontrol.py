@@ -1,12 +1,13 @@
 """Call control on a user's MX session: the conversations behind the API's call routes.
 
-Each function sends one command (mx-protocol.md §4.1-4.2) on a user session and returns once
+Each function sends one command (mx-protocol.md §4.1-4.3) on a user session and returns once
 the MX has confirmed it, with what the confirmation says. Some commands are confirmed by a
-same-id reply (``AnswerCall``, ``SingleStepTransferCall``, ``DeflectCall``), the others by an
-event matched by name and call id (``ConnectionClearedEvent``, ``HeldEvent``,
-``RetrievedEvent``), ``AssignDevice`` by an ``AssignDeviceInfo`` event: the original client's
-waits, with the wait registered before the command is written and matched on the call, not
-on the name alone (§7.2, §7.4). A same-id ``CSTAErrorCode`` ends any wait at once.
+same-id reply (``AnswerCall``, ``SingleStepTransferCall``, ``DeflectCall``, ``StartRecording``,
+``StopRecording``), the others by an event matched by name and call id
+(``ConnectionClearedEvent``, ``HeldEvent``, ``RetrievedEvent``), ``AssignDevice`` by an
+``AssignDeviceInfo`` event: the original client's waits, with the wait registered before the
+command is written and matched on the call, not on the name alone (§7.2, §7.4). A same-id
+``CSTAErrorCode`` ends any wait at once.
 
 Call events reach only the connections that monitor a device of the call (§1.7), so these run
 on a session that monitors the user's own extension (``UserSession.ensure_monitor``).
@@ -101,6 +102,19 @@ async def deflect(protocol: CSTAProtocol, call_id: int, ext: str, to: str,
                   timeout: float = TIMEOUT) -> None:
     """Send the call ringing at ``ext`` on to ``to`` (another number, or voicemail)."""
     await protocol.request(commands.deflect_call(call_id, ext, to), timeout=timeout)
+
+
+async def start_recording(protocol: CSTAProtocol, call_id: int, ext: str,
+                          timeout: float = TIMEOUT) -> None:
+    """Record ``ext``'s connected call (mx-protocol.md §4.3). The MX confirms with a same-id
+    reply and a ``RecordingStateEvent``; the recording, once stopped, comes to the user's
+    mailbox (``MailIncomingReadyEvent``, ``mediaType`` ``Recording``)."""
+    await protocol.request(commands.start_recording(call_id, ext), timeout=timeout)
+
+
+async def stop_recording(protocol: CSTAProtocol, call_id: int, ext: str,
+                         timeout: float = TIMEOUT) -> None:
+    await protocol.request(commands.stop_recording(call_id, ext), timeout=timeout)
 
 
 def set_mode(protocol: CSTAProtocol, mode: Literal["local", "remote"], address: str = "",

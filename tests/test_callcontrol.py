@@ -252,6 +252,40 @@ class ConversationTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(deflected))
         self.assertNoTimerLeft()
 
+    # -- recording ---------------------------------------------------------------------------
+
+    def test_recording_is_confirmed_by_its_replies(self) -> None:
+        started = self.start(callcontrol.start_recording(self.protocol, 25, "3001"))
+        (start,) = self.sent()
+        self.assertEqual(start.body, b"<StartRecording><Call><callID>25</callID><deviceID>3001"
+                                     b"</deviceID></Call></StartRecording>")
+        self.receive(b"<StartRecordingResponse/>", start.invoke_id)
+        self.assertIsNone(self.successResultOf(started))
+        stopped = self.start(callcontrol.stop_recording(self.protocol, 25, "3001"))
+        (stop,) = self.sent()
+        self.assertTrue(stop.body.startswith(b"<StopRecording><Call><callID>25</callID>"))
+        self.receive(b"<StopRecordingResponse/>", stop.invoke_id)
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertNoTimerLeft()
+
+    def test_recording_refusals_are_typed(self) -> None:
+        for conversation, refusal, kind in (
+                (callcontrol.start_recording, b"<operation>invalidCallID</operation>",
+                 UnknownCall),
+                (callcontrol.stop_recording,
+                 b"<stateIncompatibility>invalidObjectState</stateIncompatibility>",
+                 CallStateError)):
+            result = self.start(conversation(self.protocol, 25, "3001"))
+            (sent,) = self.sent()
+            self.receive(b"<CSTAErrorCode>" + refusal + b"</CSTAErrorCode>", sent.invoke_id)
+            self.failureResultOf(result, kind)
+        self.assertNoTimerLeft()
+
+    def test_recording_unconfirmed_times_out(self) -> None:
+        result = self.start(callcontrol.start_recording(self.protocol, 25, "3001", timeout=2))
+        self.clock.advance(2)
+        self.failureResultOf(result, MXTimeout)
+
     def test_set_mode_is_sent_and_not_awaited(self) -> None:
         callcontrol.set_mode(self.protocol, "local")
         (mode,) = self.sent()
