@@ -377,6 +377,24 @@ class SimulatorTests(TestCase):
             await callcontrol.answer(alice.protocol, call.call_id, "3001", "bob-softphone")
         self.assertEqual(call.state, "alerting")
 
+    async def test_recording_over_loopback(self) -> None:
+        """Start and stop on a connected call: the recording lands in alice's recordings; a
+        stop without a recording, and a start on a call that rings, are CallStateErrors."""
+        alice = await self.session()
+        ringing = self.pbx.place_call(CALLER, "3001")
+        with self.assertRaises(CallStateError):
+            await callcontrol.start_recording(alice.protocol, ringing.call_id, "3001")
+        await callcontrol.answer(alice.protocol, ringing.call_id, "3001", "alice-softphone")
+        with self.assertRaises(CallStateError):
+            await callcontrol.stop_recording(alice.protocol, ringing.call_id, "3001")
+        await callcontrol.start_recording(alice.protocol, ringing.call_id, "3001")
+        self.assertEqual(list(ringing.recordings), ["3001"])
+        await callcontrol.stop_recording(alice.protocol, ringing.call_id, "3001")
+        (recording,) = self.pbx.user("alice").recordings.values()
+        self.assertEqual((recording.media_type, recording.from_number), ("Recording", CALLER))
+        with self.assertRaises(UnknownCall):
+            await callcontrol.start_recording(alice.protocol, 404, "3001")
+
     async def test_an_mx_that_does_not_answer(self) -> None:
         clock = Clock()
         alice = await self.session(clock=clock)

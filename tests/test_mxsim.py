@@ -1039,7 +1039,8 @@ class ControlAPITests(ControlAPITestCase):
         self.assertEqual([u["login"] for u in state["users"]], ["alice", "bob"])
         self.assertEqual(state["sessions"][0]["monitors"], {str(cross_ref): "3001"})
         self.assertEqual(state["counters"]["logins"], {"alice": 1})
-        self.assertEqual(state["variants"], {"callLogEnd": "short"})
+        self.assertEqual(state["variants"],
+                         {"callLogEnd": "short", "recordingState": "connection"})
 
     @inlineCallbacks
     def test_ring_answer_hang_up(self) -> Any:

@@ -441,7 +441,8 @@ class ControlAPICallTests(ControlAPITestCase):
         self.assertEqual((status, shown), (200, {
             "callId": call.call_id, "globalCallId": call.global_call_id, "from": CALLER,
             "to": "3001", "state": "established", "parties": [CALLER, "3001"], "ringing": "",
-            "answeredBy": "3001", "answeredOn": "alice-softphone", "heldBy": ""}))
+            "answeredBy": "3001", "answeredOn": "alice-softphone", "heldBy": "",
+            "recordedBy": []}))
         status, state = yield self.call("GET", "/state")
         self.assertEqual(state["sessions"][0]["device"], "alice-softphone")
 

@@ -8,9 +8,10 @@ tell "not now" from "no such call" from "not so":
 * :class:`CallStateError`: any ``<stateIncompatibility>`` value, and the operation error
   ``invalidConnectionID`` (the call goes on, but no longer at that device). The simulator
   sends ``noCallToAnswer`` (not ringing at that device: answered elsewhere, transferred,
-  deflected, over), ``noConnectionToClear``, ``noActiveCall`` (hold or transfer of a call
-  that is not connected), ``noHeldCall`` (retrieve of a call that is not held) and
-  ``invalidObjectState`` (deflect of a call that is not ringing there).
+  deflected, over), ``noConnectionToClear``, ``noActiveCall`` (hold, transfer or recording
+  of a call that is not connected), ``noHeldCall`` (retrieve of a call that is not held) and
+  ``invalidObjectState`` (deflect of a call that is not ringing there, a second
+  ``StartRecording``, ``StopRecording`` of a call not recorded).
 * :class:`CSTAError` itself for the rest: ``invalidDeviceID``, ``invalidDestination``,
   ``privilegeViolationOnSpecifiedDevice`` (another user's device), the MX's private codes
   such as ``URM Denied``.

@@ -1,8 +1,9 @@
 """A fake Zultys MX speaking the real CSTA-XML wire protocol, for tests, benchmarks and the demo.
 
 Build a :class:`PBX` (or :func:`demo_pbx`), serve it with :func:`listen`, drive it from Python
-(``place_call``, ``answer``, ``hold``, ``transfer``, ``deflect``, ``hang_up``, ``logout``,
-``faults``...) or over the loopback control API (:mod:`mxproxy.testing.mxsim.control`).
+(``place_call``, ``answer``, ``hold``, ``transfer``, ``deflect``, ``hang_up``,
+``start_recording``, ``leave_voicemail``, ``logout``, ``faults``...) or over the loopback
+control API (:mod:`mxproxy.testing.mxsim.control`).
 """
 
 from mxproxy.testing.mxsim.control import listen_control

@@ -1,4 +1,4 @@
-"""Call-control commands of the simulated MX (mx-protocol.md §4.1-4.2).
+"""Call-control and recording commands of the simulated MX (mx-protocol.md §4.1-4.3).
 
 Each names a connection, ``<callID>`` and ``<deviceID>``, inside its own wrapper element. A
 user session controls only its own extension (a server session any extension): another
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from mxproxy.csta.errors import UNKNOWN_CALL
 from mxproxy.csta.xml import Element, text, to_int
 from mxproxy.testing.mxsim import wire
-from mxproxy.testing.mxsim.calls import Confirm, InvalidDestination
+from mxproxy.testing.mxsim.calls import CallSwitch, Confirm, InvalidDestination
 from mxproxy.testing.mxsim.model import Call, ReceivedCommand, UnknownObject, WrongState
 from mxproxy.testing.mxsim.operations import CommandTable, controls
 
@@ -61,18 +61,18 @@ def _call_command(name: str, wrapper: str, act: Act,
     CALL_CONTROL(name)(operation)
 
 
+def _step(step: Callable[[CallSwitch, int, str, Confirm], object]) -> Act:
+    """A command that names nothing but the connection: that step of the call switch."""
+    return lambda session, element, call_id, device, confirm: step(
+        session.pbx, call_id, device, confirm)
+
+
 _call_command("AnswerCall", "callToBeAnswered",
               lambda session, element, call_id, device, confirm: session.pbx.answer(
                   call_id, device, on=session.device, pickup=False, confirm=confirm))
-_call_command("ClearConnection", "connectionToBeCleared",
-              lambda session, element, call_id, device, confirm: session.pbx.hang_up(
-                  call_id, device, confirm=confirm))
-_call_command("HoldCall", "callToBeHeld",
-              lambda session, element, call_id, device, confirm: session.pbx.hold(
-                  call_id, device, confirm=confirm))
-_call_command("RetrieveCall", "callToBeRetrieved",
-              lambda session, element, call_id, device, confirm: session.pbx.retrieve(
-                  call_id, device, confirm=confirm))
+_call_command("ClearConnection", "connectionToBeCleared", _step(CallSwitch.hang_up))
+_call_command("HoldCall", "callToBeHeld", _step(CallSwitch.hold))
+_call_command("RetrieveCall", "callToBeRetrieved", _step(CallSwitch.retrieve))
 _call_command("SingleStepTransferCall", "activeCall",
               lambda session, element, call_id, device, confirm: session.pbx.transfer(
                   call_id, device, text(element, "transferredTo"), confirm=confirm),
@@ -80,7 +80,8 @@ _call_command("SingleStepTransferCall", "activeCall",
 _call_command("DeflectCall", "callToBeDiverted",
               lambda session, element, call_id, device, confirm: session.pbx.deflect(
                   call_id, device, text(element, "newDestination"), confirm=confirm))
-
+_call_command("StartRecording", "Call", _step(CallSwitch.start_recording))
+_call_command("StopRecording", "Call", _step(CallSwitch.stop_recording))
 
 @CALL_CONTROL("AssignDevice")
 def assign_device(session: Session, command: ReceivedCommand) -> None:

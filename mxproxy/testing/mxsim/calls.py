@@ -8,6 +8,8 @@ Tests, the control API and the CSTA operations drive it. A call is a state machi
     alerting --deflect--> alerting (at the new destination)
     established --transfer--> alerting (at the target; the transferring party has left)
     any --hang up--> cleared (forgotten; written to the call log of its users)
+    established --start recording--> established, recorded by that party until it stops
+        recording or leaves (hang-up, transfer): then the recording goes to its mailbox
 
 Deflecting or transferring to the voicemail service (``*86``, the ``VM`` service) ends the
 call as taken by voicemail (the message itself is not modelled). Every event goes to each
@@ -42,6 +44,8 @@ from mxproxy.testing.mxsim.model import (
     Service,
     UnknownObject,
     User,
+    Variants,
+    Voicemail,
     WrongState,
 )
 
@@ -68,6 +72,7 @@ class CallSwitch:
     if TYPE_CHECKING:  # provided by the PBX
         clock: IReactorTime
         services: list[Service]
+        variants: Variants
 
         def is_extension(self, device: str) -> bool: ...
         def is_dialable(self, number: str) -> bool: ...
@@ -76,6 +81,8 @@ class CallSwitch:
         def contact_at(self, extension: str) -> Contact | None: ...
         def add_call_record(self, login: str, **fields: Any) -> CallRecord: ...
         def monitors_of(self, device: str) -> list[tuple[Session, int]]: ...
+        def file_recording(self, login: str, call: Call, peer: str,
+                           duration: int) -> Voicemail: ...
 
     def __init__(self) -> None:
         self.calls: dict[int, Call] = {}
@@ -185,11 +192,13 @@ class CallSwitch:
             raise WrongState(NO_ACTIVE_CALL, f"call {call.call_id} is not connected at {device}")
         self._check_destination(call, target)
         remaining = call.other_end(device)
+        recorders = self._recorders(call)
         self._log_leg(call, device, answered=True)
         if remaining != call.calling:  # the caller leaves: the other party becomes the caller
             call.calling, call.calling_name = remaining, self.display_name(remaining)
         self._move(call, device, target)
         confirm(call)
+        self._finish_recordings(call, recorders)  # it rings anew: nobody records it
         self._notify((device, remaining, target), lambda cross_ref: wire.transferred_event(
             cross_ref, call, device, target))
         self._notify((device,), lambda cross_ref: wire.connection_cleared_event(
@@ -214,7 +223,58 @@ class CallSwitch:
         self._arrive(call, "redirected")
         return call
 
+    def start_recording(self, call: Call | int, device: str,
+                        confirm: Confirm = _accepted) -> Call:
+        """A party of a connected call records it: RecordingStateEvent (active) to its
+        monitors. The recording goes on through hold and retrieve, until it is stopped or the
+        party leaves the call."""
+        call = self._live(call)
+        if call.state != "established" or device not in call.ends:
+            raise WrongState(NO_ACTIVE_CALL, f"call {call.call_id} is not connected at {device}")
+        if device in call.recordings:
+            raise WrongState(INVALID_OBJECT_STATE, f"{device} records call {call.call_id} "
+                                                   "already")
+        confirm(call)
+        call.recordings[device] = int(self.clock.seconds())
+        self._recording_state(call, device, True)
+        return call
+
+    def stop_recording(self, call: Call | int, device: str,
+                       confirm: Confirm = _accepted) -> Call:
+        """RecordingStateEvent (inactive), then the recording is filed in the party's
+        mailbox (:meth:`file_recording`)."""
+        call = self._live(call)
+        if device not in call.recordings:
+            raise WrongState(INVALID_OBJECT_STATE,
+                             f"{device} does not record call {call.call_id}")
+        confirm(call)
+        self._finish_recording(call, device, call.other_end(device))
+        return call
+
     # -- the parts ---------------------------------------------------------------------------
+
+    def _recording_state(self, call: Call, device: str, active: bool) -> None:
+        shape = self.variants.recording_state
+        self._notify((device,), lambda cross_ref: wire.recording_state_event(
+            cross_ref, call, device, active, shape))
+
+    def _finish_recording(self, call: Call, device: str, peer: str) -> None:
+        """``device`` stops recording its conversation with ``peer``."""
+        started = call.recordings.pop(device)
+        self._recording_state(call, device, False)
+        user = self.user_by_extension(device)
+        if user is not None:
+            self.file_recording(user.login, call, peer, int(self.clock.seconds()) - started)
+
+    def _finish_recordings(self, call: Call, peers: dict[str, str]) -> None:
+        """Every recording of the call, which ends or rings anew; ``peers`` is each recording
+        party's far end before that (:meth:`_recorders`)."""
+        for device, peer in peers.items():
+            self._finish_recording(call, device, peer)
+
+    @staticmethod
+    def _recorders(call: Call) -> dict[str, str]:
+        return {device: call.other_end(device) for device in call.recordings}
 
     def _live(self, call: Call | int) -> Call:
         return self.call(call if isinstance(call, int) else call.call_id)
@@ -242,6 +302,7 @@ class CallSwitch:
             self.ring(call, cause)
 
     def _end(self, call: Call, releasing: str) -> None:
+        self._finish_recordings(call, self._recorders(call))
         call.state = "cleared"
         self._notify(call.involved, lambda cross_ref: wire.connection_cleared_event(
             cross_ref, call, releasing))
@@ -277,4 +338,4 @@ def call_json(call: Call) -> dict[str, Any]:
             "to": call.called, "state": call.state, "parties": list(call.ends),
             "ringing": call.callee if call.state == "alerting" else "",
             "answeredBy": call.answered_by, "answeredOn": call.answered_on,
-            "heldBy": call.held_by}
+            "heldBy": call.held_by, "recordedBy": sorted(call.recordings)}

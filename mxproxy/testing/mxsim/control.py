@@ -16,7 +16,8 @@ GET      /calls                  -> ``{"calls": [call...]}``, the calls in progr
                                  ``{"callId", "globalCallId", "from", "to" (dialled), "state"
                                  ("alerting", "established", "held"), "parties" (caller,
                                  callee), "ringing" (where it rings), "answeredBy",
-                                 "answeredOn" (the SIP device it was answered on), "heldBy"}``
+                                 "answeredOn" (the SIP device it was answered on), "heldBy",
+                                 "recordedBy" (the parties recording it)}``
 GET      /calls/<id>             -> the call
 POST     /calls                  ``{"from", "to", "callerName"?}`` rings extension ``to``
                                  -> 201 ``{"callId", "globalCallId"}``
@@ -46,7 +47,12 @@ POST     /drop                   -> ``{"sessions": n}`` (every connection cut)
 POST     /faults                 any of ``{"replyDelay", "noReply" (list or "*"),
                                  "malformedNext" ("xml"|"header"|"length"|"id"|null),
                                  "refuseLogins"}`` -> the faults now in force
-POST     /variants               ``{"callLogEnd": "short"|"empty-terminator"}`` -> variants
+GET      /services               -> ``{"services": [{"id", "name", "type", "ext",
+                                 "homeSystem"}]}``, what ``GetServiceList`` answers
+PUT      /services               the same shape (``id`` and ``homeSystem`` optional) ->
+                                 the new list
+POST     /variants               ``{"callLogEnd": "short"|"empty-terminator",
+                                 "recordingState": "connection"|"root"}`` -> variants
 =======  ======================  ==============================================================
 
 Example: ``curl -s -d '{"from":"+12125550142","to":"3001"}' localhost:7780/calls``. The far
@@ -67,17 +73,18 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from mxproxy.testing.mxsim.audio import wav_tones
 from mxproxy.testing.mxsim.calls import call_json
-from mxproxy.testing.mxsim.demo import wav_tones
 from mxproxy.testing.mxsim.model import (
     Conflict,
     Contact,
     Faults,
+    Service,
     UnknownObject,
     User,
     Variants,
 )
-from mxproxy.testing.mxsim.pbx import PBX, default_reactor
+from mxproxy.testing.mxsim.pbx import PBX, SERVICE_ID_BASE, SYSTEM_JID, default_reactor
 
 Answer = tuple[int, Any]
 Route = tuple[str, tuple[str, ...], Callable[..., Answer]]
@@ -127,7 +134,23 @@ def _user_json(user: User) -> dict[str, Any]:
     return {"login": user.login, "extension": user.extension, "jid": user.jid,
             "firstName": user.first_name, "lastName": user.last_name,
             "clearTextOnly": user.clear_text_only, "callLog": len(user.call_log),
-            "voicemails": len(user.voicemails)}
+            "voicemails": len(user.voicemails), "recordings": len(user.recordings)}
+
+
+def _service(item: Any, n: int) -> Service:
+    """One service of ``PUT /services``; the ``n``-th gets an id if it has none."""
+    if not isinstance(item, dict):
+        raise BadRequest("each service must be an object")
+    service_id = _get(item, "id", str, str(SERVICE_ID_BASE + n))
+    if not service_id.isdigit() or int(service_id) >= 2 ** 64:
+        raise BadRequest(f"service id {service_id[:30]!r} is not a uint64")
+    return Service(int(service_id), _get(item, "name", str), _get(item, "type", str),
+                   _get(item, "ext", str), _get(item, "homeSystem", str, SYSTEM_JID))
+
+
+def _service_json(service: Service) -> dict[str, Any]:
+    return {"id": str(service.service_id), "name": service.name, "type": service.service_type,
+            "ext": service.extension, "homeSystem": service.home_system}
 
 
 def _attrs_json(instance: Any) -> dict[str, Any]:
@@ -164,6 +187,8 @@ class ControlResource(Resource):
             ("POST", ("drop",), self.drop),
             ("POST", ("faults",), self.set_faults),
             ("POST", ("variants",), self.set_variants),
+            ("GET", ("services",), self.list_services),
+            ("PUT", ("services",), self.set_services),
         ]
 
     def render(self, request: Request) -> bytes:
@@ -291,6 +316,14 @@ class ControlResource(Resource):
             caller_name=_get(body, "fromName", str, ""), duration=duration)
         return 201, {"mailId": str(mail.mail_id)}
 
+    def list_services(self, body: dict[str, Any]) -> Answer:
+        return 200, {"services": [_service_json(item) for item in self.pbx.services]}
+
+    def set_services(self, body: dict[str, Any]) -> Answer:
+        items = _get(body, "services", list)
+        self.pbx.services = [_service(item, n) for n, item in enumerate(items, 1)]
+        return self.list_services({})
+
     def add_contact(self, body: dict[str, Any]) -> Answer:
         contact = self.pbx.add_contact(Contact(**{"jid": "", **_contact_changes(body)}))
         return 201, _attrs_json(contact)
@@ -318,7 +351,7 @@ class ControlResource(Resource):
         return 200, _attrs_json(self.pbx.faults)
 
     def set_variants(self, body: dict[str, Any]) -> Answer:
-        changes = self._changes(body, Variants, {"callLogEnd"})
+        changes = self._changes(body, Variants, {"callLogEnd", "recordingState"})
         Variants(**changes)
         for name, value in changes.items():
             setattr(self.pbx.variants, name, value)

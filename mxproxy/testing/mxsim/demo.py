@@ -11,20 +11,14 @@ Everything derives from fixed seeds and the clock, so two runs at the same time 
 
 from __future__ import annotations
 
-import array
-import functools
-import io
-import math
 import random
-import wave
-from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
+from mxproxy.testing.mxsim.audio import wav_tones
 from mxproxy.testing.mxsim.model import Contact
 from mxproxy.testing.mxsim.pbx import PBX
 
-SAMPLE_RATE = 8000
 HOME_SYSTEM = "43884850000099999"
 DEMO_USERS = (  # login, extension, first name, last name
     ("alice", "3001", "Alice", "Johnson"),
@@ -51,31 +45,6 @@ _WEEK = 7 * 24 * 3600
 def phone(seed: int) -> str:
     """A fictional North American number (555-01xx is reserved for fiction), E.164 style."""
     return f"+1{_AREA_CODES[seed % len(_AREA_CODES)]}55501{seed * 37 % 100:02d}"
-
-
-def wav_tones(tones: Sequence[tuple[float, float]], rate: int = SAMPLE_RATE) -> bytes:
-    """A mono 16-bit WAV of ``(frequency Hz, seconds)`` tones; frequency 0 is silence."""
-    return _wav_tones(tuple(tones), rate)
-
-
-@functools.cache
-def _wav_tones(tones: tuple[tuple[float, float], ...], rate: int) -> bytes:
-    samples = array.array("h")
-    ramp = rate // 100  # 10 ms fade in and out, so tones do not click
-    for frequency, seconds in tones:
-        count = int(seconds * rate)
-        for n in range(count):
-            envelope = min(1.0, n / ramp, (count - n) / ramp)
-            samples.append(int(9000 * envelope * math.sin(2 * math.pi * frequency * n / rate)))
-    if samples.itemsize != 2:
-        raise RuntimeError("array('h') is not 16-bit on this platform")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(rate)
-        writer.writeframes(samples.tobytes())  # WAV is little-endian, like every CI machine
-    return buffer.getvalue()
 
 
 def demo_pbx(clock: IReactorTime | None = None, page_size: int = 50,

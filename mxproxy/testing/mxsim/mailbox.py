@@ -4,6 +4,11 @@ Like the real MX (as observed), every ``Mail*`` command is refused unless the se
 its own extension. A download is per session state: ``MailReceiveIncoming`` with a
 ``faxSessionID`` starts it at chunk 1, each request with ``<nextChunk>`` gets the next chunk,
 and the transfer ends after the last chunk or on ``MailCancelReceive``.
+
+Each command works on the mailbox its ``<mediaType>`` names: the voicemails (``VoiceMail``, and
+when it is absent, as the original's clients mostly sent it [assumption: the MX's default is
+not documented]) or the recordings of the user's calls (``Recording``). A recording's id is
+unknown to the voicemail mailbox and the other way round; any other media type is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from mxproxy.csta.commands import MEDIA_TYPES, VOICEMAIL
 from mxproxy.csta.xml import XMLError, find, text, to_bool, to_int
 from mxproxy.testing.mxsim import wire
 from mxproxy.testing.mxsim.model import ReceivedCommand, User, Voicemail
@@ -52,10 +58,18 @@ def _mail_operation(name: str) -> Callable[[MailOperation], MailOperation]:
     return register
 
 
+def _mailbox(command: ReceivedCommand, user: User) -> dict[int, Voicemail]:
+    """The mailbox the command's ``mediaType`` names; another value raises ``XMLError``."""
+    media_type = text(command.element, "mediaType") or VOICEMAIL
+    if media_type not in MEDIA_TYPES:
+        raise XMLError(f"unknown mediaType {media_type[:40]!r}")
+    return user.mailbox(media_type)
+
+
 def _mail(session: Session, command: ReceivedCommand, user: User, path: str
           ) -> Voicemail | None:
     """The user's message named at ``path``, or None after answering ``CSTAErrorCode``."""
-    mail = user.voicemails.get(to_int(text(command.element, path), path))
+    mail = _mailbox(command, user).get(to_int(text(command.element, path), path))
     if mail is None:
         session.fail(command.invoke_id, private=NOT_FOUND)
     return mail
@@ -68,7 +82,7 @@ def list_mail(session: Session, command: ReceivedCommand, user: User) -> None:
     if owner and owner not in (user.extension, user.jid):
         session.fail(command.invoke_id, private="Access to another mailbox denied")
         return
-    mails = sorted(user.voicemails.values(), key=lambda m: m.mail_id)
+    mails = sorted(_mailbox(command, user).values(), key=lambda m: m.mail_id)
     session.reply(command.invoke_id, wire.mail_list(mails))
 
 
@@ -102,8 +116,9 @@ def cancel_receive(session: Session, command: ReceivedCommand, user: User) -> No
 @_mail_operation("MailDeleteIncoming")
 def delete_mail(session: Session, command: ReceivedCommand, user: User) -> None:
     """Succeeds for unknown ids too, as the original README says the MX does."""
+    mailbox = _mailbox(command, user)
     try:
-        user.voicemails.pop(to_int(text(command.element, "mailId"), "mailId"), None)
+        mailbox.pop(to_int(text(command.element, "mailId"), "mailId"), None)
     except XMLError:
         pass  # a non-numeric id names no message: nothing to delete
     session.reply(command.invoke_id, wire.empty("MailDeleteIncomingResponse"))

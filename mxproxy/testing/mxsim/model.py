@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from mxproxy.csta.commands import RECORDING
 from mxproxy.csta.xml import Element
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ MalformedKind = Literal["xml", "header", "length", "id"]
 MALFORMED_KINDS: tuple[MalformedKind, ...] = ("xml", "header", "length", "id")
 CallLogEnd = Literal["short", "empty-terminator"]
 CALL_LOG_ENDS: tuple[CallLogEnd, ...] = ("short", "empty-terminator")
+RecordingShape = Literal["connection", "root"]
+RECORDING_SHAPES: tuple[RecordingShape, ...] = ("connection", "root")
 ALL = "*"
 NoReply = frozenset[str] | Literal["*"]
 
@@ -93,7 +96,8 @@ class CallRecord:
 
 @attrs.define
 class Voicemail:
-    """One message of a user's mailbox; ``content`` is the whole file (e.g. a WAV)."""
+    """One message of a user's mailbox, a voicemail or (``media_type`` ``Recording``) a call
+    recording; ``content`` is the whole file (e.g. a WAV)."""
 
     mail_id: int
     content: bytes = attrs.field(repr=lambda content: f"<{len(content)} bytes>")
@@ -108,6 +112,7 @@ class Voicemail:
     media_type: str = "VoiceMail"
     file_format: str = "wav"
     owner_type: str = "user"
+    gcid: str = ""
 
 
 @attrs.define
@@ -130,10 +135,17 @@ class User:
     """The SIP devices (soft phones) ``AssignDevice`` may bind for this user."""
     call_log: list[CallRecord] = attrs.Factory(list)
     voicemails: dict[int, Voicemail] = attrs.Factory(dict)
+    recordings: dict[int, Voicemail] = attrs.Factory(dict)
+    """Recordings of the user's calls: a mailbox of their own, which ``Mail*`` commands reach
+    with ``<mediaType>Recording</mediaType>`` only."""
 
     @property
     def display_name(self) -> str:
         return " ".join(part for part in (self.first_name, self.last_name) if part)
+
+    def mailbox(self, media_type: str) -> dict[int, Voicemail]:
+        """The voicemails, or the recordings (``media_type`` ``Recording``)."""
+        return self.recordings if media_type == RECORDING else self.voicemails
 
 
 @attrs.frozen
@@ -161,7 +173,8 @@ class Call:
     the device that sent it on). ``answered_by`` is the device that answered: the callee, or
     another that picked the call up. ``answered_on`` is
     the SIP device the user answered on (``AssignDevice``), empty when answered at the
-    extension itself; ``held_by`` the party that put the call on hold.
+    extension itself; ``held_by`` the party that put the call on hold; ``recordings`` the
+    parties recording it (``StartRecording``), each with when it started.
     """
 
     call_id: int
@@ -178,6 +191,7 @@ class Call:
     redirected_by: str = ""
     started: int = 0
     answered: int | None = None
+    recordings: dict[str, int] = attrs.Factory(dict)
 
     def __attrs_post_init__(self) -> None:
         self.callee = self.callee or self.called
@@ -271,7 +285,13 @@ class Variants:
     ``call_log_end``: ``"short"`` ends a call log only by a block of fewer than 21 entries
     (nothing at all for an empty log); ``"empty-terminator"`` additionally sends an empty
     ``<callloginfo/>`` when the last block was full or the log is empty.
+
+    ``recording_state``: where ``RecordingStateEvent`` puts ``callID``/``deviceID``: inside
+    ``<connection>`` (mx-http-proxy's reading, ECMA style) or directly under the root
+    (mxproxy's reading); mx-protocol.md §3.7 has both.
     """
 
     call_log_end: CallLogEnd = attrs.field(
         default="short", validator=attrs.validators.in_(CALL_LOG_ENDS))
+    recording_state: RecordingShape = attrs.field(
+        default="connection", validator=attrs.validators.in_(RECORDING_SHAPES))

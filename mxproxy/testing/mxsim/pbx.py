@@ -17,10 +17,13 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from mxproxy.csta.commands import RECORDING
 from mxproxy.csta.xml import serialize
 from mxproxy.testing.mxsim import wire
+from mxproxy.testing.mxsim.audio import beeps
 from mxproxy.testing.mxsim.calls import CallSwitch
 from mxproxy.testing.mxsim.model import (
+    Call,
     CallRecord,
     Conflict,
     Contact,
@@ -42,14 +45,15 @@ MAX_CHUNK_SIZE = 48 * 1024  # base64 of this plus markup still fits a 65,527-byt
 RECEIVED_KEPT = 10_000  # long benchmark runs must not grow memory without bound
 _JID_BASE = 43884850000000000
 SYSTEM_JID = str(_JID_BASE - 1)  # the services' homeSystem, outside the users' JIDs
+SERVICE_ID_BASE = 3458764513956069000
 _OUTSIDE_NUMBER = re.compile(r"\+?\d{7,}")
 
 
 def default_services() -> list[Service]:
     """The services every MX has, with the codes of mx-protocol.md §4.4."""
-    return [Service(3458764513956069001, "voicemail", "VM", "*86", SYSTEM_JID),
-            Service(3458764513956069002, "Auto Attendant", "AA", "3900", SYSTEM_JID),
-            Service(3458764513956069003, "Park Server", "ParkServer", "3950", SYSTEM_JID)]
+    return [Service(SERVICE_ID_BASE + 1, "voicemail", "VM", "*86", SYSTEM_JID),
+            Service(SERVICE_ID_BASE + 2, "Auto Attendant", "AA", "3900", SYSTEM_JID),
+            Service(SERVICE_ID_BASE + 3, "Park Server", "ParkServer", "3950", SYSTEM_JID)]
 
 
 def default_reactor() -> Any:
@@ -230,23 +234,33 @@ class PBX(CallSwitch):
         return record
 
     def add_voicemail(self, login: str, content: bytes, **fields: Any) -> Voicemail:
-        """Put a message into a user's mailbox; the mail id is unique per PBX."""
+        """Put a message (or, ``media_type="Recording"``, a recording) into a user's mailbox
+        without a word to anyone; the mail id is unique per PBX."""
         user = self.user(login)
         self._last_mail_id += 1
         fields.setdefault("to", user.extension)
         fields.setdefault("received", int(self.clock.seconds()))
         mail = Voicemail(self._last_mail_id, content, **fields)
-        user.voicemails[mail.mail_id] = mail
+        user.mailbox(mail.media_type)[mail.mail_id] = mail
         return mail
 
     def leave_voicemail(self, login: str, content: bytes, **fields: Any) -> Voicemail:
-        """A caller leaves a message: into the mailbox, and a ``MailIncomingReadyEvent`` to
-        every monitor of the user's extension (server links and the user's sessions)."""
+        """A caller leaves a message (or, ``media_type="Recording"``, a recording is filed):
+        into the mailbox, and a ``MailIncomingReadyEvent`` to every monitor of the user's
+        extension (server links and the user's sessions)."""
         mail = self.add_voicemail(login, content, **fields)
         user = self.user(login)
         for session, cross_ref in self.monitors_of(user.extension):
             session.send_event(wire.mail_incoming_ready_event(cross_ref, mail, user.jid))
         return mail
+
+    def file_recording(self, login: str, call: Call, peer: str, duration: int) -> Voicemail:
+        """A finished recording of ``call`` with ``peer`` goes to the user's recordings (beeps
+        as long as it lasted), announced like a voicemail with ``mediaType`` ``Recording``."""
+        name = self.display_name(peer) or (call.calling_name if peer == call.calling else "")
+        return self.leave_voicemail(login, beeps(duration), media_type=RECORDING,
+                                    from_number=peer, from_name=name, caller_name=name,
+                                    duration=duration, gcid=call.global_call_id)
 
     # -- monitors and calls ------------------------------------------------------------------
 

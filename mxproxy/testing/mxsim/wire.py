@@ -20,6 +20,7 @@ from mxproxy.testing.mxsim.model import (
     CallRecord,
     Contact,
     MalformedKind,
+    RecordingShape,
     Service,
     Voicemail,
 )
@@ -254,6 +255,19 @@ def transfer_response(call: Call) -> Element:
     return root
 
 
+def recording_state_event(cross_ref: int, call: Call, device: str, active: bool,
+                          shape: RecordingShape) -> Element:
+    """``RecordingStateEvent`` of ``device``'s recording, its connection in the ``shape`` of
+    ``Variants.recording_state``."""
+    root = build("RecordingStateEvent", children={"monitorCrossRefID": str(cross_ref)})
+    parent = sub(root, "connection") if shape == "connection" else root
+    sub(parent, "callID", str(call.call_id))
+    sub(parent, "deviceID", device)
+    sub(root, "RecIsAvailable", "true")
+    sub(root, "RecIsActive", "true" if active else "false")
+    return root
+
+
 def assign_device_info(device: str) -> Element:
     return build("AssignDeviceInfo", children={"deviceID": device})
 
@@ -309,7 +323,7 @@ def mail_incoming_ready_event(cross_ref: int, mail: Voicemail, owner_id: str) ->
         "to": mail.to, "private": "0", "urgent": "0", "ownerId": owner_id,
         "ownerType": mail.owner_type})
     for tag, value in (("monitorCrossRefID", str(cross_ref)), ("mailId", str(mail.mail_id)),
-                       ("mediaType", mail.media_type), ("gcid", ""),
+                       ("mediaType", mail.media_type), ("gcid", mail.gcid),
                        ("received", str(mail.received)), ("duration", str(mail.duration)),
                        ("read", "true" if mail.read else "false"),
                        ("fileFormat", mail.file_format), ("note", mail.note)):
