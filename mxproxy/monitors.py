@@ -36,7 +36,8 @@ CALL_EVENTS = tuple(name for name, kind in EVENTS.items() if issubclass(kind, Ca
 """Every call event the CSTA layer can read; the call state takes what it knows of each."""
 
 EventSink = Callable[[str, str, CallEvent], None]
-"""Receives (JID of the monitored user, their monitored extension, typed call event)."""
+"""Receives (JID of the monitored user, their monitored extension, typed call event); a
+``RecordingStateEvent`` is a call event too."""
 
 MailSink = Callable[[str, MailIncomingReady], None]
 """Receives (JID of the monitored user, a new voicemail or recording of theirs)."""
@@ -222,9 +223,13 @@ class CallMonitors:
     def _mail_event(self, message: Message) -> None:
         event = MailIncomingReady.from_xml(message.element)
         jid = self._user_of(message.name, event.monitor_cross_ref_id)
-        if jid is not None:
-            for observer in tuple(self._mail_observers):
+        if jid is None:
+            return
+        for observer in tuple(self._mail_observers):  # the push system, the event hub
+            try:
                 observer(jid, event)
+            except Exception:  # one observer's bug must not keep the mail from the others
+                self.log.failure("mx.{mx}: a mail observer failed", mx=self._server.name)
 
     def _user_of(self, name: str, ref: int) -> str | None:
         jid = self._by_ref.get(ref)

@@ -9,7 +9,14 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from mxproxy.config import MXConfig
-from mxproxy.csta.events import CallEvent, ConnectionCleared, Delivered, Established
+from mxproxy.csta.events import (
+    CallEvent,
+    ConnectionCleared,
+    Delivered,
+    Established,
+    MailIncomingReady,
+    RecordingState,
+)
 from mxproxy.monitors import CALLS, DEVICES, LEASES, STREAM, CallMonitors
 from mxproxy.mx import MXServer, SerialRegistry
 from mxproxy.testing.mxsim import PBX
@@ -104,6 +111,48 @@ class MonitorTests(MonitorTestCase):
         self.pbx.place_call("+15555550100", "3001")
         await self.server.protocol.expect("DeliveredEvent")
         self.assertEqual([jid for jid, _, _ in self.events], [self.alice])
+
+    async def test_mail_of_a_monitored_user_reaches_the_mail_observers(self) -> None:
+        """Alice's voicemail reaches every observer, even after one that fails; bob's (no
+        monitor) reaches none; calls still reach the sink."""
+        await self.start()
+        mail: list[tuple[str, MailIncomingReady]] = []
+
+        def failing(jid: str, event: MailIncomingReady) -> None:
+            raise RuntimeError("a bug")
+
+        self.monitors.on_mail(failing)
+        self.monitors.on_mail(lambda jid, event: mail.append((jid, event)))
+        await self.monitors.want(self.alice, DEVICES)
+        assert self.server.protocol is not None
+        ready = self.server.protocol.expect("MailIncomingReadyEvent")
+        self.pbx.leave_voicemail("bob", b"", from_number="3001")
+        left = self.pbx.leave_voicemail("alice", b"", from_number="3002", duration=9)
+        await ready
+        await next_turn()
+        [(jid, event)] = mail
+        self.assertEqual((jid, event.mail_id, event.duration, event.media_type),
+                         (self.alice, str(left.mail_id), 9, "VoiceMail"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.events, [])
+        delivered = self.server.protocol.expect("DeliveredEvent")
+        self.pbx.place_call("+15555550100", "3001")
+        await delivered
+        self.assertEqual([type(e) for _, _, e in self.events], [Delivered])
+
+    async def test_recording_state_reaches_the_sink_as_a_call_event(self) -> None:
+        await self.start()
+        await self.monitors.want(self.alice, DEVICES)
+        assert self.server.protocol is not None
+        call = self.pbx.place_call("+15555550100", "3001")
+        self.pbx.answer(call)
+        recording = self.server.protocol.expect("RecordingStateEvent")
+        self.pbx.start_recording(call, "3001")
+        await recording
+        jid, ext, event = self.events[-1]
+        assert isinstance(event, RecordingState)
+        self.assertEqual((jid, event.call_id, event.rec_is_active), (self.alice, call.call_id,
+                                                                      True))
 
     async def test_releasing_the_only_reason_stops_the_monitor(self) -> None:
         await self.start()
