@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 
+from mxproxy.push.dispatcher import VOICEMAIL_TTL
 from tests.test_push import BUNDLE, VOIP, PushTestCase, apns_token, fcm_token
 
 AUDIO = bytes(range(256)) * 40  # a "recording" whose bytes would show in any payload
@@ -29,6 +30,10 @@ class VoicemailPushTests(PushTestCase):
         fields = {"type": "voicemail", "mx": "dev", "id": str(mail.mail_id), "from": "3002",
                   "fromName": "Bob Brown", "duration": 72}
         self.assertEqual((push.token, push.headers["apns-push-type"]), (apns_token(2), "alert"))
+        # Kept a day for a phone that is offline, as FCM keeps it (a call's push: now or never).
+        self.assertEqual(int(push.headers["apns-expiration"]),
+                         int(self.clock.seconds()) + VOICEMAIL_TTL)
+        self.assertEqual(arrival.message["android"]["ttl"], f"{VOICEMAIL_TTL}s")
         self.assertEqual(push.payload, {**fields, "aps": {
             "alert": {"title": "New voicemail from Bob Brown", "body": "1:12"},
             "sound": "default"}})

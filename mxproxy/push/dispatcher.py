@@ -33,6 +33,9 @@ MAX_IN_FLIGHT = 512
 MAX_QUEUED = 4096
 RETRY_FIRST = 1.0
 CREDENTIAL_ALARM_INTERVAL = 600.0
+VOICEMAIL_TTL = 86_400
+"""Seconds a voicemail push may wait for a phone that is offline: news, not a ringing phone,
+worth a day of waiting."""
 
 
 @attrs.frozen
@@ -43,6 +46,9 @@ class Notification:
     call_key: str
     payload: Mapping[str, Any]
     caller: str = ""  # name or number, for alert texts
+    expires: int = 0
+    """Unix time until which a provider may keep it for a phone that is offline; 0: now or
+    never (a call rings now or not at all)."""
 
 
 @attrs.frozen
@@ -183,7 +189,8 @@ class PushDispatcher:
         payload = {"type": "voicemail", "mx": mx, "id": mail.mail_id, "from": mail.sender,
                    "fromName": mail.from_name, "duration": mail.duration}
         notification = Notification("voicemail", f"vm-{mail.mail_id}", payload,
-                                    caller=mail.from_name or mail.sender or "unknown caller")
+                                    caller=mail.from_name or mail.sender or "unknown caller",
+                                    expires=int(self._clock.seconds()) + VOICEMAIL_TTL)
         return self._track(Deferred.fromCoroutine(self._voicemail(user, notification)))
 
     async def _voicemail(self, user: str, notification: Notification) -> None:

@@ -15,14 +15,13 @@ from mxproxy.csta.errors import MXUnavailable
 from mxproxy.logs import Logger
 from mxproxy.monitors import DEVICES, CallMonitors
 from mxproxy.push.apns import APNsClient, APNsError, APNsResponse
-from mxproxy.push.dispatcher import Notification, Outcome, PushDispatcher
+from mxproxy.push.dispatcher import VOICEMAIL_TTL, Notification, Outcome, PushDispatcher
 from mxproxy.push.fcm import FCMClient, FCMError, FCMResponse
 from mxproxy.push.tokens import Device, TokenStore, parse_user_key, user_key
 
 VOIP_SUFFIX = ".voip"
 CALL_TTL = 15  # seconds an FCM call message may wait for an offline phone
 ENDED_TTL = 60
-VOICEMAIL_TTL = 86_400  # news, not a ringing phone: worth a day of waiting
 
 APNS_PRUNE = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
 APNS_CREDENTIALS = frozenset({"InvalidProviderToken", "ExpiredProviderToken",
@@ -67,7 +66,8 @@ class APNsSender:
             collapse_id = notification.call_key
         try:
             response = await client.send(device.token, device.bundle, push_type, payload,
-                                         priority=10, expiration=0, collapse_id=collapse_id)
+                                         priority=10, expiration=notification.expires,
+                                         collapse_id=collapse_id)
         except APNsError as error:
             return Outcome(False, retry_after=0.0, reason=str(error))
         return apns_outcome(response)

@@ -66,6 +66,7 @@ _SEND_PATH = re.compile(r"/v1/projects/([^/]+)/messages:send")
 _TTL = re.compile(r"(\d+)(\.\d{1,9})?s")
 _MESSAGE_FIELDS = {"name", "data", "notification", "android", "webpush", "apns", "fcm_options",
                    "fcmOptions", "token", "topic", "condition"}
+_NOTIFICATION_FIELDS = {"title", "body", "image"}
 _ANDROID_FIELDS = {"collapse_key", "collapseKey", "priority", "ttl", "restricted_package_name",
                    "restrictedPackageName", "data", "notification", "fcm_options", "fcmOptions",
                    "direct_boot_ok", "directBootOk"}
@@ -320,6 +321,11 @@ def _checked_message(body: bytes) -> dict[str, Any]:
         if not isinstance(value, str):
             field = f"message.data[{index}].value"
             raise _Invalid(field, f"Invalid value at '{field}' (TYPE_STRING), {json.dumps(value)}")
+    notification = message.get("notification", {})
+    if not isinstance(notification, dict) or any(
+            name not in _NOTIFICATION_FIELDS or not isinstance(value, str)
+            for name, value in notification.items()):
+        raise _Invalid("message.notification", "Invalid value at 'message.notification'.")
     android = message.get("android")
     if not isinstance(android, dict):
         raise _Invalid("message.android", "mxproxy call pushes need android.priority HIGH.")
