@@ -52,15 +52,18 @@ def check_first(chunk: Chunk) -> None:
 
 @implementer(IPushProducer)
 class VoicemailStream:
-    """Writes chunks 2..N of ``mail_id`` to ``request`` after the caller wrote chunk 1."""
+    """Writes chunks 2..N of ``mail_id`` to ``request`` after the caller wrote chunk 1;
+    ``media_type`` is the mailbox the mail is in (None: the voicemail, without saying so)."""
 
     log = Logger()
 
     def __init__(self, request: Request, protocol: CSTAProtocol, mail_id: str, first: Chunk,
-                 clock: IReactorTime, stall_timeout: float = STALL_TIMEOUT) -> None:
+                 clock: IReactorTime, stall_timeout: float = STALL_TIMEOUT,
+                 media_type: str | None = None) -> None:
         self._request = request
         self._protocol = protocol
         self._mail_id = mail_id
+        self._media_type = media_type
         self._clock = clock
         self._stall_timeout = stall_timeout
         self._stall: IDelayedCall | None = None
@@ -139,7 +142,8 @@ class VoicemailStream:
 
     async def _fetch(self) -> None:
         try:
-            reply = await self._protocol.request(commands.mail_receive(self._mail_id, True))
+            reply = await self._protocol.request(commands.mail_receive(self._mail_id, True,
+                                                                       self._media_type))
             chunk = Chunk.from_xml(reply.element)
             if chunk.number != self._number + 1 or chunk.total != self._total:
                 raise ProtocolViolation(
@@ -168,7 +172,7 @@ class VoicemailStream:
     async def _cancel(self) -> None:
         try:
             if self._protocol.up:
-                await self._protocol.request(commands.mail_cancel(self._mail_id))
+                await self._protocol.request(commands.mail_cancel(self._mail_id, self._media_type))
         except MXError as error:
             self.log.warn("voicemail {id}: MailCancelReceive failed: {error}", id=self._mail_id,
                           error=error)

@@ -1,7 +1,9 @@
 """The voicemail routes: list, download (streamed), mark read or annotate, delete.
 
 Every ``Mail*`` command runs on a user session that monitors the user's own extension: the MX
-refuses them otherwise (mx-protocol.md §3.9.1).
+refuses them otherwise (mx-protocol.md §3.9.1). ``?media=Recording`` makes each route work on
+the recordings of the user's calls instead, a mailbox the MX keeps apart (``<mediaType>``);
+the voicemail's commands go without a ``mediaType``, as the original sent them.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ class VoicemailRoutes(Endpoints):
     @app.route("/mx/<mx>/voicemail", methods=["GET"])
     async def voicemail_list(self, request: Request, mx: str) -> bytes:
         caller = self.auth.caller(request, mx)
+        media = media_type(request)
 
         async def mails(session: UserSession) -> VoiceMailList:
             await session.ensure_monitor()
-            reply = await session.protocol.request(commands.mail_list(session.identity.ext))
+            reply = await session.protocol.request(commands.mail_list(session.identity.ext,
+                                                                      media))
             return VoiceMailList.from_xml(reply.element)
 
         listing = await self.auth.on_session(caller, mails)
@@ -47,19 +51,21 @@ class VoicemailRoutes(Endpoints):
     async def voicemail_download(self, request: Request, mx: str, mail_id: str) -> None:
         caller = self.auth.caller(request, mx)
         mail_id = known_mail_id(mail_id)
+        media = media_type(request)
         pool = caller.access.pool
         session = await self.auth.guarded(caller, pool.acquire(caller.login, caller.password))
         head = request.method == b"HEAD"
         try:
             await session.ensure_monitor()
             try:
-                reply = await session.protocol.request(commands.mail_receive(mail_id, False))
+                reply = await session.protocol.request(commands.mail_receive(mail_id, False,
+                                                                             media))
             except CSTAError:
                 raise not_found(f"no voicemail {mail_id!r}") from None
             first = Chunk.from_xml(reply.element)
             check_first(first)
             if head and first.total > 1:  # the headers are known: the rest stays on the MX
-                await session.protocol.request(commands.mail_cancel(mail_id))
+                await session.protocol.request(commands.mail_cancel(mail_id, media))
         except BaseException:
             pool.release(session)
             raise
@@ -70,7 +76,8 @@ class VoicemailRoutes(Endpoints):
             pool.release(session)
             return
         request.write(first.content)
-        stream = VoicemailStream(request, session.protocol, mail_id, first, self.clock)
+        stream = VoicemailStream(request, session.protocol, mail_id, first, self.clock,
+                                 media_type=media)
         stream.when_done().addCallback(lambda _: pool.release(session))
         stream.start()
         await stream.when_done()
@@ -79,6 +86,7 @@ class VoicemailRoutes(Endpoints):
     async def voicemail_update(self, request: Request, mx: str, mail_id: str) -> bytes:
         caller = self.auth.caller(request, mx)
         mail_id = known_mail_id(mail_id)
+        media = media_type(request)
         fields = body_fields(request)
         note = fields.get("note")
         read = flag(fields.get("readed", fields.get("read")))
@@ -95,14 +103,17 @@ class VoicemailRoutes(Endpoints):
             await session.ensure_monitor()
             try:
                 if read is not None:
-                    await session.protocol.request(commands.mail_set_status(mail_id, read))
+                    await session.protocol.request(commands.mail_set_status(mail_id, read,
+                                                                            media))
                 if note is not None:
-                    await session.protocol.request(commands.update_vm_note(mail_id, note))
+                    await session.protocol.request(commands.update_vm_note(mail_id, note,
+                                                                           media))
             except CSTAError:
                 raise not_found(f"no voicemail {mail_id!r}") from None
             changes = {key: value for key, value in (("read", read), ("note", note))
                        if value is not None}
-            mail_changed(caller.access, session, {"id": mail_id, "event": "updated", **changes})
+            mail_changed(caller.access, session,
+                         {**mail_event(mail_id, media), "event": "updated", **changes})
 
         await self.auth.on_session(caller, update)
         return no_content(request)
@@ -111,16 +122,17 @@ class VoicemailRoutes(Endpoints):
     async def voicemail_delete(self, request: Request, mx: str, mail_id: str) -> bytes:
         caller = self.auth.caller(request, mx)
         mail_id = known_mail_id(mail_id)
+        media = media_type(request)
 
         async def delete(session: UserSession) -> None:
             await session.ensure_monitor()
             try:
-                await session.protocol.request(commands.mail_delete(mail_id))
+                await session.protocol.request(commands.mail_delete(mail_id, media))
             except CSTAError as error:  # unknown or foreign ids succeed, as in the original
                 log.info("voicemail {id}: delete refused by the MX: {error}", id=mail_id,
                          error=error)
                 return
-            mail_changed(caller.access, session, {"id": mail_id, "event": "deleted"})
+            mail_changed(caller.access, session, {**mail_event(mail_id, media), "event": "deleted"})
 
         await self.auth.on_session(caller, delete)
         return no_content(request)
@@ -131,6 +143,24 @@ def mail_changed(access: MXAccess, session: UserSession, data: dict[str, Any]) -
     monitors no event for a mail marked read or deleted."""
     if access.events is not None:
         access.events.publish(session.identity.jid, VOICEMAIL, data)
+
+
+def media_type(request: Request) -> str | None:
+    """The mailbox ``?media=`` names: ``Recording``, or the voicemail (``VoiceMail``, the
+    default), for which no ``mediaType`` is sent."""
+    args: dict[bytes, list[bytes]] = request.args or {}
+    values = args.get(b"media")
+    media = values[-1].decode("utf-8", "replace") if values else commands.VOICEMAIL
+    if media not in commands.MEDIA_TYPES:
+        raise bad_request(f"media {media[:40]!r}: expected "
+                          f"{' or '.join(commands.MEDIA_TYPES)}")
+    return None if media == commands.VOICEMAIL else media
+
+
+def mail_event(mail_id: str, media: str | None) -> dict[str, str]:
+    """What the event stream says a changed mail is: its id, and ``mediaType`` for a
+    recording (ids are the MX's, and nothing says its two mailboxes never share one)."""
+    return {"id": mail_id, "mediaType": media} if media else {"id": mail_id}
 
 
 def known_mail_id(mail_id: str) -> str:
