@@ -91,3 +91,51 @@ class RecordingTests(EventStreamTestCase):
             {"id": str(recording.mail_id), "mediaType": "Recording", "event": "updated",
              "read": True},
             {"id": str(recording.mail_id), "mediaType": "Recording", "event": "deleted"}])
+
+
+class RecordingRouteTests(EventStreamTestCase):
+    async def connected(self) -> int:
+        """A call of alice's from outside, answered by the far end's peer (alice), on a
+        simulator whose clock the test moves; its call id."""
+        self.sim_clock = Clock()
+        self.pbx = company(clock=self.sim_clock, chunk_size=1000)
+        await self.daemon(self.pbx)
+        call = self.pbx.place_call(CALLER, "3001")
+        self.pbx.answer(call)
+        return call.call_id
+
+    async def test_start_stop_then_the_recording_downloads_byte_identical(self) -> None:
+        call_id = await self.connected()
+        stream = await self.stream()
+        self.assertEqual(loads((await self.send("POST", f"/calls/{call_id}/recording", {}))[1]),
+                         {"callId": call_id, "recording": True})
+        self.assertEqual(list(self.pbx.call(call_id).recordings), ["3001"])
+        self.sim_clock.advance(3)
+        response, body = await self.send("DELETE", f"/calls/{call_id}/recording")
+        self.assertEqual((response.code, loads(body)), (200, {"callId": call_id,
+                                                              "recording": False}))
+        (recording,) = self.pbx.user("alice").recordings.values()
+        self.assertEqual(recording.duration, 3)
+        while "voicemail" not in stream.kinds():
+            await stream.wait()
+        events = [data for kind, _, data in stream.events if kind == "voicemail"]
+        self.assertEqual((events[0]["id"], events[0]["event"], events[0]["mediaType"]),
+                         (str(recording.mail_id), "new", "Recording"))
+        response, body = await self.get(f"/voicemail/{recording.mail_id}?media=Recording")
+        self.assertEqual((response.code, body), (200, recording.content))
+
+    async def test_refusals(self) -> None:
+        call_id = await self.connected()
+        self.assertError(await self.send("DELETE", f"/calls/{call_id}/recording"), 409,
+                         "does not record")
+        self.assertEqual((await self.send("POST", f"/calls/{call_id}/recording", {}))[0].code,
+                         200)
+        self.assertError(await self.send("POST", f"/calls/{call_id}/recording", {}), 409,
+                         "already")
+        self.assertError(await self.send("POST", "/calls/999/recording", {}), 404)
+        self.assertError(await self.send("POST", "/calls/x1/recording", {}), 404)
+        ringing = self.pbx.place_call(CALLER, "3001")
+        self.assertError(await self.send("POST", f"/calls/{ringing.call_id}/recording", {}),
+                         409, "not connected")
+        self.assertError(await self.send("POST", f"/calls/{call_id}/recording", {},
+                                         auth=("alice", "wrong")), 403)

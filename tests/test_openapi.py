@@ -608,6 +608,8 @@ def _expected_operations() -> Iterable[tuple[str, str]]:
         yield "/mx/{mx}/calls/{call_id}", method
     for action in ("answer", "hold", "retrieve", "transfer", "deflect"):
         yield f"/mx/{{mx}}/calls/{{call_id}}/{action}", "post"
+    for method in ("post", "delete"):
+        yield "/mx/{mx}/calls/{call_id}/recording", method
     yield "/mx/{mx}/mode", "put"
     yield "/mx/{mx}/services", "get"
     for method in ("post", "delete"):

@@ -1,6 +1,6 @@
 """The call loop of a softphone app: who the user is on the MX (``GET user``, the SIP password
 its softphone registers with), their current calls, and call control: answer on a SIP device,
-hang up, hold, retrieve, transfer, deflect, and where calls ring (``PUT mode``).
+hang up, hold, retrieve, transfer, deflect, record, and where calls ring (``PUT mode``).
 
 The calls come from the MX's call state (:mod:`mxproxy.calls`), fed by a monitor on the user's
 extension on the server link; using these routes keeps one running for ten minutes
@@ -147,6 +147,20 @@ class CallRoutes(Endpoints):
             return {"callId": number, "to": target}
 
         return await self._control(request, caller, send_on)
+
+    @app.route("/mx/<mx>/calls/<call_id>/recording", methods=["POST", "DELETE"])
+    async def recording(self, request: Request, mx: str, call_id: str) -> bytes:
+        """Start or stop recording a connected call; once stopped, the recording is in the
+        user's mailbox (``GET voicemail?media=Recording``, a ``voicemail`` event)."""
+        caller, number = self._call_of(request, mx, call_id)
+        start = request.method == b"POST"
+        command = callcontrol.start_recording if start else callcontrol.stop_recording
+
+        async def record(session: UserSession, state: CallState) -> dict[str, Any]:
+            await command(session.protocol, number, session.identity.ext)
+            return {"callId": number, "recording": start}
+
+        return await self._control(request, caller, record)
 
     @app.route("/mx/<mx>/mode", methods=["PUT"])
     async def mode(self, request: Request, mx: str) -> bytes:
