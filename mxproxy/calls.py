@@ -114,7 +114,9 @@ def _party(call: Call | None, event: CallEvent, state: str, direction: str, peer
 
 
 def _delivered(call: Call | None, event: Delivered, ext: str, name_of: NameOf) -> Call | None:
-    if ext in (event.called_device, event.alerting_device):
+    # The device that rings is this user's: ``calledDevice`` stays the number first dialled,
+    # which after a transfer or a hunt group is no longer where the call rings.
+    if (event.alerting_device or event.called_device) == ext:
         return _party(call, event, RINGING, INCOMING, event.calling_device,
                       event.calling_display_name, name_of)
     if event.calling_device == ext:  # the far end of this user's own call rings

@@ -288,6 +288,21 @@ class CallStateTests(TestCase):
         await self.events(6)
         self.assertEqual((self.states(self.alice), self.states(self.bob)), ([], []))
 
+    async def test_a_peer_who_transfers_leaves_this_user_dialing_the_new_party(self) -> None:
+        """bob calls alice and, connected, transfers her to an outside number: the MX's
+        DeliveredEvent for that number still names alice's extension as the called device;
+        alice's call is not ringing at her, she waits for the number to answer."""
+        await self.start()
+        call = self.pbx.place_call("3002", "3001")
+        self.pbx.answer(call)
+        await self.events(4)
+        before = len(self.seen)
+        self.pbx.transfer(call, "3002", CALLER)
+        while (self.alice, "Delivered") not in [seen[:2] for seen in self.seen[before:]]:
+            await next_turn()
+        self.assertEqual(self.states(self.alice), [(call.call_id, DIALING, OUTGOING, CALLER)])
+        self.assertEqual(self.states(self.bob), [])
+
     async def test_answered_at_another_extension_leaves_this_users_calls(self) -> None:
         await self.start()
         call = self.pbx.place_call(CALLER, "3001")
