@@ -11,7 +11,7 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from mxproxy.csta import errors, events, messages
-from mxproxy.csta.records import XMLRecord, integer
+from mxproxy.csta.records import XMLRecord, integer, string
 from mxproxy.csta.xml import ECMA_CSTA_NS, XMLError, parse
 
 # --- samples, verbatim from mx-protocol.md (long lines split between tags) ---
@@ -424,6 +424,17 @@ class Lengths(XMLRecord):
     length: int = integer("Duration", "duration")
 
 
+@attrs.frozen
+class Devices(XMLRecord):
+    """Two references inside elements of their own (read in the pass over the children), and
+    two that share an element (the second read by a search)."""
+
+    calling: str = string("callingDevice/deviceIdentifier")
+    called: str = string("calledDevice/deviceIdentifier")
+    party: str = string("party/id")
+    party_name: str = string("party/name")
+
+
 class RecordReadingTests(SynchronousTestCase):
     def test_an_element_read_by_two_fields(self) -> None:
         self.assertEqual(Lengths.from_xml(parse(b"<x><duration>5</duration>"
@@ -432,6 +443,18 @@ class RecordReadingTests(SynchronousTestCase):
                          Lengths(5, 5))
         self.assertEqual(Lengths.from_xml(parse(
             f'<x xmlns="{ECMA_CSTA_NS}"><duration>5</duration></x>'.encode())), Lengths(5, 5))
+
+
+    def test_an_element_inside_a_child(self) -> None:
+        """As a one-element field is read: whatever its namespace, the first present in
+        document order (a first ``callingDevice`` without one does not hide a later one),
+        empty when absent."""
+        element = parse(
+            f'<x xmlns:c="{ECMA_CSTA_NS}"><callingDevice><other>9</other></callingDevice>'
+            "<c:callingDevice><!-- a comment --><c:deviceIdentifier> 3001 </c:deviceIdentifier>"
+            "</c:callingDevice><callingDevice><deviceIdentifier>3009</deviceIdentifier>"
+            "</callingDevice><party><id>7</id><name>Pat</name></party></x>".encode())
+        self.assertEqual(Devices.from_xml(element), Devices("3001", "", "7", "Pat"))
 
 
 class CallControlTests(SynchronousTestCase):

@@ -85,9 +85,16 @@ class XMLRecord:
                         if tag in wanted and tag not in texts:
                             texts[tag] = child.text
                         continue
-                name, paths, convert = field
-                if name not in values:  # the first of repeated elements wins
+                name, paths, convert, inner = field
+                if name in values:  # the first of repeated elements wins
+                    continue
+                if inner is None:
                     values[name] = convert(child.text, element, paths)
+                    continue
+                for grandchild in child:  # ``child/inner``: a device's <deviceIdentifier>
+                    if _local_tag(grandchild.tag) == inner:
+                        values[name] = convert(grandchild.text, element, paths)
+                        break
         attribute = element.get
         for name, key, paths, convert in plan.attributes:
             values[name] = convert(attribute(key), element, paths)
@@ -113,12 +120,13 @@ Convert = Callable[[str | None, Element, tuple[str, ...]], object]
 class _Plan:
     """How to read a class, worked out once, so that each element is read in one pass over its
     children: fields read from one child element each (``children``, by the element's local
-    name; the common case, converted as the pass meets them), from one attribute each
+    name; the common case, converted as the pass meets them; or from the first element of a
+    name inside it, ``child/inner``, as a device reference is), from one attribute each
     (``attributes``, with the attribute's name), from the first present of several spellings
     (``direct``: attributes, and the texts of the ``wanted`` elements, gathered by the pass),
     and fields with their own reader (``other``)."""
 
-    children: Mapping[str, tuple[str, tuple[str, ...], Convert]]
+    children: Mapping[str, tuple[str, tuple[str, ...], Convert, str | None]]
     attributes: tuple[tuple[str, str, tuple[str, ...], Convert], ...]
     direct: tuple[tuple[str, tuple[str, ...], Convert], ...]
     wanted: frozenset[str]
@@ -132,16 +140,19 @@ def _plan(cls: type[XMLRecord]) -> _Plan:
     plan = _PLANS.get(cls)
     if plan is None:
         simple: list[tuple[str, tuple[str, ...], Convert]] = []
+        nested: list[tuple[attrs.Attribute, tuple[str, ...], Convert]] = []
         other: list[tuple[str, Read, bool]] = []
         for field in attrs.fields(cls):
             read = field.metadata.get(_DIRECT)
-            if read is None:
-                other.append((field.name, field.metadata[_READ], field.metadata[_IN_CONNECTION]))
-            else:
+            if read is not None:
                 simple.append((field.name, *read))
+            elif _NESTED in field.metadata:
+                nested.append((field, *field.metadata[_NESTED]))
+            else:
+                other.append((field.name, field.metadata[_READ], field.metadata[_IN_CONNECTION]))
         direct = [field for field in simple if len(field[1]) > 1]  # several spellings
         wanted = frozenset(path for _, paths, _ in direct for path in paths if path[0] != "@")
-        children: dict[str, tuple[str, tuple[str, ...], Convert]] = {}
+        children: dict[str, tuple[str, tuple[str, ...], Convert, str | None]] = {}
         attributes: list[tuple[str, str, tuple[str, ...], Convert]] = []
         for name, paths, convert in simple:
             if len(paths) > 1:
@@ -152,7 +163,13 @@ def _plan(cls: type[XMLRecord]) -> _Plan:
             elif path in wanted:  # an element a field of several spellings reads too
                 direct.append((name, paths, convert))
             else:
-                children[path] = (name, paths, convert)
+                children[path] = (name, paths, convert, None)
+        for field, paths, convert in nested:
+            outer, inner = paths[0].split("/")
+            if outer in children or outer in wanted:  # taken: read it the slow way
+                other.append((field.name, field.metadata[_READ], False))
+            else:
+                children[outer] = (field.name, paths, convert, inner)
         plan = _PLANS[cls] = _Plan(children, tuple(attributes), tuple(direct), wanted,
                                    tuple(other))
     return plan
@@ -193,6 +210,7 @@ def _to_boolean(text: str | None, element: Element, paths: tuple[str, ...]) -> b
 
 _PLAIN_BOOLEANS = {"": False, "true": True, "false": False}
 _DIRECT = "mxproxy.direct"
+_NESTED = "mxproxy.nested"
 
 
 def _scalar(paths: tuple[str, ...], convert: Convert, default: object, in_connection: bool,
@@ -205,6 +223,9 @@ def _scalar(paths: tuple[str, ...], convert: Convert, default: object, in_connec
     }
     if simple:
         metadata[_DIRECT] = (paths, convert)
+    elif not in_connection and len(paths) == 1 and paths[0].count("/") == 1 and \
+            paths[0][0] != "@":
+        metadata[_NESTED] = (paths, convert)
     return attrs.field(default=default, repr=shown, metadata=metadata)
 
 
