@@ -31,6 +31,7 @@ from mxproxy.listeners import admin_listener, api_listeners
 from mxproxy.memory import tune_malloc
 from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer, SerialRegistry
+from mxproxy.ownership import LockSession, Ownership
 from mxproxy.sessions import SessionPool
 
 if TYPE_CHECKING:
@@ -61,8 +62,13 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
         push = _push(config, options["db"], reactor, metrics)
     if push is not None:
         push.setServiceParent(root)  # first in, last out: it outlives the links that feed it
+    # After the push system, before the links: stopped once the links are, so the locks go
+    # only when this instance can no longer push.
+    ownership = Ownership(_locks(options["db"], reactor) if push is not None else None, reactor)
+    ownership.setServiceParent(root)
     serials = SerialRegistry()
     access = {}
+    roles = {}
     for name, mx in config.mx.items():
         trace = _trace(options, f"mx.{name}")
         round_trip = metrics.round_trips(name)
@@ -76,8 +82,9 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
         calls = CallState(server, reactor)
         events = EventHub(reactor)
         follow(events, server, calls)
+        roles[name] = ownership.role(server)
         access[name] = MXAccess(server, pool, calls, events,
-                                push.attach(server, calls) if push else None)
+                                push.attach(server, calls, roles[name]) if push else None)
     clients = ClientAddresses(reactor, options["trusted-proxy"])
     site = APISite(API(access, reactor, metrics=metrics, clients=clients).resource(), reactor,
                    ConnectionLimit(reactor, options["max-connections-per-address"],
@@ -87,7 +94,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     admin = admin_listener(options, admin_site(
         metrics, [entry.server for entry in access.values()], push, reactor,
         tls_not_after=None if certificate is None else lambda: certificate.not_after,
-        monitors={name: entry.calls.monitors for name, entry in access.items()}), reactor)
+        monitors={name: entry.calls.monitors for name, entry in access.items()},
+        roles=roles, database=ownership.database), reactor)
     if admin is not None:
         admin.setServiceParent(root)  # health answers until the API has stopped accepting
     # Added last, so stopped first: a stopping daemon stops accepting before anything else.
@@ -96,6 +104,15 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     log.info("mxproxy {version}: {count} MX configured: {names}", version=__version__,
              count=len(access), names=", ".join(access))
     return root
+
+
+def _locks(db: str, reactor: Any) -> LockSession | None:
+    """The lock connection when the tokens are in PostgreSQL: several instances may share it."""
+    if not db.lower().startswith(("postgresql://", "postgres://")):
+        return None
+    from mxproxy.lockconnection import PostgresLocks
+
+    return PostgresLocks(db, reactor)
 
 
 def _trace(options: Mapping[str, Any], label: str) -> Trace | None:
