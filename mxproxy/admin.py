@@ -167,10 +167,11 @@ class LiveState:
             monitors.add_metric([name], _monitors(self._monitors, server))
             owner.add_metric([name], int(_role(self._roles, server).owner))
         yield from (up, reconnects, monitors, owner)
-        if self._database is not None:
-            yield GaugeMetricFamily("mxproxy_database_up", "1 while the lock connection to the "
-                                    "shared PostgreSQL database answers, else 0",
-                                    value=int(self._database.up))
+        database = GaugeMetricFamily("mxproxy_database_up", "1 while the lock connection to "
+                                     "the shared PostgreSQL database answers, else 0")
+        if self._database is not None:  # one instance on SQLite: no sample
+            database.add_metric([], int(self._database.up))
+        yield database
         yield from self._pushes()
         yield from self._expiry()
 
