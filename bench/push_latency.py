@@ -442,7 +442,7 @@ def install_probes(reactor: Any, path: str) -> None:
     from mxproxy.push.apns import APNsClient
     from mxproxy.push.dispatcher import PushDispatcher
     from mxproxy.push.h2client import H2ClientConnection
-    from mxproxy.push.tokens import TokenStore
+    from mxproxy.store.threaded import ThreadedStore as TokenStore
 
     stages: dict[int, dict[str, Any]] = {}
     current = {"read": 0.0}

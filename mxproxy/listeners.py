@@ -22,6 +22,7 @@ from twisted.web.server import Site
 
 from mxproxy import logs
 from mxproxy.api.site import APISite
+from mxproxy.store.location import is_postgres
 from mxproxy.tls import (
     RedirectToHTTPS,
     ServingCertificate,
@@ -111,9 +112,12 @@ def api_listeners(options: Mapping[str, Any], site: APISite, parent: MultiServic
 
 
 def acme_dir(options: Mapping[str, Any]) -> str:
-    """``--acme-dir``, or ``acme/`` beside the database."""
+    """``--acme-dir``, or ``acme/`` beside the SQLite database (in the working directory with
+    PostgreSQL)."""
     if options["acme-dir"] is not None:
         return str(options["acme-dir"])
+    if is_postgres(options["db"]):
+        return os.path.abspath("acme")
     return os.path.join(os.path.dirname(os.path.abspath(options["db"])), "acme")
 
 

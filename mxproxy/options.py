@@ -139,7 +139,9 @@ class MXProxyOptions(usage.Options):
 
     optParameters = [
         ["config", None, "mxproxy.json", "JSON configuration file: MX servers, push credentials."],
-        ["db", None, "mxproxy.db", "SQLite file holding the registered device tokens."],
+        ["db", None, "mxproxy.db", "Where the registered device tokens are: an SQLite file, or "
+         "a postgresql://user:password@host:port/dbname URL (libpq's; PG* environment variables"
+         " fill in what it leaves out) for several instances sharing one database."],
         [
             "host",
             None,
@@ -167,7 +169,8 @@ class MXProxyOptions(usage.Options):
             "acme-dir",
             None,
             None,
-            "Directory of the ACME account key and certificates (default: acme/ beside --db).",
+            "Directory of the ACME account key and certificates (default: acme/ beside an SQLite "
+            "--db, else in the working directory).",
         ],
         [
             "acme-directory",
@@ -221,6 +224,11 @@ class MXProxyOptions(usage.Options):
             raise usage.UsageError("--session-idle: expected a positive number of seconds")
         if self["max-connections-per-address"] < 0:
             raise usage.UsageError("--max-connections-per-address: expected 0 (no cap) or more")
+        from mxproxy.store.location import check as check_db  # only once options are given
+
+        problem = check_db(self["db"])
+        if problem is not None:
+            raise usage.UsageError(problem)
         self["local_http"] = self._local_http()
         if (self["tls-cert"] is None) != (self["tls-key"] is None):
             raise usage.UsageError("--tls-cert and --tls-key go together")

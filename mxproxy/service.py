@@ -138,7 +138,7 @@ def _push(config: Config, db: str, reactor: Any, metrics: Metrics) -> PushSystem
         log.warn("push: no apns or gfcm credentials configured; device registration answers 501")
         return None
     from mxproxy.push.system import PushConfigError, build, load_credentials
-    from mxproxy.push.tokens import TokenStoreError
+    from mxproxy.store import TokenStoreError
 
     try:
         apns, fcm = load_credentials(config)

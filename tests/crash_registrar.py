@@ -12,7 +12,7 @@ import sys
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
 
-from mxproxy.push.tokens import TokenStore
+from mxproxy.store.sqlite import SQLiteStore
 
 COUNT = 1000
 USERS = 10
@@ -29,7 +29,7 @@ def acknowledge(_: object, registered: str) -> None:
 
 
 async def register_all(reactor: object, path: str) -> None:
-    store = TokenStore.open(path, reactor=reactor, max_devices_per_user=COUNT)
+    store = SQLiteStore.open(path, reactor=reactor, max_devices_per_user=COUNT)
     registrations = [
         store.register(f"{SN}:user{index % USERS}", "apns", "com.example.phone", False,
                        token(index)).addCallback(acknowledge, token(index))

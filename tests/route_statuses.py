@@ -67,7 +67,7 @@ HOME = "mxproxy.api"
 MX_LINK: Domain = (LoginError, CSTAError, MXTimeout, MXUnavailable, ProtocolViolation,
                    XMLError, FrameTooLarge)
 CALL_CONTROL: Domain = (*MX_LINK, CallStateError, UnknownCall, DeviceNotAssigned)
-PUSH = "mxproxy.push"
+TOKEN_STORE = "mxproxy.store"
 FAILURE_DOMAINS: Mapping[str, Domain] = {
     # A user's session: its login and commands travel over its own link to the MX.
     "mxproxy.sessions.SessionPool": MX_LINK,
@@ -76,8 +76,9 @@ FAILURE_DOMAINS: Mapping[str, Domain] = {
     "mxproxy.callcontrol": CALL_CONTROL,
     "mxproxy.callcontrol.set_mode": MX_LINK,  # fire-and-forget: the MX answers nothing
     "mxproxy.csta": MX_LINK,
-    # Device registration: the push side's token store (mxproxy.push implements Devices).
-    "mxproxy.api.access.Devices": PUSH,
+    # Device registration: mxproxy.push implements Devices on the token store, whose errors
+    # (mxproxy.store) are what it fails with.
+    "mxproxy.api.access.Devices": TOKEN_STORE,
     # In memory: nothing the error mapping translates.
     "mxproxy.sessions.AuthCache": None,
     "mxproxy.sessions.LoginThrottle": None,

@@ -25,7 +25,7 @@ from zope.interface import implementer
 from mxproxy import logs
 from mxproxy.push.apns import APNsClient, APNsResponse, APNsTimeout, APNsUnavailable
 from mxproxy.push.credentials import DEVELOPMENT, PRODUCTION, APNsCertificate, APNsTokenKey
-from mxproxy.push.tokens import mask_token
+from mxproxy.store import mask_token
 from mxproxy.testing import fakeapns
 from mxproxy.testing.certs import DEFAULT_NAMES, CertificateAuthority, certificate_authority
 from mxproxy.testing.fakeapns import NO_ANSWER, Delayed, FakeAPNs

@@ -31,7 +31,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from mxproxy.push.tokens import TokenStore
+from mxproxy.store.sqlite import SQLiteStore
 from mxproxy.testing.mxsim import PBX
 from tests.crash_daemon import BUNDLE, DB, MX_LOGIN, MX_NAME, MX_PASSWORD
 from tests.support import serve
@@ -254,7 +254,7 @@ class DaemonCrashTests(TestCase):
         for suffix in ("", "-wal"):
             shutil.copyfile(self.db + suffix, os.path.join(copy, DB + suffix))
         snapshot = os.path.join(copy, DB)
-        store = TokenStore.open(snapshot)
+        store = SQLiteStore.open(snapshot)
         self.addCleanup(store.close)
         found: set[Row] = set()
         for user in await store.users(SN):

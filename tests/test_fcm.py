@@ -27,7 +27,7 @@ from mxproxy.push.fcm import (
     build_message,
     classify_response,
 )
-from mxproxy.push.tokens import mask_token
+from mxproxy.store import mask_token
 from mxproxy.testing.fakefcm import (
     HANG,
     INTERNAL,

@@ -33,7 +33,7 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, read
 from twisted.web.http_headers import Headers
 
 from mxproxy.csta.client import hash_password
-from mxproxy.push.tokens import mask_token
+from mxproxy.store import mask_token
 from mxproxy.testing.mxsim import demo_pbx
 from tests.crash_daemon import write
 from tests.support import serve

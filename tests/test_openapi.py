@@ -36,8 +36,8 @@ from twisted.web.server import Request
 from mxproxy.api.auth import Authenticator
 from mxproxy.api.errors import HTTPError, as_http_error
 from mxproxy.csta.errors import LoggedOut, LoginError, ProtocolViolation
-from mxproxy.push.tokens import TokenStoreError
 from mxproxy.sessions import UserSession
+from mxproxy.store import TokenStoreError
 from tests.route_statuses import (
     HOME,
     MX_LINK,

@@ -62,6 +62,19 @@ class MXProxyOptionsTests(SynchronousTestCase):
             ("/etc/mxproxy.json", "/var/lib/mx.db", -3),
         )
 
+    def test_db_takes_a_postgresql_url(self) -> None:
+        for url in ("postgresql://mx:s3cret@db.example:5432/tokens", "postgres://db/tokens",
+                    "postgresql://"):
+            self.assertEqual(parsed(MXProxyOptions, "--db", url, *LISTEN)["db"], url)
+
+    def test_a_bad_db_url_is_a_usage_error_without_its_password(self) -> None:
+        self.assertUsageError(
+            ["--db", "postgresql://mx:s3cret@db/tokens?colour=blue", *LISTEN],
+            '--db postgresql://mx:***@db/tokens?colour=blue: not a valid PostgreSQL URL: '
+            'invalid URI query parameter: "colour"')
+        self.assertUsageError(["--db", "", *LISTEN],
+                              "--db: empty; give an SQLite file or a postgresql:// URL")
+
     def test_flags(self) -> None:
         for flag in ("debug", "csta", "demo"):
             self.assertTrue(parsed(MXProxyOptions, *LISTEN, f"--{flag}")[flag], flag)

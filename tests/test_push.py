@@ -30,12 +30,12 @@ from mxproxy.csta.events import CallEvent, MailIncomingReady
 from mxproxy.csta.messages import EVENTS
 from mxproxy.csta.protocol import Message
 from mxproxy.metrics import Metrics
-from mxproxy.push import tokenfile
 from mxproxy.push.credentials import APNsCertificate, Credential
 from mxproxy.push.dispatcher import RING_WINDOW, PushDispatcher
 from mxproxy.push.fcm import ServiceAccount
 from mxproxy.push.system import PushSystem, build
-from mxproxy.push.tokens import Device, user_key
+from mxproxy.store import Device, user_key
+from mxproxy.store import sqlitefile as tokenfile
 from mxproxy.testing import fakeapns, fakefcm
 from mxproxy.testing.certs import CertificateAuthority, certificate_authority
 from mxproxy.testing.fakeapns import NO_ANSWER, Delayed, FakeAPNs, ReceivedRequest

@@ -102,6 +102,8 @@ class MakeServiceTests(SynchronousTestCase):
         [acme] = [s for s in root if isinstance(s, ACMEService)]  # type: ignore[attr-defined]
         self.assertEqual(acme_dir({"acme-dir": None, "db": db}),
                          os.path.join(os.path.dirname(db), "acme"))
+        self.assertEqual(acme_dir({"acme-dir": None, "db": "postgresql://mx:pw@db/tokens"}),
+                         os.path.abspath("acme"))  # the working directory's
         listeners = [(s.what, s.description) for s in root  # type: ignore[attr-defined]
                      if isinstance(s, Listener)]
         self.assertEqual(listeners, [("the admin endpoint (/healthz, /metrics)",

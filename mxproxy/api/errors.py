@@ -21,7 +21,7 @@ from mxproxy.csta.errors import (
 from mxproxy.csta.frame import FrameTooLarge
 from mxproxy.csta.xml import XMLError
 from mxproxy.logs import Logger
-from mxproxy.push.tokens import StoreUnavailable
+from mxproxy.store import StoreUnavailable
 
 log = Logger(__name__)
 

@@ -33,7 +33,7 @@ from mxproxy.push.credentials import (
     Credential,
 )
 from mxproxy.push.h2client import CLOSED, READY, H2ClientConnection, H2Response, StreamFailed
-from mxproxy.push.tokens import mask_token
+from mxproxy.store import mask_token
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot

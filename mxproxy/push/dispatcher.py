@@ -26,7 +26,7 @@ from mxproxy.csta.events import CallEvent, Delivered, Established, MailIncomingR
 from mxproxy.logs import Logger
 from mxproxy.metrics import DELIVERED, DROPPED, FAILED, REJECTED, Metrics
 from mxproxy.push.slots import FanOut, Slots
-from mxproxy.push.tokens import Device, StoreUnavailable, TokenStore, canonical_token
+from mxproxy.store import Device, StoreUnavailable, TokenStore, canonical_token
 
 RING_WINDOW = 30.0
 MAX_IN_FLIGHT = 512

@@ -39,7 +39,7 @@ from twisted.web.client import (
 )
 
 from mxproxy.logs import Logger
-from mxproxy.push.tokens import mask_token
+from mxproxy.store import mask_token
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from mxproxy.monitors import DEVICES, CallMonitors
 from mxproxy.push.apns import APNsClient, APNsError, APNsResponse
 from mxproxy.push.dispatcher import Notification, Outcome, PushDispatcher
 from mxproxy.push.fcm import FCMClient, FCMError, FCMResponse
-from mxproxy.push.tokens import Device, TokenStore, parse_user_key, user_key
+from mxproxy.store import Device, TokenStore, parse_user_key, user_key
 
 VOIP_SUFFIX = ".voip"
 CALL_TTL = 15  # seconds an FCM call message may wait for an offline phone

@@ -28,7 +28,8 @@ from mxproxy.push.credentials import (
 from mxproxy.push.dispatcher import PushDispatcher
 from mxproxy.push.fcm import DEFAULT_BASE_URL, FCMClient, ServiceAccount
 from mxproxy.push.providers import APNsSender, DeviceRegistry, FCMSender
-from mxproxy.push.tokens import TokenStore, parse_user_key, user_key
+from mxproxy.store import TokenStore, parse_user_key, user_key
+from mxproxy.store.location import masked, open_store
 
 log = Logger(__name__)
 
@@ -163,11 +164,11 @@ def build(reactor: Any, db: str, apns: Iterable[Credential], fcm: Mapping[str, S
     clients.extend(fcm_clients.values())
     senders: dict[str, APNsSender | FCMSender] = {"apns": APNsSender(routes),
                                                    "gfcm": FCMSender(fcm_clients)}
-    store = TokenStore.open(db, reactor=reactor, max_devices_per_user=push.max_devices_per_user)
+    store = open_store(db, reactor=reactor, max_devices_per_user=push.max_devices_per_user)
     dispatcher = PushDispatcher(store, senders, reactor, max_in_flight=push.max_in_flight,
                                 max_queued=push.max_queued, metrics=metrics)
     log.info("push: {routes} APNs topics, {apps} FCM apps, tokens in {db}",
-             routes=len(routes), apps=len(fcm_clients), db=db)
+             routes=len(routes), apps=len(fcm_clients), db=masked(db))
     return PushSystem(store, dispatcher, senders, clients)
 
 

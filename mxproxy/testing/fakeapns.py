@@ -44,7 +44,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from mxproxy.logs import Logger
-from mxproxy.push.tokens import mask_token
+from mxproxy.store import mask_token
 from mxproxy.testing.certs import DEFAULT_NAMES, CertificateAuthority, certificate_authority
 
 log = Logger(__name__)

@@ -50,7 +50,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mxproxy.logs import Logger
-from mxproxy.push.tokens import mask_token
+from mxproxy.store import mask_token
 from mxproxy.testing import certs
 
 log = Logger(__name__)

@@ -1,8 +1,8 @@
 """The token store's SQLite file, as its one thread sees it: opening, checking and migrating the
-file, and every statement the store runs.
+file, and every statement the store runs (:class:`mxproxy.store.threaded.Statements`).
 
-Nothing here runs on the reactor thread: :class:`mxproxy.push.tokens.TokenStore` hands each call
-to its thread and the result back. Rows come back as tuples; the store makes them devices.
+Nothing here runs on the reactor thread: :class:`mxproxy.store.sqlite.SQLiteStore` hands each
+call to its thread and the result back. Rows come back as tuples; the store makes them devices.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
+
+from mxproxy.store import StoreUnavailable, TokenStoreError, pending_migrations
+from mxproxy.store.threaded import Key, Note, Row
 
 BUSY_TIMEOUT_MS = 5000
 """How long a statement waits for another process's lock (an admin's sqlite3 shell)."""
@@ -56,18 +59,7 @@ KEY = "provider = ? AND bundle = ? AND sandbox = ? AND token = ?"
 """The WHERE clause of one device; its parameters are (provider, bundle, sandbox, token)."""
 COLUMNS = ("provider, bundle, sandbox, token, user, created, registered, last_success,"
            " last_error, last_error_reason")
-"""A device row, in the order of :class:`mxproxy.push.tokens.Device`'s fields."""
-
-Row = tuple[Any, ...]
-
-
-class TokenStoreError(Exception):
-    """The store cannot be opened or a statement failed; the message names the file."""
-
-
-class StoreUnavailable(TokenStoreError):
-    """The file cannot be used now: disk full, an I/O error, read-only, or locked by another
-    process past the busy timeout. A state of the machine, not of the request, that may pass."""
+"""A device row, in the order of :class:`mxproxy.store.Device`'s fields."""
 
 
 _UNAVAILABLE = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
@@ -187,12 +179,8 @@ def _migrate(connection: sqlite3.Connection, path: str) -> int:
                            " (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
         (found,) = connection.execute(
             "SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-        if found > SCHEMA_VERSION:
-            raise TokenStoreError(
-                f"token store {path} has schema version {found}, newer than this mxproxy"
-                f" supports ({SCHEMA_VERSION}): upgrade mxproxy or use another --db")
-        for version in range(found + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[version - 1]:
+        for version, statements in pending_migrations(path, found, MIGRATIONS):
+            for statement in statements:
                 connection.execute(statement)
             connection.execute("INSERT INTO schema_version VALUES (?, datetime('now'))",
                                (version,))
@@ -212,7 +200,7 @@ def transaction(connection: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def register(connection: sqlite3.Connection, key: tuple[str, str, int, str], user: str,
+def register(connection: sqlite3.Connection, key: Key, user: str,
              now: float, cap: int) -> tuple[str | None, list[Row]]:
     """Store or refresh the device for ``user``; the previous owner when it moved, and the
     rows of the devices removed to keep the user within ``cap``."""
@@ -236,7 +224,7 @@ def register(connection: sqlite3.Connection, key: tuple[str, str, int, str], use
         return previous, _beyond_cap(connection, key, user, cap)
 
 
-def _beyond_cap(connection: sqlite3.Connection, key: tuple[str, str, int, str], user: str,
+def _beyond_cap(connection: sqlite3.Connection, key: Key, user: str,
                 cap: int) -> list[Row]:
     """Delete the user's least recently registered devices beyond ``cap`` (never ``key``, the
     one just registered); their rows."""
@@ -248,13 +236,27 @@ def _beyond_cap(connection: sqlite3.Connection, key: tuple[str, str, int, str], 
     return rows
 
 
-def write(connection: sqlite3.Connection, statement: str, parameters: tuple[Any, ...]) -> bool:
+def remove(connection: sqlite3.Connection, key: Key, user: str | None) -> bool:
+    return _write(connection, f"DELETE FROM devices WHERE {KEY} AND (? IS NULL OR user = ?)",
+                  (*key, user, user))
+
+
+def prune(connection: sqlite3.Connection, key: Key, unless_registered_after: float | None) -> bool:
+    return _write(connection,
+                  f"DELETE FROM devices WHERE {KEY} AND (? IS NULL OR registered <= ?)",
+                  (*key, unless_registered_after, unless_registered_after))
+
+
+def _write(connection: sqlite3.Connection, statement: str, parameters: tuple[Any, ...]) -> bool:
     """One autocommitted statement; whether it touched a row."""
     return connection.execute(statement, parameters).rowcount > 0
 
 
-def notes(connection: sqlite3.Connection,
-          batch: list[tuple[str, tuple[Any, ...]]]) -> list[bool]:
+_SUCCESS = f"UPDATE devices SET last_success = ? WHERE {KEY}"
+_ERROR = f"UPDATE devices SET last_error = ?, last_error_reason = ? WHERE {KEY}"
+
+
+def notes(connection: sqlite3.Connection, batch: list[Note]) -> list[bool]:
     """Delivery bookkeeping, a batch in one transaction committed without waiting for the disk:
     a push burst writes one note per device, and an fsync each would queue the next calls'
     device lookups behind them. Losing the last notes in a power cut costs nothing;
@@ -262,7 +264,9 @@ def notes(connection: sqlite3.Connection,
     connection.execute("PRAGMA synchronous=NORMAL")
     try:
         with transaction(connection):
-            return [write(connection, sql, parameters) for sql, parameters in batch]
+            return [_write(connection, _SUCCESS, (when, *key)) if reason is None
+                    else _write(connection, _ERROR, (when, reason, *key))
+                    for key, when, reason in batch]
     finally:
         connection.execute("PRAGMA synchronous=FULL")
 
