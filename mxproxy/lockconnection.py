@@ -28,9 +28,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from mxproxy.logs import Logger
+from mxproxy.store.location import without_secret
+from mxproxy.store.pgsql import CHANNEL
 
-CHANNEL = "mxproxy_tokens"
-"""Where the token store announces a user whose devices changed (payload: the user key)."""
 SERVER_DEAD_AFTER = 5.0
 """Seconds of silence (2 + 3 x 1) after which PostgreSQL drops this session and its locks."""
 CONNECT_OPTIONS: dict[str, Any] = {
@@ -127,7 +127,7 @@ class PostgresLocks:
                 except psycopg.Error as error:
                     self._drop()
                     self._reactor.callFromThread(answer.errback,
-                                                 DatabaseUnavailable(_reason(error)))
+                                                 DatabaseUnavailable(self._reason(error)))
                 else:
                     self._reactor.callFromThread(answer.callback, result)
             self._read_notifications(psycopg)
@@ -151,12 +151,18 @@ class PostgresLocks:
                 self._reactor.callFromThread(self._on_notify, notify.payload)
         except psycopg.Error as error:
             self._drop()
-            self._reactor.callFromThread(self._on_lost, _reason(error))
+            self._reactor.callFromThread(self._on_lost, self._reason(error))
 
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+    def _reason(self, error: Exception) -> str:
+        """The driver's first line, without the URL's password should it quote it."""
+        text = str(error).strip()
+        return without_secret(text.splitlines()[0], self._conninfo) if text else \
+            type(error).__name__
 
     def _closed(self) -> None:
         assert self._stopped is not None
@@ -165,10 +171,6 @@ class PostgresLocks:
 
 class DatabaseUnavailable(Exception):
     """The lock connection failed a query or could not be opened; its locks are gone."""
-
-
-def _reason(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _scalar(sql: str, *parameters: object) -> Job:

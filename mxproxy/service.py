@@ -33,6 +33,7 @@ from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer, SerialRegistry
 from mxproxy.ownership import LockSession, Ownership
 from mxproxy.sessions import SessionPool
+from mxproxy.store.location import is_postgres
 
 if TYPE_CHECKING:
     from mxproxy.push.system import PushSystem
@@ -108,7 +109,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
 
 def _locks(db: str, reactor: Any) -> LockSession | None:
     """The lock connection when the tokens are in PostgreSQL: several instances may share it."""
-    if not db.lower().startswith(("postgresql://", "postgres://")):
+    if not is_postgres(db):
         return None
     from mxproxy.lockconnection import PostgresLocks
 
