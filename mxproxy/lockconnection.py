@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 
 from mxproxy.logs import Logger
 from mxproxy.store.location import without_secret
@@ -59,7 +59,7 @@ class PostgresLocks:
         self._conninfo = conninfo
         self._reactor = reactor
         self._jobs: deque[tuple[Job, Deferred[Any]] | None] = deque()
-        self._wake_read, self._wake_write = os.pipe()
+        self._wake_read = self._wake_write = -1
         self._on_notify: Callable[[str], None] = lambda _: None
         self._on_lost: Callable[[str], None] = lambda _: None
         self._thread: threading.Thread | None = None
@@ -69,6 +69,7 @@ class PostgresLocks:
 
     def listen(self, on_notify: Callable[[str], None], on_lost: Callable[[str], None]) -> None:
         self._on_notify, self._on_lost = on_notify, on_lost
+        self._wake_read, self._wake_write = os.pipe()
         self._thread = threading.Thread(target=self._run, name="mxproxy-locks", daemon=True)
         self._thread.start()
 
@@ -82,7 +83,8 @@ class PostgresLocks:
         return self._ask(_scalar("SELECT 1")).addCallback(_nothing)
 
     def reset(self) -> None:
-        self._ask(_reset)
+        if self._stopped is None:  # closed: the connection is gone already
+            self._ask(_reset)
 
     def close(self) -> Deferred[None]:
         if self._thread is None:
@@ -94,6 +96,11 @@ class PostgresLocks:
         return self._stopped
 
     def _ask(self, job: Job) -> Deferred[Any]:
+        """Queue ``job`` for the thread (started by :meth:`listen`); after :meth:`close` it
+        fails at once: the thread and its wake-up pipe are gone."""
+        assert self._thread is not None, "listen() starts the connection's thread"
+        if self._stopped is not None:
+            return fail(DatabaseUnavailable("the lock connection is closed"))
         answer: Deferred[Any] = Deferred()
         self._jobs.append((job, answer))
         self._wake()

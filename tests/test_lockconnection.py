@@ -92,6 +92,12 @@ class PostgresLocksTests(TestCase):
         await first.locks.close()
         self.assertTrue(await granted(second))
 
+    async def test_after_close_queries_fail_at_once(self) -> None:
+        session = Session(self, self.conninfo)
+        await session.locks.close()
+        await self.assertFailure(session.locks.beat(), DatabaseUnavailable)
+        session.locks.reset()  # a late step-down: nothing to do, nothing written anywhere
+
     async def test_token_notifications_arrive_while_idle(self) -> None:
         session = Session(self, self.conninfo)
         await session.locks.beat()  # connected, and listening
