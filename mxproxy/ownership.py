@@ -215,8 +215,11 @@ class Ownership(Service):
             self._answered(sent)
             if not got:
                 return
-            if role.sn != sn or self._expired(sent):
-                # Granted too late to vouch for, or for a serial gone meanwhile: let it go.
+            assert self._session is not None
+            if role.sn != sn:  # another MX answers at this address now
+                self._session.unlock(lock_key(sn)).addErrback(lambda _: None)
+                return
+            if self._expired(sent):  # granted too late to vouch for the session
                 self._reset(f"the lock of MX {sn} came too late to be trusted")
                 return
             self._held[sn] = role

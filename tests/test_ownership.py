@@ -221,6 +221,17 @@ class OwnershipTests(TestCase):
         self.assertEqual((instance.role.owner, instance.changes), (False, []))
         self.assertEqual(self.database.holders, {})
 
+    def test_a_lock_granted_for_a_serial_gone_meanwhile_is_unlocked(self) -> None:
+        instance = self.instance(sn=None)
+        instance.locks.hang = True
+        instance.server.link_up("SN001")
+        instance.server.link_up("SN002")  # before the first try was answered
+        instance.locks.hang = False
+        instance.locks.release_hung()  # SN001 granted, then SN002
+        self.assertEqual((instance.role.owner, instance.role.sn), (True, "SN002"))
+        self.assertEqual(self.database.holders, {lock_key("SN002"): instance.locks})
+        self.assertEqual(instance.locks.resets, 0)
+
     def test_token_changes_reach_the_owner_of_that_serial_only(self) -> None:
         owner = self.instance()
         standby = self.instance()
