@@ -41,6 +41,7 @@ from tests.store_behaviour import (
     store_threads,
     token,
 )
+from tests.test_import import release_file
 
 REPO = FilePath(__file__).parent().parent()
 def fill_up(store: SQLiteStore) -> Deferred[object]:
@@ -212,6 +213,19 @@ class FileTests(StoreCase):
         self.assertEqual(await reopened.devices(ALICE),
                          [Device("apns", BUNDLE, True, TOKEN, ALICE, 1000.0, 1000.0)])
         self.assertEqual(self.sql("SELECT version FROM schema_version"), [(1,), (2,)])
+
+    async def test_a_store_made_by_the_release_before_keeps_working(self) -> None:
+        path = release_file(self)
+        lines = logged(self)
+        store = self.open(path)
+        self.assertEqual(lines, [])  # nothing to migrate
+        self.assertEqual(await store.count(), 4)
+        self.assertEqual(await store.devices(BOB), [
+            Device("apns", BUNDLE, True, "ff" * 32, BOB, 1700000060.0, 1700000060.0,
+                   1700000100.5, 1700000110.25, "BadDeviceToken")])
+        self.assertEqual(await store.register(ALICE, "apns", BUNDLE, True, "FF" * 32), BOB)
+        self.assertEqual(await store.users("ABC12"), [ALICE])
+        self.assertEqual(await store.users("XYZ99"), ["XYZ99:43884850000000007"])
 
     async def test_a_newer_schema_is_refused(self) -> None:
         await self.store.close()
