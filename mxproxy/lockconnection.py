@@ -124,8 +124,6 @@ class PostgresLocks:
                 item = self._jobs.popleft()
                 if item is None:
                     self._drop()
-                    os.close(self._wake_read)
-                    os.close(self._wake_write)
                     self._reactor.callFromThread(self._closed)
                     return
                 job, answer = item
@@ -172,6 +170,11 @@ class PostgresLocks:
             type(error).__name__
 
     def _closed(self) -> None:
+        """On the reactor, once the thread is done: the pipe is closed by the side that writes
+        to it, so :meth:`close` can never write to a pipe the thread closed meanwhile (the
+        thread may see the stop in its queue before the byte that announces it)."""
+        os.close(self._wake_read)
+        os.close(self._wake_write)
         assert self._stopped is not None
         self._stopped.callback(None)
 

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from mxproxy import lockconnection
 from mxproxy.lockconnection import CHANNEL, DatabaseUnavailable, PostgresLocks
 from mxproxy.ownership import lock_key
 from tests import pgserver
@@ -97,6 +98,22 @@ class PostgresLocksTests(TestCase):
         await session.locks.close()
         await self.assertFailure(session.locks.beat(), DatabaseUnavailable)
         session.locks.reset()  # a late step-down: nothing to do, nothing written anywhere
+
+    async def test_a_close_seen_by_the_thread_before_its_wake_up_byte(self) -> None:
+        """The worst interleaving of close(): the thread finds the stop in its queue and ends
+        before close() has written the byte that wakes it (it woke for something else)."""
+        self.patch(lockconnection, "IDLE_WAKE", 0.01)  # it wakes by itself, soon
+        session = Session(self, self.conninfo)
+        locks = session.locks
+        wake = locks._wake
+
+        def late_wake() -> None:
+            assert locks._thread is not None
+            locks._thread.join(10)  # the thread has seen the stop and ended
+            wake()
+
+        self.patch(locks, "_wake", late_wake)
+        await locks.close()
 
     async def test_token_notifications_arrive_while_idle(self) -> None:
         session = Session(self, self.conninfo)
