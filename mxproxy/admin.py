@@ -1,11 +1,13 @@
 """The admin endpoint: ``/healthz`` and ``/metrics``, served on a private address only.
 
-The health report says whether every MX link is up and the token store can write (200, else
-503) and what an operator checks first: the version running, since when, the last error, the
-call monitors, the token store. The metrics are the daemon's registry plus the gauges of live
-state (links, monitors, pushes in flight, certificate expiry), read from the objects at scrape
-time instead of being updated on every change. Neither shows a password, a device token or a
-key.
+The health report says whether every MX link is up, the token store can write and, with
+several instances on PostgreSQL, the lock connection answers (200, else 503: an owner without
+it has stopped pushing, a standby without it cannot take over), and what an operator checks
+first: the version running, since when, the last error, the call monitors, whether this
+instance owns each MX, the token store. The metrics are the daemon's registry plus the gauges
+of live state (links, monitors, roles, pushes in flight, certificate expiry), read from the
+objects at scrape time instead of being updated on every change. Neither shows a password, a
+device token or a key.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mxproxy.api.errors import HTTPError, not_found, write_error
 from mxproxy.api.request import SERVER
 from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer
+from mxproxy.ownership import DatabaseState, MXRole
 
 if TYPE_CHECKING:
     from mxproxy.push.system import PushSystem  # imported by a daemon with push delivery only
@@ -41,48 +44,66 @@ UNWRITABLE = "unwritable"
 Monitors = Mapping[str, Sized]
 """The call monitors of each MX (:class:`mxproxy.monitors.CallMonitors`), by its name."""
 EMPTY: Monitors = MappingProxyType({})
+Roles = Mapping[str, MXRole]
+"""Whether this instance owns each MX, by its name (none given: it owns them all)."""
+NO_ROLES: Roles = MappingProxyType({})
 NotAfter = Callable[[], datetime | None]
 """When the served TLS certificate expires, or None while there is none."""
 
 
 def admin_site(metrics: Metrics, servers: Iterable[MXServer], push: PushSystem | None,
                clock: IReactorTime, tls_not_after: NotAfter | None = None,
-               monitors: Monitors = EMPTY) -> Site:
+               monitors: Monitors = EMPTY, roles: Roles = NO_ROLES,
+               database: DatabaseState | None = None) -> Site:
     """The site of ``/healthz`` and ``/metrics`` for these MX links, their call monitors and
-    push delivery (None when not configured); ``tls_not_after`` gives the served
-    certificate's expiry, if any. Adds the live-state collector to ``metrics``: call it once
-    per daemon."""
+    roles, push delivery (None when not configured) and the lock connection (None: no shared
+    database); ``tls_not_after`` gives the served certificate's expiry, if any. Adds the
+    live-state collector to ``metrics``: call it once per daemon."""
     servers = tuple(servers)
-    metrics.registry.register(LiveState(servers, push, clock, tls_not_after, monitors))
-    return _QuietSite(_AdminPages(Health(servers, push, clock, monitors=monitors), metrics))
+    metrics.registry.register(LiveState(servers, push, clock, tls_not_after, monitors, roles,
+                                        database))
+    return _QuietSite(_AdminPages(Health(servers, push, clock, monitors=monitors, roles=roles,
+                                         database=database), metrics))
 
 
 class Health:
-    """The ``/healthz`` report: each MX link, its call monitors, the token store."""
+    """The ``/healthz`` report: each MX link, its call monitors and role, the token store, the
+    lock connection."""
 
     def __init__(self, servers: Iterable[MXServer], push: PushSystem | None,
                  clock: IReactorTime, store_timeout: float = STORE_TIMEOUT,
-                 monitors: Monitors = EMPTY) -> None:
+                 monitors: Monitors = EMPTY, roles: Roles = NO_ROLES,
+                 database: DatabaseState | None = None) -> None:
         self._servers = tuple(servers)
         self._push = push
         self._monitors = monitors
+        self._roles = roles
+        self._database = database
         self._clock = clock
         self._store_timeout = store_timeout
 
     async def report(self) -> tuple[bool, dict[str, Any]]:
-        """(whether every link is up and the token store can write, the JSON report)."""
+        """(whether every link is up, the token store can write and the lock connection
+        answers, the JSON report)."""
         store = await self._store()
+        database = self._database
         healthy = all(server.state.connected for server in self._servers) and (
-            store is None or store["state"] != UNWRITABLE)
+            store is None or store["state"] != UNWRITABLE) and (
+            database is None or database.up)
         links = {server.config.name: self._link(server) for server in self._servers}
-        return healthy, {"healthy": healthy, "version": __version__, "mx": links,
-                         "tokenStore": store}
+        report = {"healthy": healthy, "version": __version__, "mx": links, "tokenStore": store}
+        if database is not None:
+            report["database"] = {"state": "up" if database.up else "down",
+                                  "since": _rfc3339(database.since),
+                                  "lastError": database.last_error}
+        return healthy, report
 
     def _link(self, server: MXServer) -> dict[str, Any]:
         state = server.state
         report: dict[str, Any] = {
             "link": "up" if state.connected else "down", "since": _rfc3339(state.since),
-            "reconnects": state.reconnects, "monitors": _monitors(self._monitors, server)}
+            "reconnects": state.reconnects, "monitors": _monitors(self._monitors, server),
+            "role": _role(self._roles, server).role}
         if server.sn is not None:
             report["sn"] = server.sn
         if not state.connected:
@@ -118,10 +139,13 @@ class LiveState:
 
     def __init__(self, servers: Iterable[MXServer], push: PushSystem | None,
                  clock: IReactorTime, tls_not_after: NotAfter | None = None,
-                 monitors: Monitors = EMPTY) -> None:
+                 monitors: Monitors = EMPTY, roles: Roles = NO_ROLES,
+                 database: DatabaseState | None = None) -> None:
         self._servers = tuple(servers)
         self._push = push
         self._monitors = monitors
+        self._roles = roles
+        self._database = database
         self._clock = clock
         self._tls_not_after = tls_not_after
 
@@ -133,12 +157,21 @@ class LiveState:
         monitors = GaugeMetricFamily("mxproxy_call_monitors", "Users whose calls are monitored "
                                      "on the server link (for pushes, call routes, streams)",
                                      labels=["mx"])
+        owner = GaugeMetricFamily("mxproxy_mx_owner", "1 while this instance owns the MX (runs "
+                                  "the call monitors for pushes and sends them), 0 on standby",
+                                  labels=["mx"])
         for server in self._servers:
             name = server.config.name
             up.add_metric([name], int(server.state.connected))
             reconnects.add_metric([name], server.state.reconnects)
             monitors.add_metric([name], _monitors(self._monitors, server))
-        yield from (up, reconnects, monitors)
+            owner.add_metric([name], int(_role(self._roles, server).owner))
+        yield from (up, reconnects, monitors, owner)
+        database = GaugeMetricFamily("mxproxy_database_up", "1 while the lock connection to "
+                                     "the shared PostgreSQL database answers, else 0")
+        if self._database is not None:  # one instance on SQLite: no sample
+            database.add_metric([], int(self._database.up))
+        yield database
         yield from self._pushes()
         yield from self._expiry()
 
@@ -173,6 +206,11 @@ def _monitors(monitors: Monitors, server: MXServer) -> int:
     """How many call monitors run on the server link."""
     running = monitors.get(server.config.name)
     return len(running) if running is not None else 0
+
+
+def _role(roles: Roles, server: MXServer) -> MXRole:
+    """This instance's role for the MX: the owner when nothing else decides."""
+    return roles.get(server.config.name) or MXRole(server.config.name, owner=True)
 
 
 def _apns_expiry(push: PushSystem | None) -> dict[tuple[str, str], datetime]:

@@ -79,6 +79,10 @@ class CallMonitors:
         """Why ``jid`` is to be monitored (empty: not)."""
         return frozenset(self._reasons.get(jid, ()))
 
+    def wanting(self, reason: str) -> list[str]:
+        """The users to be monitored for ``reason``."""
+        return sorted(jid for jid, reasons in self._reasons.items() if reason in reasons)
+
     def on_mail(self, observer: MailSink) -> None:
         """Call ``observer(jid, event)`` for every ``MailIncomingReadyEvent`` a monitor reports:
         the MX tells the monitors of a user's extension of new voicemail and recordings."""

@@ -32,7 +32,9 @@ from mxproxy.listeners import admin_listener, api_listeners
 from mxproxy.memory import tune_malloc
 from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer, SerialRegistry
+from mxproxy.ownership import LockSession, Ownership
 from mxproxy.sessions import SessionPool
+from mxproxy.store.location import is_postgres
 
 if TYPE_CHECKING:
     from mxproxy.push.system import PushSystem
@@ -62,8 +64,13 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
         push = _push(config, options["db"], reactor, metrics)
     if push is not None:
         push.setServiceParent(root)  # first in, last out: it outlives the links that feed it
+    # After the push system, before the links: stopped once the links are, so the locks go
+    # only when this instance can no longer push.
+    ownership = Ownership(_locks(options["db"], reactor) if push is not None else None, reactor)
+    ownership.setServiceParent(root)
     serials = SerialRegistry()
     access = {}
+    roles = {}
     for name, mx in config.mx.items():
         trace = _trace(options, f"mx.{name}")
         round_trip = metrics.round_trips(name)
@@ -78,7 +85,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
         hub = EventHub(reactor)
         hub.setServiceParent(root)  # stopped before the link: the streams end first
         feed(hub, server, calls)
-        devices = push.attach(server, calls) if push else None
+        roles[name] = ownership.role(server)
+        devices = push.attach(server, calls, roles[name]) if push else None
         access[name] = MXAccess(server, pool, calls, devices, hub)
     clients = ClientAddresses(reactor, options["trusted-proxy"])
     site = APISite(API(access, reactor, metrics=metrics, clients=clients).resource(), reactor,
@@ -89,7 +97,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     admin = admin_listener(options, admin_site(
         metrics, [entry.server for entry in access.values()], push, reactor,
         tls_not_after=None if certificate is None else lambda: certificate.not_after,
-        monitors={name: entry.calls.monitors for name, entry in access.items()}), reactor)
+        monitors={name: entry.calls.monitors for name, entry in access.items()},
+        roles=roles, database=ownership.database), reactor)
     if admin is not None:
         admin.setServiceParent(root)  # health answers until the API has stopped accepting
     # Added last, so stopped first: a stopping daemon stops accepting before anything else.
@@ -98,6 +107,15 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> IService:
     log.info("mxproxy {version}: {count} MX configured: {names}", version=__version__,
              count=len(access), names=", ".join(access))
     return root
+
+
+def _locks(db: str, reactor: Any) -> LockSession | None:
+    """The lock connection when the tokens are in PostgreSQL: several instances may share it."""
+    if not is_postgres(db):
+        return None
+    from mxproxy.lockconnection import PostgresLocks
+
+    return PostgresLocks(db, reactor)
 
 
 def _trace(options: Mapping[str, Any], label: str) -> Trace | None:

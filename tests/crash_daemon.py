@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Any
 
+import attrs
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.application.service import IService, IServiceCollection
@@ -39,30 +40,43 @@ MX_LOGIN, MX_PASSWORD = "server", "server-secret"
 DB = "tokens.db"
 
 
-def start_fakes(reactor: Any, directory: str) -> dict[str, Any]:
+@attrs.frozen
+class Fakes:
+    """The fake providers, and the ``apns``, ``gfcm`` and ``push`` parts of a config naming
+    them (relative paths: the config lives in the same directory)."""
+
+    apns: fakeapns.FakeAPNs
+    fcm: fakefcm.FakeFCM
+    config: dict[str, Any]
+    ports: list[Any]
+    """Where they listen, for whoever outlives them to close."""
+
+
+def start_fakes(reactor: Any, directory: str) -> Fakes:
     """Fake APNs and FCM on loopback; their credentials as files; the config's push parts."""
     authority = fakeapns.server_authority()
     key = ec.generate_private_key(ec.SECP256R1())
     apns = fakeapns.FakeAPNs()
     apns.add_token_key(KEY_ID, TEAM_ID, key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    apns_port = fakeapns.listen(apns, reactor=reactor).getHost().port  # type: ignore[attr-defined]
+    apns_listening = fakeapns.listen(apns, reactor=reactor)
+    apns_port = apns_listening.getHost().port  # type: ignore[attr-defined]
     google = fakefcm.FakeFCM()
-    fakefcm.listen(google, reactor=reactor, certificate=authority.issue())
+    fcm_listening = fakefcm.listen(google, reactor=reactor, certificate=authority.issue())
     info, account = fakefcm.make_service_account(google.base_url, directory=directory)
     google.add_account(info)
     write(directory, "apns-key.p8", key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
     write(directory, "push-ca.pem", authority.cert_pem)
-    return {
+    return Fakes(apns, google, {
         "apns": {"apns-key.p8": {"keyId": KEY_ID, "teamId": TEAM_ID,
                                  "topics": [BUNDLE, BUNDLE + ".voip"]}},
         "gfcm": {BUNDLE: os.path.basename(account)},
         "push": {"apnsHost": f"127.0.0.1:{apns_port}", "apnsSandboxHost": f"127.0.0.1:{apns_port}",
                  "ca": "push-ca.pem", "fcmUrl": google.base_url,
                  "maxDevicesPerUser": 1000},  # every registration of the flood is kept
-    }
+    }, [apns_listening, fcm_listening])
 
 
 def write(directory: str, name: str, content: bytes) -> str:
@@ -75,7 +89,7 @@ def write(directory: str, name: str, content: bytes) -> str:
 async def serve(reactor: Any, directory: str, mx: str) -> None:
     config = {"mx": {MX_NAME: {"addr": mx, "login": MX_LOGIN, "password": MX_PASSWORD,
                                "tls": False}}}
-    config.update(start_fakes(reactor, directory))
+    config.update(start_fakes(reactor, directory).config)
     path = write(directory, "mxproxy.json", json.dumps(config, indent=2).encode())
     options = MXProxyOptions()
     options.parseOptions(["--config", path, "--db", os.path.join(directory, DB),

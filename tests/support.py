@@ -66,13 +66,15 @@ class Daemon:
     ``metrics`` (a :class:`mxproxy.metrics.Metrics`) receives the HTTP requests and the CSTA
     round trips of both the server link and the user sessions, as the daemon wires it.
     ``connections_per_address`` caps the HTTP connections of one client address (0: none).
+    ``role`` (a :class:`mxproxy.ownership.MXRole`) says whether this instance owns the MX.
     """
 
     def __init__(self, test: TestCase, pbx: PBX, clock: Any = None,
                  idle_timeout: float = 60.0, user_address: MXAddress | None = None,
                  push: Any = None, link_clock: Any = None, metrics: Any = None,
-                 connections_per_address: int = 0) -> None:
+                 connections_per_address: int = 0, role: Any = None) -> None:
         self.test = test
+        self.role = role
         self.user_address = user_address
         self.pbx = pbx
         self.clock = reactor if clock is None else clock
@@ -111,7 +113,7 @@ class Daemon:
         feed(self.hub, self.server, self.calls)
         if self.push is not None:
             # Before the link is up, as the daemon does.
-            self.devices = self.push.attach(self.server, self.calls)
+            self.devices = self.push.attach(self.server, self.calls, self.role)
         self.server.startService()
         self.test.addCleanup(self.server.stopService)
         await self.server.when_ready()

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -21,10 +22,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseNeverReceived
 
 from mxproxy import __version__
-from mxproxy.admin import STORE_TIMEOUT, Health, NotAfter, admin_site
+from mxproxy.admin import STORE_TIMEOUT, Health, LiveState, NotAfter, admin_site
 from mxproxy.csta.client import MXAddress
 from mxproxy.metrics import Metrics
 from mxproxy.mx import REFUSED_RETRY
+from mxproxy.ownership import DatabaseState, MXRole
 from mxproxy.push.credentials import APNsCertificate, Credential
 from mxproxy.push.system import PushSystem
 from mxproxy.testing.certs import certificate_authority
@@ -115,7 +117,7 @@ class HealthTests(AdminTestCase):
         self.assertEqual(await admin.health(), (200, {
             "healthy": True, "version": __version__,
             "mx": {"dev": {"link": "up", "since": "2027-01-15T08:00:00Z", "reconnects": 0,
-                           "monitors": 1, "sn": "TEST1"}},
+                           "monitors": 1, "role": "owner", "sn": "TEST1"}},
             "tokenStore": {"state": "ok", "devices": 2}}))
 
     async def test_a_lost_link_is_503_until_it_is_back(self) -> None:
@@ -134,7 +136,7 @@ class HealthTests(AdminTestCase):
         self.assertIn("connection lost", link.pop("lastError"))
         self.assertEqual(link, {"link": "down", "since": "2027-01-15T08:01:30Z", "state": "lost",
                                 "nextAttempt": "2027-01-15T08:01:31Z", "reconnects": 0,
-                                "monitors": 0, "sn": "TEST1"})
+                                "monitors": 0, "role": "owner", "sn": "TEST1"})
         samples = await admin.scrape()
         self.assertEqual(value(samples, "mxproxy_mx_link_up", mx="dev"), 0)
         self.assertEqual(value(samples, "mxproxy_mx_reconnects_total", mx="dev"), 0)
@@ -146,7 +148,7 @@ class HealthTests(AdminTestCase):
         self.assertEqual(await admin.health(), (200, {
             "healthy": True, "version": __version__,
             "mx": {"dev": {"link": "up", "since": "2027-01-15T08:01:31Z", "reconnects": 1,
-                           "monitors": 1, "sn": "TEST1"}},
+                           "monitors": 1, "role": "owner", "sn": "TEST1"}},
             "tokenStore": {"state": "ok", "devices": 1}}))
         samples = await admin.scrape()
         self.assertEqual(value(samples, "mxproxy_mx_link_up", mx="dev"), 1)
@@ -187,7 +189,7 @@ class HealthTests(AdminTestCase):
         self.assertEqual(await admin.health(), (200, {
             "healthy": True, "version": __version__,
             "mx": {"dev": {"link": "up", "since": "2027-01-15T08:00:00Z", "reconnects": 0,
-                           "monitors": 1, "sn": "TEST1"}},
+                           "monitors": 1, "role": "owner", "sn": "TEST1"}},
             "tokenStore": {"state": "ok", "devices": 2}}))
 
     async def test_no_secret_in_health_or_metrics(self) -> None:
@@ -221,7 +223,7 @@ class LinkStateTests(TestCase):
         pbx = mx_company(1)
         running = Running(self, serve(self, pbx), password="wrong")
         self.assertEqual(await self.link(running), {
-            "link": "down", "since": None, "reconnects": 0, "monitors": 0,
+            "link": "down", "since": None, "reconnects": 0, "monitors": 0, "role": "owner",
             "state": "loginFailed", "loginFailed": {"code": 1,
                                                     "text": "Invalid user name or password"},
             "lastError": "login failed (code 1): Invalid user name or password",
@@ -232,7 +234,8 @@ class LinkStateTests(TestCase):
         await ready
         _, report = await Health([running.server], None, running.clock).report()
         self.assertEqual(report["mx"]["dev"], {"link": "up", "since": "1970-01-01T00:05:00Z",
-                                               "reconnects": 0, "monitors": 0, "sn": "TEST1"})
+                                               "reconnects": 0, "monitors": 0, "role": "owner",
+                                               "sn": "TEST1"})
 
     async def test_tls_to_a_plain_tcp_mx(self) -> None:
         plain = serve(self, mx_company(1))
@@ -429,6 +432,58 @@ class HealthUnitTests(SynchronousTestCase):
             "tokenStore": {"state": "TimeoutError"}}))
 
 
+class RoleTests(TestCase):
+    """Several instances on one database: each MX's role here, and the lock connection."""
+
+    async def test_a_standby_with_its_database_is_healthy(self) -> None:
+        running = Running(self, serve(self, mx_company(1)))
+        await running.server.when_ready()
+        database = DatabaseState(up=True, since=0.0)
+        roles = {"dev": MXRole("dev", owner=False)}
+        healthy, report = await Health([running.server], None, running.clock, roles=roles,
+                                       database=database).report()
+        self.assertTrue(healthy)
+        self.assertEqual(report["mx"]["dev"]["role"], "standby")
+        self.assertEqual(report["database"], {"state": "up", "since": "1970-01-01T00:00:00Z",
+                                              "lastError": None})
+        samples = parse(generate_latest(_collected(LiveState(
+            [running.server], None, running.clock, roles=roles, database=database))))
+        self.assertEqual((value(samples, "mxproxy_mx_owner", mx="dev"),
+                          value(samples, "mxproxy_database_up")), (0, 1))
+
+    async def test_without_its_database_an_owner_or_a_standby_is_unhealthy(self) -> None:
+        running = Running(self, serve(self, mx_company(1)))
+        await running.server.when_ready()
+        database = DatabaseState(up=False, since=60.0, last_error="connection refused")
+        for owner in (True, False):
+            roles = {"dev": MXRole("dev", owner=owner)}
+            healthy, report = await Health([running.server], None, running.clock, roles=roles,
+                                           database=database).report()
+            self.assertFalse(healthy)
+            self.assertEqual(report["database"], {"state": "down",
+                                                  "since": "1970-01-01T00:01:00Z",
+                                                  "lastError": "connection refused"})
+        samples = parse(generate_latest(_collected(LiveState(
+            [running.server], None, running.clock, roles=roles, database=database))))
+        self.assertEqual(value(samples, "mxproxy_database_up"), 0)
+
+    async def test_one_instance_owns_every_mx_and_has_no_lock_connection(self) -> None:
+        running = Running(self, serve(self, mx_company(1)))
+        await running.server.when_ready()
+        _, report = await Health([running.server], None, running.clock).report()
+        self.assertEqual((report["mx"]["dev"]["role"], "database" in report), ("owner", False))
+        samples = parse(generate_latest(_collected(LiveState([running.server], None,
+                                                             running.clock))))
+        self.assertEqual((value(samples, "mxproxy_mx_owner", mx="dev"),
+                          series(samples, "mxproxy_database_up")), (1, {}))
+
+
+def _collected(collector: LiveState) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(collector)
+    return registry
+
+
 class PageTests(APITestCase):
     async def test_health_without_push_delivery(self) -> None:
         admin = await self.admin()
@@ -439,7 +494,7 @@ class PageTests(APITestCase):
         self.assertEqual(since.utcoffset(), timedelta(0))
         self.assertEqual(report, {"healthy": True, "version": __version__, "tokenStore": None,
                                   "mx": {"dev": {
-            "link": "up", "reconnects": 0, "monitors": 0, "sn": "TEST1"}}})
+            "link": "up", "reconnects": 0, "monitors": 0, "role": "owner", "sn": "TEST1"}}})
 
     async def test_other_paths_are_404(self) -> None:
         admin = await self.admin()

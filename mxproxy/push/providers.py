@@ -144,18 +144,21 @@ def fcm_outcome(response: FCMResponse) -> Outcome:
 
 class DeviceRegistry:
     """Device tokens of one MX's users (the API's ``Devices``): store, then monitor (the
-    ``devices`` reason holds while a user has one)."""
+    ``devices`` reason holds while a user has one). With several instances on one database,
+    only the MX's owner (``owns``) monitors: a standby stores, and the owner hears of it from
+    the store's notification (:meth:`refresh`)."""
 
     log = Logger()
 
     def __init__(self, sn: Callable[[], str | None], store: TokenStore,
                  monitors: CallMonitors, senders: Mapping[str, APNsSender | FCMSender],
-                 dispatcher: PushDispatcher) -> None:
+                 dispatcher: PushDispatcher, owns: Callable[[], bool] = lambda: True) -> None:
         self._sn = sn
         self._store = store
         self._monitors = monitors
         self._senders = dict(senders)
         self._dispatcher = dispatcher
+        self._owns = owns
 
     def supports(self, provider: str, bundle: str, sandbox: bool) -> bool:
         sender = self._senders.get(provider)
@@ -171,6 +174,8 @@ class DeviceRegistry:
                        token: str) -> None:
         sn, user = self._user(jid)
         previous = await self._store.register(user, provider, bundle, sandbox, token)
+        if not self._owns():
+            return
         if previous is not None and previous != user:
             owner_sn, owner = parse_user_key(previous)
             if owner_sn == sn and not await self._store.has_devices(previous):
@@ -181,7 +186,36 @@ class DeviceRegistry:
                          token: str) -> None:
         _, user = self._user(jid)
         await self._store.remove(provider, bundle, sandbox, token, user=user)
-        if not await self._store.has_devices(user):
+        if self._owns() and not await self._store.has_devices(user):
+            await self._monitors.release(jid, DEVICES)
+
+    async def refresh(self, user: str) -> None:
+        """Another instance changed ``user``'s devices: monitor them while they have any."""
+        sn, jid = parse_user_key(user)
+        if sn != self._sn():
+            return
+        has_devices = await self._store.has_devices(user)
+        if not self._owns():
+            return  # stepped down meanwhile
+        if has_devices:
+            await self._monitors.want(jid, DEVICES)
+        else:
+            await self._monitors.release(jid, DEVICES)
+
+    async def take_over(self) -> None:
+        """This instance became the owner: monitor every user the store has devices of."""
+        sn = self._sn()
+        users = await self._store.users(sn) if sn is not None else []
+        for user in users:
+            if not self._owns():
+                return
+            await self._monitors.want(parse_user_key(user)[1], DEVICES)
+        self.log.info("mx {sn}: {count} users with devices monitored after the take-over",
+                      sn=sn, count=len(users))
+
+    async def stand_by(self) -> None:
+        """This instance is no longer the owner: its monitors for pushes stop."""
+        for jid in self._monitors.wanting(DEVICES):
             await self._monitors.release(jid, DEVICES)
 
     def answered_here(self, jid: str, call_id: int, token: str) -> None:

@@ -16,6 +16,7 @@ from mxproxy.logs import Logger
 from mxproxy.metrics import Metrics
 from mxproxy.monitors import DEVICES
 from mxproxy.mx import MXServer
+from mxproxy.ownership import MXRole
 from mxproxy.push.apns import APNS_PORT, HOSTS, APNsClient
 from mxproxy.push.credentials import (
     DEVELOPMENT,
@@ -97,28 +98,48 @@ class PushSystem(Service):
                             else client.close() for client in self.clients])
         await self.store.close()
 
-    def attach(self, server: MXServer, calls: CallState) -> DeviceRegistry:
-        """Push this MX's calls and voicemail: its users with devices are monitored (again at
-        every link-up, from the store), and their call and new-voicemail events reach the
-        dispatcher; returns the MX's device registration."""
+    def attach(self, server: MXServer, calls: CallState,
+               role: MXRole | None = None) -> DeviceRegistry:
+        """Push this MX's calls and voicemail while this instance owns it (``role``): its users
+        with devices are monitored (again at every link-up and take-over, from the store), and
+        their call and new-voicemail events reach the dispatcher; returns the MX's device
+        registration. Without ``role``, this instance is the only one."""
+        owned = role if role is not None else MXRole(server.config.name, owner=True)
 
         def on_call_event(jid: str, event: CallEvent, before: Call | None,
                           after: Call | None) -> None:
-            self.dispatcher.call_event(server.config.name, user_key(server.sn or "", jid),
-                                       event, before, after)
+            if owned.owner:  # a standby may monitor a user for the API: never for pushes
+                self.dispatcher.call_event(server.config.name, user_key(server.sn or "", jid),
+                                           event, before, after)
 
         def on_mail(jid: str, mail: MailIncomingReady) -> None:
-            if mail.media_type == "VoiceMail" and not mail.read:  # recordings: the user made them
+            # Recordings are not news: the user made them.
+            if owned.owner and mail.media_type == "VoiceMail" and not mail.read:
                 self.dispatcher.voicemail(server.config.name, user_key(server.sn or "", jid), mail)
 
         async def stored_users() -> list[str]:
+            if not owned.owner:
+                return []
             return [parse_user_key(user)[1] for user in await self.store.users(server.sn or "")]
 
+        devices = DeviceRegistry(lambda: server.sn, self.store, calls.monitors, self.senders,
+                                 self.dispatcher, owns=lambda: owned.owner)
         calls.on_call_event(on_call_event)
         calls.monitors.on_mail(on_mail)
         calls.monitors.restore(DEVICES, stored_users)
-        return DeviceRegistry(lambda: server.sn, self.store, calls.monitors, self.senders,
-                              self.dispatcher)
+        owned.on_change(lambda owner: _log_failure(Deferred.fromCoroutine(
+            devices.take_over() if owner else devices.stand_by()), server.config.name))
+        owned.on_tokens(lambda user: _log_failure(Deferred.fromCoroutine(devices.refresh(user)),
+                                                 server.config.name))
+        return devices
+
+
+def _log_failure(running: Deferred[None], mx: str) -> None:
+    """A take-over or refresh that failed (the store unreachable) is logged; the next
+    take-over, link-up or notification tries again."""
+    running.addErrback(lambda failure: log.failure(
+        "mx.{mx}: cannot bring the monitors for pushes in line with the token store",
+        failure, mx=mx))
 
 
 def build(reactor: Any, db: str, apns: Iterable[Credential], fcm: Mapping[str, ServiceAccount],

@@ -1,0 +1,260 @@
+"""The ownership state machine on a Clock, against locks kept in memory as PostgreSQL keeps them:
+a session's locks last as long as its connection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from mxproxy.ownership import HEARTBEAT, LEASE, POLL, Ownership, lock_key
+
+
+class Database:
+    """Advisory locks by key, each held by one session; ``up`` False refuses every query."""
+
+    def __init__(self) -> None:
+        self.holders: dict[int, FakeLocks] = {}
+        self.up = True
+
+    def drop(self, session: FakeLocks) -> None:
+        for key in [key for key, holder in self.holders.items() if holder is session]:
+            del self.holders[key]
+
+
+class FakeLocks:
+    """A :class:`mxproxy.ownership.LockSession`: answers at once, or (``hang``) never until
+    :meth:`release_hung` fires them."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.hang = False
+        self.hung: list[tuple[Deferred[Any], Callable[[], Any]]] = []
+        self.resets = 0
+        self.closed = False
+        self.notify: Callable[[str], None] = lambda _: None
+        self.lost: Callable[[str], None] = lambda _: None
+
+    def listen(self, on_notify: Callable[[str], None], on_lost: Callable[[str], None]) -> None:
+        self.notify, self.lost = on_notify, on_lost
+
+    def _answer(self, query: Callable[[], Any]) -> Deferred[Any]:
+        if self.hang:
+            waiting: Deferred[Any] = Deferred()
+            self.hung.append((waiting, query))
+            return waiting
+        if not self.database.up:
+            return fail(ConnectionError("connection refused"))
+        return succeed(query())
+
+    def release_hung(self) -> None:
+        hung, self.hung = self.hung, []
+        for waiting, query in hung:
+            waiting.callback(query())
+
+    def try_lock(self, key: int) -> Deferred[bool]:
+        return self._answer(lambda: self.database.holders.setdefault(key, self) is self)
+
+    def unlock(self, key: int) -> Deferred[None]:
+        return self._answer(lambda: self.database.holders.pop(key, None) and None)
+
+    def beat(self) -> Deferred[None]:
+        return self._answer(lambda: None)
+
+    def reset(self) -> None:
+        self.resets += 1
+        self.database.drop(self)
+
+    def close(self) -> Deferred[None]:
+        self.closed = True
+        self.database.drop(self)
+        return succeed(None)
+
+
+class FakeServer:
+    """What :meth:`Ownership.role` reads of an MXServer: its name, ``sn`` and link-ups."""
+
+    def __init__(self, name: str = "main") -> None:
+        self.config = SimpleNamespace(name=name)
+        self.sn: str | None = None
+        self._up: list[Callable[[Any], None]] = []
+
+    def on_link_up(self, observer: Callable[[Any], None]) -> None:
+        self._up.append(observer)
+
+    def link_up(self, sn: str) -> None:
+        self.sn = sn
+        for observer in self._up:
+            observer(object())
+
+
+class Instance:
+    """One daemon's ownership, its MX role, and every change the role went through."""
+
+    def __init__(self, test: TestCase, database: Database, clock: Clock,
+                 sn: str | None = "SN001") -> None:
+        self.locks = FakeLocks(database)
+        self.ownership = Ownership(self.locks, clock)
+        self.server = FakeServer()
+        self.role = self.ownership.role(self.server)  # type: ignore[arg-type]
+        self.changes: list[tuple[float, bool]] = []
+        self.tokens: list[str] = []
+        self.role.on_change(lambda owner: self.changes.append((clock.seconds(), owner)))
+        self.role.on_tokens(self.tokens.append)
+        self.ownership.startService()
+        test.addCleanup(self.stop)
+        if sn is not None:
+            self.server.link_up(sn)
+
+    def stop(self) -> None:
+        if self.ownership.running:
+            self.ownership.stopService()
+
+
+class OwnershipTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.database = Database()
+
+    def instance(self, sn: str | None = "SN001") -> Instance:
+        return Instance(self, self.database, self.clock, sn)
+
+    def test_without_a_database_every_mx_is_owned(self) -> None:
+        ownership = Ownership(None, self.clock)
+        role = ownership.role(FakeServer())  # type: ignore[arg-type]
+        ownership.startService()
+        self.assertEqual((role.owner, role.role, ownership.database), (True, "owner", None))
+        self.assertIsNone(self.successResultOf(ownership.stopService()))
+
+    def test_the_first_to_know_the_serial_owns_and_the_other_stands_by(self) -> None:
+        first = self.instance()
+        second = self.instance()
+        self.assertEqual((first.role.role, second.role.role), ("owner", "standby"))
+        self.assertEqual(first.changes, [(0.0, True)])
+        self.assertEqual(self.database.holders, {lock_key("SN001"): first.locks})
+        self.clock.advance(60)
+        self.assertEqual((first.role.owner, second.role.owner), (True, False))
+        self.assertTrue(first.ownership.database.up)  # type: ignore[union-attr]
+        self.assertTrue(second.ownership.database.up)  # type: ignore[union-attr]
+
+    def test_no_serial_no_contention(self) -> None:
+        instance = self.instance(sn=None)
+        self.clock.advance(10)
+        self.assertEqual((instance.role.owner, self.database.holders), (False, {}))
+
+    def test_standby_takes_over_within_one_poll_of_the_owners_death(self) -> None:
+        first = self.instance()
+        second = self.instance()
+        self.clock.advance(0.5)
+        self.database.drop(first.locks)  # kill -9: the server ends the session with its socket
+        first.locks.hang = True  # and the dead process answers nothing
+        self.clock.advance(POLL - 0.5)
+        self.assertEqual(second.changes, [(POLL, True)])
+
+    def test_an_owner_whose_heartbeat_hangs_stops_when_its_lease_ends(self) -> None:
+        owner = self.instance()
+        self.clock.advance(HEARTBEAT)  # beat sent at 2.0, answered: owner until 6.0
+        owner.locks.hang = True
+        self.clock.advance(HEARTBEAT)  # beat sent at 4.0 hangs
+        self.clock.advance(LEASE - HEARTBEAT - 0.5)
+        self.assertTrue(owner.role.owner)
+        self.clock.advance(0.5)
+        self.assertEqual(owner.changes, [(0.0, True), (HEARTBEAT + LEASE, False)])
+        self.assertEqual(owner.locks.resets, 1)
+        self.assertEqual(self.database.holders, {})
+        database = owner.ownership.database
+        assert database is not None
+        self.assertEqual((database.up, database.since), (False, HEARTBEAT + LEASE))
+        self.assertIn(f"{LEASE:g} s", database.last_error or "")
+
+    def test_an_owner_never_outlives_its_last_answered_query_by_the_lease(self) -> None:
+        """Whatever the order of answers, the owner stops by LEASE after sending the last
+        query that was answered, before the server could give its lock away."""
+        owner = self.instance()  # owner until 4.0 by its lock's answer at 0.0
+        owner.locks.hang = True
+        self.clock.advance(2.0)
+        self.clock.advance(1.0)
+        owner.locks.release_hung()  # the beat sent at 2.0 is answered late, at 3.0
+        self.assertTrue(owner.role.owner)
+        self.clock.advance(2.5)  # the beat sent at 4.0 hangs
+        self.assertTrue(owner.role.owner)
+        self.clock.advance(0.5)
+        self.assertEqual(owner.changes, [(0.0, True), (2.0 + LEASE, False)])
+
+    def test_a_failed_heartbeat_steps_down_at_once_and_the_lock_comes_back_with_the_db(
+            self) -> None:
+        owner = self.instance()
+        other = self.instance()
+        self.database.up = False
+        self.clock.advance(HEARTBEAT)
+        self.assertEqual(owner.changes, [(0.0, True), (HEARTBEAT, False)])
+        self.assertEqual(self.database.holders, {})
+        for instance in (owner, other):
+            database = instance.ownership.database
+            assert database is not None
+            self.assertEqual((database.up, database.last_error), (False, "connection refused"))
+        self.clock.advance(30)
+        self.assertFalse(owner.role.owner or other.role.owner)
+        self.database.up = True
+        self.clock.advance(POLL)
+        self.assertEqual(sum(instance.role.owner for instance in (owner, other)), 1)
+        self.assertTrue(owner.ownership.database.up)  # type: ignore[union-attr]
+
+    def test_a_lost_connection_steps_down_at_once(self) -> None:
+        owner = self.instance()
+        self.clock.advance(0.5)
+        owner.locks.lost("server closed the connection unexpectedly")
+        self.assertEqual(owner.changes, [(0.0, True), (0.5, False)])
+        self.assertEqual(owner.locks.resets, 1)
+
+    def test_a_lock_granted_after_the_lease_would_have_ended_is_let_go(self) -> None:
+        instance = self.instance(sn=None)
+        instance.locks.hang = True
+        instance.server.link_up("SN001")
+        self.clock.advance(LEASE)
+        instance.locks.hang = False
+        instance.locks.release_hung()
+        self.assertEqual((instance.role.owner, instance.changes), (False, []))
+        self.assertEqual(self.database.holders, {})
+
+    def test_a_lock_granted_for_a_serial_gone_meanwhile_is_unlocked(self) -> None:
+        instance = self.instance(sn=None)
+        instance.locks.hang = True
+        instance.server.link_up("SN001")
+        instance.server.link_up("SN002")  # before the first try was answered
+        instance.locks.hang = False
+        instance.locks.release_hung()  # SN001 granted, then SN002
+        self.assertEqual((instance.role.owner, instance.role.sn), (True, "SN002"))
+        self.assertEqual(self.database.holders, {lock_key("SN002"): instance.locks})
+        self.assertEqual(instance.locks.resets, 0)
+
+    def test_token_changes_reach_the_owner_of_that_serial_only(self) -> None:
+        owner = self.instance()
+        standby = self.instance()
+        for instance in (owner, standby):
+            instance.locks.notify("SN001:alice@example")
+            instance.locks.notify("OTHER:bob@example")
+        self.assertEqual((owner.tokens, standby.tokens), (["SN001:alice@example"], []))
+
+    def test_another_serial_at_the_same_address_gives_up_the_old_lock(self) -> None:
+        instance = self.instance()
+        instance.server.link_up("SN002")
+        self.assertEqual(instance.changes, [(0.0, True), (0.0, False), (0.0, True)])
+        self.assertEqual(self.database.holders, {lock_key("SN002"): instance.locks})
+
+    def test_stopping_steps_down_then_closes_the_connection(self) -> None:
+        owner = self.instance()
+        standby = self.instance()
+        owner.stop()
+        self.assertEqual((owner.changes[-1], owner.locks.closed), ((0.0, False), True))
+        self.clock.advance(POLL)
+        self.assertTrue(standby.role.owner)
+
+    def test_lock_keys_are_stable_and_differ_by_serial(self) -> None:
+        self.assertEqual(lock_key("SN001"), lock_key("SN001"))
+        self.assertNotEqual(lock_key("SN001"), lock_key("SN002"))
+        self.assertTrue(-2**63 <= lock_key("SN001") < 2**63)
