@@ -97,6 +97,8 @@ class MXRole:
     owner: bool = False
     sn: str | None = None
     since: float | None = None
+    linked: bool = False
+    """This instance's link to the MX is up: only then may it own the MX."""
     _change_observers: list[ChangeObserver] = attrs.Factory(list)
     _token_observers: list[TokenObserver] = attrs.Factory(list)
 
@@ -160,6 +162,7 @@ class Ownership(Service):
             role.become(True, self._clock.seconds())
             return role
         server.on_link_up(lambda _: self._serial_known(role, server.sn))
+        server.on_link_down(lambda _: self._link_lost(role))
         return role
 
     def startService(self) -> None:
@@ -185,22 +188,40 @@ class Ownership(Service):
     # -- contending ---------------------------------------------------------------------------
 
     def _serial_known(self, role: MXRole, sn: str | None) -> None:
-        if sn == role.sn:
-            return
-        if role.sn is not None and self._held.get(role.sn) is role:
-            # Another MX answers at this address now: the old one's lock is not ours to keep.
-            del self._held[role.sn]
-            role.become(False, self._clock.seconds())
-            assert self._session is not None
-            self._session.unlock(lock_key(role.sn)).addErrback(lambda _: None)
-        role.sn = sn
+        role.linked = True
+        if sn != role.sn:
+            if role.sn is not None and self._held.get(role.sn) is role:
+                self._let_go(role)  # another MX answers at this address now
+            role.sn = sn
         if self.running:
             self._poll()  # a fresh start needs no 3 s wait
+
+    def _link_lost(self, role: MXRole) -> None:
+        """An owner without its MX link hears of no call: another instance, whose link may
+        work (the MX unreachable from this host alone), takes over at its next poll."""
+        role.linked = False
+        if role.sn is not None and self._held.get(role.sn) is role:
+            self.log.warn("mx.{name}: the MX link is down: this instance lets go of MX {sn}, "
+                          "for an instance that reaches it", name=role.name, sn=role.sn)
+            self._let_go(role)
+
+    def _let_go(self, role: MXRole) -> None:
+        """Stop owning ``role``'s MX and unlock it (on failure, the connection goes, and every
+        lock with it)."""
+        assert self._session is not None and role.sn is not None
+        del self._held[role.sn]
+        if not self._held and self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()  # the lease guards owned locks only
+        role.become(False, self._clock.seconds())
+        epoch = self._epoch
+        self._session.unlock(lock_key(role.sn)).addErrback(
+            lambda failure: self._failed(epoch, failure))
 
     def _poll(self) -> None:
         for role in self._roles:
             sn = role.sn
-            if sn is not None and sn not in self._held and sn not in self._trying:
+            if role.linked and sn is not None and sn not in self._held and \
+                    sn not in self._trying:
                 self._try(role, sn)
 
     def _try(self, role: MXRole, sn: str) -> None:
@@ -216,8 +237,9 @@ class Ownership(Service):
             if not got:
                 return
             assert self._session is not None
-            if role.sn != sn:  # another MX answers at this address now
-                self._session.unlock(lock_key(sn)).addErrback(lambda _: None)
+            if role.sn != sn or not role.linked:  # another MX answers, or none, now
+                self._session.unlock(lock_key(sn)).addErrback(
+                    lambda failure: self._failed(epoch, failure))
                 return
             if self._expired(sent):  # granted too late to vouch for the session
                 self._reset(f"the lock of MX {sn} came too late to be trusted")

@@ -82,14 +82,22 @@ class FakeServer:
         self.config = SimpleNamespace(name=name)
         self.sn: str | None = None
         self._up: list[Callable[[Any], None]] = []
+        self._down: list[Callable[[Any], None]] = []
 
     def on_link_up(self, observer: Callable[[Any], None]) -> None:
         self._up.append(observer)
+
+    def on_link_down(self, observer: Callable[[Any], None]) -> None:
+        self._down.append(observer)
 
     def link_up(self, sn: str) -> None:
         self.sn = sn
         for observer in self._up:
             observer(object())
+
+    def link_down(self) -> None:
+        for observer in self._down:
+            observer(ConnectionError("the MX went away"))
 
 
 class Instance:
@@ -154,6 +162,34 @@ class OwnershipTests(TestCase):
         first.locks.hang = True  # and the dead process answers nothing
         self.clock.advance(POLL - 0.5)
         self.assertEqual(second.changes, [(POLL, True)])
+
+    def test_an_owner_that_loses_its_mx_link_lets_an_instance_that_reaches_it_own(
+            self) -> None:
+        first = self.instance()
+        second = self.instance()
+        self.clock.advance(1.0)
+        first.server.link_down()
+        self.assertEqual((first.changes, self.database.holders), ([(0.0, True), (1.0, False)],
+                                                                  {}))
+        self.clock.advance(POLL - 1.0)
+        self.assertEqual(second.changes, [(POLL, True)])
+        self.assertEqual(self.database.holders, {lock_key("SN001"): second.locks})
+        first.server.link_up("SN001")  # back: it stands by
+        self.clock.advance(10 * POLL)
+        self.assertEqual((first.role.owner, second.role.owner), (False, True))
+        self.assertEqual(first.locks.resets, 0, "no database trouble: the connection stays")
+        self.assertTrue(first.ownership.database.up)  # type: ignore[union-attr]
+
+    def test_a_standby_without_its_mx_link_does_not_take_over(self) -> None:
+        first = self.instance()
+        second = self.instance()
+        second.server.link_down()
+        self.database.drop(first.locks)
+        first.locks.hang = True
+        self.clock.advance(3 * POLL)
+        self.assertEqual((second.changes, self.database.holders), ([], {}))
+        second.server.link_up("SN001")  # at once, not at the next poll
+        self.assertEqual(second.changes, [(3 * POLL, True)])
 
     def test_an_owner_whose_heartbeat_hangs_stops_when_its_lease_ends(self) -> None:
         owner = self.instance()
