@@ -716,6 +716,31 @@ class FollowUpTests(PushTestCase):
         self.pbx.answer(call)
         await self.assertFollowUp(call, "answeredElsewhere", "Answered on another device")
 
+    async def test_an_answer_said_while_the_devices_are_read_still_counts(self) -> None:
+        await self.start()
+        await self.register("alice", "apns", BUNDLE, apns_token(1))
+        await self.register("alice", "apns", BUNDLE, apns_token(2))
+        store = self.system.store
+        stored = await store.devices(self.alice)
+        reading: list[Deferred[list[Device]]] = []
+
+        def held(user: str) -> Deferred[list[Device]]:  # until the test says
+            reading.append(Deferred())
+            return reading[-1]
+
+        self.patch(store, "devices", held)
+        call = self.ring(CALLER, "3001")
+        await self.until(lambda: reading, "alice's devices being read")
+        self.d.devices.answered_here(self.pbx.user("alice").jid, call.call_id, apns_token(2))
+        reading[0].callback(stored)
+        await self.apns.wait_for(2)
+        established = self.handled("EstablishedEvent")
+        self.pbx.answer(call)
+        await established
+        await self.apns.wait_for(3)
+        await self.dispatcher.settled()
+        self.assertEqual([request.token for request in self.apns.received[2:]], [apns_token(1)])
+
     async def test_call_over_before_its_push_went_out_rings_nothing(self) -> None:
         await self.start()
         await self.register("alice", "apns", VOIP, apns_token(1))

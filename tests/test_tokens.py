@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import sys
@@ -25,6 +26,7 @@ from mxproxy.store import (
     TokenStoreError,
     WriteFailure,
     mask_token,
+    token_digest,
 )
 from mxproxy.store import sqlitefile as tokenfile
 from mxproxy.store.sqlite import SQLiteStore
@@ -69,6 +71,13 @@ class DeviceTests(SynchronousTestCase):
 
     def test_short_tokens_are_hidden_entirely(self) -> None:
         self.assertEqual(mask_token("0123456789abcdef"), "…")
+
+    def test_a_token_digest_names_one_device_in_either_case_and_hides_the_token(self) -> None:
+        apns = "ABCDEF" + "0" * 58
+        self.assertEqual(token_digest(apns), token_digest(apns.lower()))
+        self.assertNotEqual(token_digest(apns), token_digest("abcdef" + "0" * 57 + "1"))
+        # What every instance sends and compares: SHA-256, in hex, of the lower-case token.
+        self.assertEqual(token_digest(apns), hashlib.sha256(apns.lower().encode()).hexdigest())
 
 
 class StatementErrorTests(SynchronousTestCase):

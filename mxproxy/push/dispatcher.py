@@ -9,7 +9,7 @@ while the phone could still ring, and forgotten only when the provider says its 
 When a pushed call stops ringing, one follow-up tells the apps to stop ringing (never as a VoIP
 push: iOS would expect a new call): ``ended`` when it ended before anyone answered,
 ``answeredElsewhere`` when someone else answered it, or this user did on another device — every
-pushed device but the ones that said they are answering (:meth:`PushDispatcher.answered_here`).
+pushed device but the ones that said they are answering (:meth:`PushDispatcher.answering`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mxproxy.csta.events import CallEvent, Delivered, Established, MailIncomingR
 from mxproxy.logs import Logger
 from mxproxy.metrics import DELIVERED, DROPPED, FAILED, REJECTED, Metrics
 from mxproxy.push.slots import FanOut, Slots
-from mxproxy.store import Device, StoreUnavailable, TokenStore, canonical_token
+from mxproxy.store import Device, StoreUnavailable, TokenStore, token_digest
 
 RING_WINDOW = 30.0
 MAX_IN_FLIGHT = 512
@@ -81,7 +81,7 @@ class _Pushed:
     devices: list[Device]
     started: float
     answering: set[str] = attrs.Factory(set)
-    """Tokens of devices that said they answer it: no follow-up for them."""
+    """:func:`token_digest` of the devices that said they answer it: no follow-up for them."""
 
 
 class PushDispatcher:
@@ -199,15 +199,13 @@ class PushDispatcher:
 
     # -- the call stopped ringing -------------------------------------------------------------
 
-    def answered_here(self, user: str, call_id: int, token: str) -> None:
-        """The device with ``token`` is answering the call pushed to ``user``: it is left out
-        of the follow-up. A token that was not pushed the call changes nothing."""
+    def answering(self, user: str, call_id: int, digest: str) -> None:
+        """The device whose token has :func:`token_digest` ``digest`` is answering the call
+        pushed to ``user`` (said on this instance or another): it is left out of the
+        follow-up. A digest of no device the call was pushed to changes nothing."""
         pushed = self._pushed.get((user, call_id))
-        if pushed is None:
-            return
-        for device in pushed.devices:
-            if device.token == canonical_token(device.provider, token):
-                pushed.answering.add(device.token)
+        if pushed is not None:
+            pushed.answering.add(digest)
 
     async def _stopped_ringing(self, user: str, event: CallEvent, after: Call | None) -> None:
         pushed = self._pushed.pop((user, event.call_id), None)
@@ -216,7 +214,8 @@ class PushDispatcher:
         reason = "answeredElsewhere" if isinstance(event, Established) else "ended"
         payload = {"event": "callEnded", "reason": reason, "callId": event.call_id}
         notification = Notification("callEnded", pushed.key, payload)
-        devices = [device for device in pushed.devices if device.token not in pushed.answering]
+        devices = [device for device in pushed.devices
+                   if token_digest(device.token) not in pushed.answering]
         await self._fan_out(devices, notification, self._clock.seconds())
 
     # -- delivery -----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from mxproxy.monitors import DEVICES, CallMonitors
 from mxproxy.push.apns import APNsClient, APNsError, APNsResponse
 from mxproxy.push.dispatcher import VOICEMAIL_TTL, Notification, Outcome, PushDispatcher
 from mxproxy.push.fcm import FCMClient, FCMError, FCMResponse
-from mxproxy.store import Device, TokenStore, parse_user_key, user_key
+from mxproxy.store import Device, TokenStore, parse_user_key, token_digest, user_key
 
 VOIP_SUFFIX = ".voip"
 CALL_TTL = 15  # seconds an FCM call message may wait for an offline phone
@@ -221,4 +221,4 @@ class DeviceRegistry:
     def answered_here(self, jid: str, call_id: int, token: str) -> None:
         sn = self._sn()
         if sn is not None:
-            self._dispatcher.answered_here(user_key(sn, jid), call_id, token)
+            self._dispatcher.answering(user_key(sn, jid), call_id, token_digest(token))

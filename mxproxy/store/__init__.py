@@ -13,6 +13,7 @@ vocabulary and imports neither.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 import attrs
@@ -55,6 +56,15 @@ def canonical_token(provider: str, token: str) -> str:
     device in either case: lower case, so that one device is one row. FCM tokens are
     case-sensitive: as given."""
     return token.lower() if provider == "apns" else token
+
+
+def token_digest(token: str) -> str:
+    """What names a token where others read it (a ``NOTIFY`` payload, seen by every listener
+    and in the server's log): its SHA-256, which a token's 128+ random bits make
+    irreversible. Of the token in lower case, whatever the provider: whoever names it (an
+    answering app) may not say which provider it is of, and an APNs token is stored in lower
+    case; two FCM tokens of one user differing in case alone do not occur."""
+    return hashlib.sha256(token.lower().encode()).hexdigest()
 
 
 def user_key(sn: str, jid: str) -> str:
