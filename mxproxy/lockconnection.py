@@ -1,4 +1,5 @@
-"""The PostgreSQL connection that holds this instance's MX locks and hears token changes.
+"""The PostgreSQL connection that holds this instance's MX locks, hears token changes and
+answers through other instances, and tells the owner of answers through this one.
 
 A session advisory lock belongs to one connection, so this one is dedicated: never pooled,
 never shared with the token store's queries. It lives on a thread of its own, which blocks in
@@ -29,7 +30,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from mxproxy.logs import Logger
 from mxproxy.store.location import without_secret
-from mxproxy.store.pgsql import CHANNEL
+from mxproxy.store.pgsql import ANSWERING_CHANNEL, CHANNEL
 
 SERVER_DEAD_AFTER = 5.0
 """Seconds of silence (2 + 3 x 1) after which PostgreSQL drops this session and its locks."""
@@ -60,15 +61,18 @@ class PostgresLocks:
         self._reactor = reactor
         self._jobs: deque[tuple[Job, Deferred[Any]] | None] = deque()
         self._wake_read = self._wake_write = -1
-        self._on_notify: Callable[[str], None] = lambda _: None
+        self._on_notify: dict[str, Callable[[str], None]] = {}
+        """The observer of each channel listened to."""
         self._on_lost: Callable[[str], None] = lambda _: None
         self._thread: threading.Thread | None = None
         self._connection: Any = None
         """The thread's alone."""
         self._stopped: Deferred[None] | None = None
 
-    def listen(self, on_notify: Callable[[str], None], on_lost: Callable[[str], None]) -> None:
-        self._on_notify, self._on_lost = on_notify, on_lost
+    def listen(self, on_tokens: Callable[[str], None], on_answering: Callable[[str], None],
+               on_lost: Callable[[str], None]) -> None:
+        self._on_notify = {CHANNEL: on_tokens, ANSWERING_CHANNEL: on_answering}
+        self._on_lost = on_lost
         self._wake_read, self._wake_write = os.pipe()
         self._thread = threading.Thread(target=self._run, name="mxproxy-locks", daemon=True)
         self._thread.start()
@@ -81,6 +85,11 @@ class PostgresLocks:
 
     def beat(self) -> Deferred[None]:
         return self._ask(_scalar("SELECT 1")).addCallback(_nothing)
+
+    def tell_answering(self, payload: str) -> Deferred[None]:
+        # Autocommit: committed, and so sent to every listener, once the statement returns.
+        return self._ask(_scalar("SELECT pg_notify(%s, %s)", ANSWERING_CHANNEL, payload)
+                         ).addCallback(_nothing)
 
     def reset(self) -> None:
         if self._stopped is None:  # closed: the connection is gone already
@@ -143,7 +152,8 @@ class PostgresLocks:
             return None
         if self._connection is None:
             connection = psycopg.connect(self._conninfo, **CONNECT_OPTIONS)
-            connection.execute(f"LISTEN {CHANNEL}")
+            for channel in self._on_notify:
+                connection.execute(f"LISTEN {channel}")
             self._connection = connection
         return job(self._connection)
 
@@ -153,7 +163,7 @@ class PostgresLocks:
             return
         try:
             for notify in self._connection.notifies(timeout=0):
-                self._reactor.callFromThread(self._on_notify, notify.payload)
+                self._reactor.callFromThread(self._on_notify[notify.channel], notify.payload)
         except psycopg.Error as error:
             self._drop()
             self._reactor.callFromThread(self._on_lost, self._reason(error))

@@ -17,6 +17,10 @@ let go at once by dropping the connection: a stale lock held by a step-down owne
 the others waiting, and advisory locks nest, so a fresh try on the same session would count
 twice.
 
+The same connection carries what a standby must tell the owner: that a device answers a
+pushed call through it (the load balancer's choice), so that the owner's "answered elsewhere"
+push leaves that device out (:meth:`MXRole.tell_owner`).
+
 All timing runs on the reactor with an injected clock; only the queries run elsewhere.
 With SQLite (one instance) there is no session and every MX is always this process's.
 """
@@ -24,6 +28,7 @@ With SQLite (one instance) there is no session and every MX is always this proce
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Protocol
 
@@ -44,9 +49,17 @@ LEASE = 4.0
 so one late beat is no step-down, and below the server's 5 s to drop a silent session."""
 POLL = 3.0
 """Seconds between a standby's tries for the locks of the MX it serves."""
+ANSWER_WAIT = 0.5
+"""Seconds an answer on a standby waits for the database to take its word to the owner: the
+answer matters more than the follow-up it spares the answering device."""
 
 ChangeObserver = Callable[[bool], None]
 TokenObserver = Callable[[str], None]
+AnsweringObserver = Callable[[str, int, str], None]
+"""``(user key, call id, token digest)``: a device of that user is answering that call."""
+
+_ANSWERING = re.compile(r"(?P<user>.+) (?P<call>[0-9]{1,18}) (?P<digest>[0-9a-f]{64})")
+"""The payload of ``mxproxy_answering``: a user key (``<sn>:<jid>``), a call id, a digest."""
 
 
 class LockSession(Protocol):
@@ -65,8 +78,13 @@ class LockSession(Protocol):
     def reset(self) -> None:
         """Drop the connection, and every lock with it; the next query connects again."""
 
-    def listen(self, on_notify: TokenObserver, on_lost: Callable[[str], None]) -> None:
-        """Receive the payloads of ``mxproxy_tokens``, and why the connection was lost."""
+    def listen(self, on_tokens: TokenObserver, on_answering: Callable[[str], None],
+               on_lost: Callable[[str], None]) -> None:
+        """Receive the payloads of ``mxproxy_tokens`` and ``mxproxy_answering``, and why the
+        connection was lost."""
+
+    def tell_answering(self, payload: str) -> Deferred[None]:
+        """``NOTIFY mxproxy_answering``: fires once committed (every listener hears it)."""
 
     def close(self) -> Deferred[None]:
         """Close for good."""
@@ -99,8 +117,11 @@ class MXRole:
     since: float | None = None
     linked: bool = False
     """This instance's link to the MX is up: only then may it own the MX."""
+    teller: Callable[[str, int, str], Deferred[None]] | None = None
+    """How a standby reaches the owner (:meth:`tell_owner`); None with one instance."""
     _change_observers: list[ChangeObserver] = attrs.Factory(list)
     _token_observers: list[TokenObserver] = attrs.Factory(list)
+    _answering_observers: list[AnsweringObserver] = attrs.Factory(list)
 
     @property
     def role(self) -> str:
@@ -115,6 +136,17 @@ class MXRole:
         this one is the owner."""
         self._token_observers.append(observer)
 
+    def on_answering(self, observer: AnsweringObserver) -> None:
+        """Call ``observer(user key, call id, token digest)`` when a device answers a call
+        through another instance, while this one is the owner."""
+        self._answering_observers.append(observer)
+
+    def tell_owner(self, user: str, call_id: int, digest: str) -> Deferred[None]:
+        """On a standby: tell the owner that the device whose token has ``digest`` answers
+        ``user``'s call ``call_id``. Fires, never failing, once the owner can have heard it
+        (before the MX's word of the answer, sent after), or when waiting gave up."""
+        return succeed(None) if self.teller is None else self.teller(user, call_id, digest)
+
     def become(self, owner: bool, now: float) -> None:
         """Ownership's to call: the role changed at ``now``."""
         if owner == self.owner:
@@ -127,6 +159,11 @@ class MXRole:
         """Ownership's to call: ``user``'s devices changed somewhere."""
         for observer in tuple(self._token_observers):
             observer(user)
+
+    def answered_elsewhere(self, user: str, call_id: int, digest: str) -> None:
+        """Ownership's to call: a device answers ``user``'s call through another instance."""
+        for observer in tuple(self._answering_observers):
+            observer(user, call_id, digest)
 
 
 class Ownership(Service):
@@ -147,6 +184,8 @@ class Ownership(Service):
         self._epoch = 0
         """Bumped by every reset: answers to queries sent before it are ignored."""
         self._expiry: IDelayedCall | None = None
+        self._telling_failed = False
+        """The last word to an owner went unsaid: the next failure is not logged again."""
         self.database = None if session is None else DatabaseState()
         self._beats = LoopingCall(self._beat)
         self._beats.clock = clock
@@ -161,6 +200,7 @@ class Ownership(Service):
         if self._session is None:
             role.become(True, self._clock.seconds())
             return role
+        role.teller = self._tell_owner
         server.on_link_up(lambda _: self._serial_known(role, server.sn))
         server.on_link_down(lambda _: self._link_lost(role))
         return role
@@ -169,7 +209,7 @@ class Ownership(Service):
         super().startService()
         if self._session is None:
             return
-        self._session.listen(self._notified, self._lost)
+        self._session.listen(self._notified, self._answering_notified, self._lost)
         heartbeat, poll = self._intervals
         self._beats.start(heartbeat, now=True)
         self._polls.start(poll, now=False)
@@ -328,3 +368,45 @@ class Ownership(Service):
         role = self._held.get(sn)
         if role is not None:
             role.tokens_changed(user)
+
+    # -- answers through a standby ------------------------------------------------------------
+
+    def _tell_owner(self, user: str, call_id: int, digest: str) -> Deferred[None]:
+        """:meth:`MXRole.tell_owner`, on the lock connection (which PostgreSQL serves at once
+        to the owner's, listening); never longer than :data:`ANSWER_WAIT`."""
+        assert self._session is not None
+        told: Deferred[None] = Deferred()
+        epoch = self._epoch
+
+        def done(problem: str | None) -> None:
+            if told.called:
+                return
+            if timer.active():
+                timer.cancel()
+            if problem is not None and not self._telling_failed:
+                self.log.warn("ownership: could not tell the owner of an answer on this "
+                              "instance ({problem}); the answering device may be told the "
+                              "call was answered elsewhere", problem=problem)
+            self._telling_failed = problem is not None
+            told.callback(None)
+
+        def failed(failure: Failure) -> None:
+            self._failed(epoch, failure)  # the connection went, and every lock with it
+            done(failure.getErrorMessage())
+
+        timer = self._clock.callLater(ANSWER_WAIT, done,
+                                      f"no answer from the database in {ANSWER_WAIT:g} s")
+        self._session.tell_answering(f"{user} {call_id} {digest}").addCallbacks(
+            lambda _: done(None), failed)
+        return told
+
+    def _answering_notified(self, payload: str) -> None:
+        """An answer through another instance, for the MX's owner only; a payload mxproxy
+        does not send (another program's on the channel) is none of ours."""
+        match = _ANSWERING.fullmatch(payload)
+        if match is None:
+            return
+        user = match["user"]
+        role = self._held.get(user.partition(":")[0])
+        if role is not None:
+            role.answered_elsewhere(user, int(match["call"]), match["digest"])

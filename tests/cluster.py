@@ -158,6 +158,14 @@ class Cluster:
             (login, USERS[login][0]), {"token": token})
         return code
 
+    async def answer(self, node: Node, login: str, call_id: int, token: str) -> int:
+        """POST /mx/<mx>/calls/<id>/answer on ``node``, on ``login``'s softphone, by the app
+        with push token ``token``; the status."""
+        code, _ = await self.request(
+            "POST", f"{node.api}/mx/{MX_NAME}/calls/{call_id}/answer",
+            (login, USERS[login][0]), {"device": f"{login}-softphone", "token": token})
+        return code
+
     # -- waiting ------------------------------------------------------------------------------
 
     async def until(self, condition: Callable[[], Any], what: str,
@@ -208,9 +216,16 @@ class Cluster:
         return counts
 
     def ended_pushes(self, call_id: int) -> int:
-        return sum(1 for request in self.fakes.apns.received
-                   if (request.payload or {}).get("callId") == call_id
-                   and request.payload.get("event") == "callEnded")
+        return sum(self.ended_pushes_by_token(call_id).values())
+
+    def ended_pushes_by_token(self, call_id: int) -> dict[str, int]:
+        """How many "call ended" APNs pushes each device token got for ``call_id``."""
+        counts: dict[str, int] = {}
+        for request in self.fakes.apns.received:
+            payload = request.payload or {}
+            if payload.get("callId") == call_id and payload.get("event") == "callEnded":
+                counts[request.token] = counts.get(request.token, 0) + 1
+        return counts
 
 
 def _is_call(request: ReceivedRequest, call_id: int) -> bool:

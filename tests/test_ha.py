@@ -2,7 +2,8 @@
 the simulated MX and the fake APNs and FCM (tests.cluster). One owns the MX and pushes, the
 other stands by; a killed owner is replaced within 10 s; a stopped database makes both
 unhealthy and silent, and its return brings one owner back; a device registered anywhere, at
-any point acknowledged, rings, and every device rings once per call.
+any point acknowledged, rings, and every device rings once per call; a device that answers
+through the standby is left out of the owner's "answered elsewhere" push.
 
 "Once" is checked after the owner's "call ended" push for the same call has arrived: both
 daemons hear the call's events at the same moment, so a second ringing push would have come
@@ -101,6 +102,35 @@ class FailoverTests(HATestCase):
 
     async def _owns(self, node: Node) -> bool:
         return await self.cluster.role(node) == "owner"
+
+
+class AnswerOnTheStandbyTests(HATestCase):
+    async def test_the_answering_device_is_not_told_it_was_answered_elsewhere(self) -> None:
+        owner = await self.cluster.owner([self.first, self.second])
+        standby = self.other(owner)
+        phone, tablet = apns(1), apns(2)
+        await self.register(owner, "alice", "apns", BUNDLE, phone)
+        await self.register(standby, "alice", "apns", BUNDLE, tablet)
+        await self.monitored(owner, 1)
+        cluster = self.cluster
+        call = cluster.pbx.place_call(CALLER, USERS["alice"][1])
+        await cluster.until(lambda: set(cluster.call_pushes(call.call_id)) >= {phone, tablet},
+                            f"call {call.call_id} pushed to both of alice's devices")
+
+        # The load balancer sends the phone's answer to the standby; APNs tokens are one
+        # device in either case.
+        self.assertEqual(await cluster.answer(standby, "alice", call.call_id, phone.upper()),
+                         200)
+        await cluster.until(lambda: tablet in cluster.ended_pushes_by_token(call.call_id),
+                            "the tablet's 'answered elsewhere' push")
+        # Both follow-ups leave the owner together, before the next call's pushes.
+        cluster.pbx.hang_up(call)
+        await self.rings_each_device_once("alice")
+        self.assertEqual(cluster.ended_pushes_by_token(call.call_id), {tablet: 1})
+        [ended] = [request.payload for request in cluster.fakes.apns.received
+                   if (request.payload or {}).get("callId") == call.call_id
+                   and request.payload.get("event") == "callEnded"]
+        self.assertEqual(ended["reason"], "answeredElsewhere")
 
 
 class DatabaseOutageTests(HATestCase):

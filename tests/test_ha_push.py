@@ -1,15 +1,22 @@
 """Pushes and their monitors by role, in one process: an owner pushes, a standby stores
 registrations and stays silent even when it monitors a user for its own API, a take-over starts
-the monitors of every user with devices, a step-down stops them, and a token change made
-elsewhere reaches the owner's monitors. The roles are set by hand here; tests.test_ownership
-decides them, tests.test_ha runs the whole thing across processes."""
+the monitors of every user with devices, a step-down stops them, a token change made
+elsewhere reaches the owner's monitors, an answer through a standby is told to the owner before
+the MX hears of it, and the owner's follow-up leaves the device told of out. The roles are set
+by hand here; tests.test_ownership decides them, tests.test_ha runs the whole thing across
+processes."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from mxproxy.monitors import CALLS
 from mxproxy.ownership import MXRole
+from mxproxy.store import token_digest
 from tests.support import Daemon
 from tests.test_apns import BUNDLE
 from tests.test_push import ALICE, CALLER, VOIP, PushTestCase, apns_token, fcm_token
@@ -18,8 +25,9 @@ ALICE_EXT = "3001"
 
 
 class RolePushTests(PushTestCase):
-    async def start_as(self, owner: bool) -> None:
-        self.role = MXRole("dev", owner=owner)
+    async def start_as(self, owner: bool,
+                       teller: Callable[[str, int, str], Deferred[None]] | None = None) -> None:
+        self.role = MXRole("dev", owner=owner, teller=teller)
         await self.start()
 
     async def daemon(self, link_clock: Clock | None = None) -> Daemon:
@@ -81,3 +89,46 @@ class RolePushTests(PushTestCase):
         await self.system.store.remove("apns", VOIP, False, apns_token(1))
         self.role.tokens_changed(self.alice)
         await self.until(lambda: not self.monitored(ALICE_EXT), "alice's monitor to stop")
+
+    async def test_an_answer_on_a_standby_is_told_to_the_owner_before_the_mx(self) -> None:
+        told: list[tuple[str, int, str]] = []
+        heard: Deferred[None] = Deferred()
+
+        def teller(user: str, call_id: int, digest: str) -> Deferred[None]:
+            told.append((user, call_id, digest))
+            return heard
+
+        await self.start_as(owner=False, teller=teller)
+        call = self.ring(CALLER, ALICE_EXT)
+        answering = Deferred.fromCoroutine(self.d.request(
+            "POST", f"/calls/{call.call_id}/answer", ALICE,
+            body=json.dumps({"device": "alice-softphone", "token": apns_token(2)}).encode(),
+            headers={"Content-Type": "application/json"}))
+        await self.until(lambda: told, "the word to the owner")
+        self.assertEqual(told, [(self.alice, call.call_id, token_digest(apns_token(2)))])
+        self.assertEqual(self.pbx.call(call.call_id).state, "alerting")  # not answered yet
+        heard.callback(None)
+        response, _ = await answering
+        self.assertEqual((response.code, self.pbx.call(call.call_id).state),
+                         (200, "established"))
+
+    async def test_the_owner_leaves_a_device_answering_elsewhere_out_of_the_follow_up(
+            self) -> None:
+        await self.start_as(owner=True)
+        await self.register("alice", "apns", BUNDLE, apns_token(1))
+        await self.register("alice", "apns", BUNDLE, apns_token(2))
+        call = self.ring(CALLER, ALICE_EXT)
+        await self.apns.wait_for(2)
+        await self.dispatcher.settled()
+        # As the lock connection hands it over: an APNs token is one device in either case.
+        self.role.answered_elsewhere(self.alice, call.call_id,
+                                     token_digest(apns_token(2).upper()))
+        established = self.handled("EstablishedEvent")
+        self.pbx.answer(call)
+        await established
+        await self.apns.wait_for(3)
+        await self.dispatcher.settled()
+        ended = self.apns.received[2]
+        self.assertEqual((ended.token, ended.payload["reason"]),
+                         (apns_token(1), "answeredElsewhere"))
+        self.assertEqual(len(self.apns.received), 3)

@@ -1,5 +1,6 @@
 """The lock connection against a real PostgreSQL (tests/pgserver.py): locks exclusive between
-sessions and freed with the session, notifications as they come, a stopped server noticed."""
+sessions and freed with the session, notifications as they come on each channel, a stopped
+server noticed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from mxproxy import lockconnection
-from mxproxy.lockconnection import CHANNEL, DatabaseUnavailable, PostgresLocks
+from mxproxy.lockconnection import ANSWERING_CHANNEL, CHANNEL, DatabaseUnavailable, PostgresLocks
 from mxproxy.ownership import lock_key
 from tests import pgserver
 
@@ -23,14 +24,16 @@ class Session:
 
     def __init__(self, test: TestCase, conninfo: str) -> None:
         self.locks = PostgresLocks(conninfo, reactor)
-        self.notified: list[str] = []
+        self.notified: list[tuple[str, str]] = []
+        """(channel, payload) of each notification heard."""
         self.lost: list[str] = []
         self._waiters: list[Deferred[None]] = []
-        self.locks.listen(self._notify, self._lose)
+        self.locks.listen(lambda payload: self._notify(CHANNEL, payload),
+                          lambda payload: self._notify(ANSWERING_CHANNEL, payload), self._lose)
         test.addCleanup(self.locks.close)
 
-    def _notify(self, payload: str) -> None:
-        self.notified.append(payload)
+    def _notify(self, channel: str, payload: str) -> None:
+        self.notified.append((channel, payload))
         self._wake()
 
     def _lose(self, reason: str) -> None:
@@ -121,7 +124,16 @@ class PostgresLocksTests(TestCase):
         heard = Deferred.fromCoroutine(session.heard())
         notify(self.conninfo, "SN1:alice@example")
         await heard
-        self.assertEqual(session.notified, ["SN1:alice@example"])
+        self.assertEqual(session.notified, [(CHANNEL, "SN1:alice@example")])
+
+    async def test_an_answer_told_by_one_session_is_heard_by_the_others(self) -> None:
+        owner, standby = Session(self, self.conninfo), Session(self, self.conninfo)
+        await owner.locks.beat()  # connected, and listening
+        heard = Deferred.fromCoroutine(owner.heard())
+        payload = f"SN1:alice@example 21 {'ab' * 32}"
+        await standby.locks.tell_answering(payload)
+        await heard
+        self.assertEqual(owner.notified, [(ANSWERING_CHANNEL, payload)])
 
 
 class StoppedServerTests(TestCase):

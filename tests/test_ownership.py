@@ -1,5 +1,6 @@
 """The ownership state machine on a Clock, against locks kept in memory as PostgreSQL keeps them:
-a session's locks last as long as its connection."""
+a session's locks last as long as its connection; and answers told through the database, from a
+standby to the owner."""
 
 from __future__ import annotations
 
@@ -11,15 +12,23 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from mxproxy.ownership import HEARTBEAT, LEASE, POLL, Ownership, lock_key
+from mxproxy.ownership import ANSWER_WAIT, HEARTBEAT, LEASE, POLL, Ownership, lock_key
+from mxproxy.store import token_digest
+from tests.store_behaviour import logged
 
 
 class Database:
-    """Advisory locks by key, each held by one session; ``up`` False refuses every query."""
+    """Advisory locks by key, each held by one session; ``up`` False refuses every query;
+    notifications on ``mxproxy_answering`` reach every listening session."""
 
     def __init__(self) -> None:
         self.holders: dict[int, FakeLocks] = {}
         self.up = True
+        self.listeners: list[FakeLocks] = []
+
+    def tell_answering(self, payload: str) -> None:
+        for session in self.listeners:
+            session.answering(payload)
 
     def drop(self, session: FakeLocks) -> None:
         for key in [key for key, holder in self.holders.items() if holder is session]:
@@ -37,10 +46,16 @@ class FakeLocks:
         self.resets = 0
         self.closed = False
         self.notify: Callable[[str], None] = lambda _: None
+        self.answering: Callable[[str], None] = lambda _: None
         self.lost: Callable[[str], None] = lambda _: None
 
-    def listen(self, on_notify: Callable[[str], None], on_lost: Callable[[str], None]) -> None:
-        self.notify, self.lost = on_notify, on_lost
+    def listen(self, on_tokens: Callable[[str], None], on_answering: Callable[[str], None],
+               on_lost: Callable[[str], None]) -> None:
+        self.notify, self.answering, self.lost = on_tokens, on_answering, on_lost
+        self.database.listeners.append(self)
+
+    def tell_answering(self, payload: str) -> Deferred[None]:
+        return self._answer(lambda: self.database.tell_answering(payload))
 
     def _answer(self, query: Callable[[], Any]) -> Deferred[Any]:
         if self.hang:
@@ -72,6 +87,7 @@ class FakeLocks:
     def close(self) -> Deferred[None]:
         self.closed = True
         self.database.drop(self)
+        self.database.listeners.remove(self)
         return succeed(None)
 
 
@@ -111,8 +127,10 @@ class Instance:
         self.role = self.ownership.role(self.server)  # type: ignore[arg-type]
         self.changes: list[tuple[float, bool]] = []
         self.tokens: list[str] = []
+        self.answers: list[tuple[str, int, str]] = []
         self.role.on_change(lambda owner: self.changes.append((clock.seconds(), owner)))
         self.role.on_tokens(self.tokens.append)
+        self.role.on_answering(lambda *answer: self.answers.append(answer))
         self.ownership.startService()
         test.addCleanup(self.stop)
         if sn is not None:
@@ -294,3 +312,79 @@ class OwnershipTests(TestCase):
         self.assertEqual(lock_key("SN001"), lock_key("SN001"))
         self.assertNotEqual(lock_key("SN001"), lock_key("SN002"))
         self.assertTrue(-2**63 <= lock_key("SN001") < 2**63)
+
+
+ALICE = "SN001:alice@example"
+DIGEST = token_digest("ab" * 32)
+
+
+class AnswerRelayTests(TestCase):
+    """A device answers through the standby: the owner hears it before the MX says so."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.database = Database()
+        self.owner = Instance(self, self.database, self.clock)
+        self.standby = Instance(self, self.database, self.clock)
+        self.logged = logged(self, "mxproxy.ownership")
+
+    def test_an_answer_on_the_standby_reaches_the_owners_observers_only(self) -> None:
+        timers = len(self.clock.getDelayedCalls())
+        told = self.standby.role.tell_owner(ALICE, 21, DIGEST)
+        self.assertIsNone(self.successResultOf(told))
+        self.assertEqual((self.owner.answers, self.standby.answers), ([(ALICE, 21, DIGEST)], []))
+        self.assertEqual(len(self.clock.getDelayedCalls()), timers)  # no wait left behind
+
+    def test_the_payload_names_the_user_the_call_and_the_digest_only(self) -> None:
+        payloads: list[str] = []
+        self.owner.locks.answering = payloads.append
+        self.standby.role.tell_owner("SN001:alice smith@example", 21, DIGEST)
+        self.assertEqual(payloads, [f"SN001:alice smith@example 21 {DIGEST}"])
+
+    def test_answers_for_another_mx_or_not_in_mxproxys_form_are_ignored(self) -> None:
+        for payload in (f"OTHER:bob@example 21 {DIGEST}", f"{ALICE} 21 {'ab' * 32}x",
+                        f"{ALICE} call {DIGEST}", f"{ALICE} {'1' * 19} {DIGEST}", "", ALICE):
+            self.owner.locks.answering(payload)
+        self.assertEqual(self.owner.answers, [])
+        self.owner.locks.answering(f"{ALICE} 21 {DIGEST}")
+        self.assertEqual(self.owner.answers, [(ALICE, 21, DIGEST)])
+
+    def test_a_standby_that_owns_no_longer_hears_answers(self) -> None:
+        self.owner.server.link_down()
+        self.standby.role.tell_owner(ALICE, 21, DIGEST)
+        self.assertEqual(self.owner.answers, [])
+
+    def test_a_database_that_does_not_answer_lets_the_answer_go_on_logged_once(self) -> None:
+        self.standby.locks.hang = True
+        told = self.standby.role.tell_owner(ALICE, 21, DIGEST)
+        self.clock.advance(ANSWER_WAIT - 0.01)
+        self.assertNoResult(told)
+        self.clock.advance(0.01)
+        self.assertIsNone(self.successResultOf(told))
+        again = self.standby.role.tell_owner(ALICE, 22, DIGEST)
+        self.clock.advance(ANSWER_WAIT)
+        self.successResultOf(again)
+        self.assertEqual(len([line for line in self.logged if "could not tell" in line]), 1)
+        self.assertNotIn(DIGEST, "\n".join(self.logged))
+        self.standby.locks.hang = False
+        self.standby.locks.release_hung()  # late: heard, but the answer went on meanwhile
+        self.successResultOf(self.standby.role.tell_owner(ALICE, 23, DIGEST))
+        self.standby.locks.hang = True
+        self.standby.role.tell_owner(ALICE, 24, DIGEST)
+        self.clock.advance(ANSWER_WAIT)  # told once in time: a new failure is news
+        self.assertEqual(len([line for line in self.logged if "could not tell" in line]), 2)
+
+    def test_a_failed_word_to_the_owner_drops_the_lock_connection(self) -> None:
+        """As any failed query: the thread dropped the connection, and its locks with it."""
+        self.database.up = False
+        told = self.standby.role.tell_owner(ALICE, 21, DIGEST)
+        self.assertIsNone(self.successResultOf(told))
+        assert self.standby.ownership.database is not None
+        self.assertEqual((self.standby.locks.resets, self.standby.ownership.database.up),
+                         (1, False))
+        self.assertEqual(len([line for line in self.logged if "could not tell" in line]), 1)
+
+    def test_with_one_instance_there_is_nobody_to_tell(self) -> None:
+        ownership = Ownership(None, self.clock)
+        role = ownership.role(FakeServer())  # type: ignore[arg-type]
+        self.assertIsNone(self.successResultOf(role.tell_owner(ALICE, 21, DIGEST)))

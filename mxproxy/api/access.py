@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import attrs
+from twisted.internet.defer import Deferred
 
 from mxproxy.calls import CallState
 from mxproxy.events import EventHub
@@ -24,9 +25,10 @@ class Devices(Protocol):
     async def unregister(self, jid: str, provider: str, bundle: str, sandbox: bool,
                          token: str) -> None: ...
 
-    def answered_here(self, jid: str, call_id: int, token: str) -> None:
+    def answered_here(self, jid: str, call_id: int, token: str) -> Deferred[None]:
         """The device with ``token`` is answering the call: the user's other pushed devices
-        are told ``answeredElsewhere``, that one not."""
+        are told ``answeredElsewhere``, that one not. Fires (never failing) once whoever
+        pushed the call knows: before the answer goes to the MX."""
 
 
 @attrs.frozen

@@ -81,7 +81,7 @@ class CallRoutes(Endpoints):
                 raise no_longer_ringing(number)
             devices = caller.access.devices
             if token and devices is not None:
-                devices.answered_here(jid, number, token)
+                await devices.answered_here(jid, number, token)
             try:
                 answered = await callcontrol.answer(session.protocol, number,
                                                     session.identity.ext, device)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+
 from mxproxy.csta.errors import MXUnavailable
 from mxproxy.logs import Logger
 from mxproxy.monitors import DEVICES, CallMonitors
@@ -146,19 +148,22 @@ class DeviceRegistry:
     """Device tokens of one MX's users (the API's ``Devices``): store, then monitor (the
     ``devices`` reason holds while a user has one). With several instances on one database,
     only the MX's owner (``owns``) monitors: a standby stores, and the owner hears of it from
-    the store's notification (:meth:`refresh`)."""
+    the store's notification (:meth:`refresh`); an answer through a standby reaches the owner
+    by ``tell_owner`` (:meth:`answered_here`)."""
 
     log = Logger()
 
     def __init__(self, sn: Callable[[], str | None], store: TokenStore,
                  monitors: CallMonitors, senders: Mapping[str, APNsSender | FCMSender],
-                 dispatcher: PushDispatcher, owns: Callable[[], bool] = lambda: True) -> None:
+                 dispatcher: PushDispatcher, owns: Callable[[], bool] = lambda: True,
+                 tell_owner: Callable[[str, int, str], Deferred[None]] | None = None) -> None:
         self._sn = sn
         self._store = store
         self._monitors = monitors
         self._senders = dict(senders)
         self._dispatcher = dispatcher
         self._owns = owns
+        self._tell_owner = tell_owner
 
     def supports(self, provider: str, bundle: str, sandbox: bool) -> bool:
         sender = self._senders.get(provider)
@@ -218,7 +223,15 @@ class DeviceRegistry:
         for jid in self._monitors.wanting(DEVICES):
             await self._monitors.release(jid, DEVICES)
 
-    def answered_here(self, jid: str, call_id: int, token: str) -> None:
+    def answered_here(self, jid: str, call_id: int, token: str) -> Deferred[None]:
+        """The owner's dispatcher pushed the call: told here at once, or from a standby
+        through the database (fired once the owner can have heard, before the MX can say the
+        call was answered)."""
         sn = self._sn()
-        if sn is not None:
-            self._dispatcher.answering(user_key(sn, jid), call_id, token_digest(token))
+        if sn is None:
+            return succeed(None)
+        user, digest = user_key(sn, jid), token_digest(token)
+        if self._owns() or self._tell_owner is None:
+            self._dispatcher.answering(user, call_id, digest)
+            return succeed(None)
+        return self._tell_owner(user, call_id, digest)

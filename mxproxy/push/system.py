@@ -123,7 +123,8 @@ class PushSystem(Service):
             return [parse_user_key(user)[1] for user in await self.store.users(server.sn or "")]
 
         devices = DeviceRegistry(lambda: server.sn, self.store, calls.monitors, self.senders,
-                                 self.dispatcher, owns=lambda: owned.owner)
+                                 self.dispatcher, owns=lambda: owned.owner,
+                                 tell_owner=owned.tell_owner)
         calls.on_call_event(on_call_event)
         calls.monitors.on_mail(on_mail)
         calls.monitors.restore(DEVICES, stored_users)
@@ -131,6 +132,7 @@ class PushSystem(Service):
             devices.take_over() if owner else devices.stand_by()), server.config.name))
         owned.on_tokens(lambda user: _log_failure(Deferred.fromCoroutine(devices.refresh(user)),
                                                  server.config.name))
+        owned.on_answering(self.dispatcher.answering)
         return devices
 
 

@@ -21,6 +21,10 @@ from mxproxy.store.threaded import Key, Note, Row
 
 CHANNEL = "mxproxy_tokens"
 """NOTIFY channel of device changes; the payload is the user key (``<sn>:<jid>``)."""
+ANSWERING_CHANNEL = "mxproxy_answering"
+"""NOTIFY channel of a standby telling the owner that a device answers a pushed call through
+it: ``<user key> <call id> <token digest>`` (:func:`mxproxy.store.token_digest`: never the token,
+which every listener and the server's log would see)."""
 
 LOCK_CLASS = 0x6D787078
 """The first key of mxproxy's two-key advisory locks (``mxpx``): the second says what is
