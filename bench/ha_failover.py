@@ -1,5 +1,5 @@
-"""Several instances on PostgreSQL: token registrations per second against SQLite, and
-failover from ``kill -9`` of the owner.
+"""Several instances on PostgreSQL: token registrations per second against SQLite, a token
+registered on the standby reaching the owner, and failover from ``kill -9`` of the owner.
 
 Real ``twistd mxproxy`` daemons (tests/cluster.py: a throw-away PostgreSQL server, the MX
 simulator and the fake APNs and FCM in this process, the daemons as child processes). Measured
@@ -23,7 +23,15 @@ in one run, in this order:
    ``--seconds``: whether HTTP or the store bounds the first figure. Every token is new and each
    user soon has ``push.maxDevicesPerUser`` (its default, 20) devices, so each registration also
    removes that user's least recently registered device: the writing kind.
-2. Failover, two daemons on PostgreSQL: from ``kill -9`` of the owning instance to the first push
+2. A registration on the standby reaching the owner (target: within 1 s). Two daemons on
+   PostgreSQL, one owning the MX. ``--propagation-runs`` (9) times, a user without devices
+   registers one on the standby; timed from the standby's 204 (as this process reads it) to the
+   owner's ``MonitorStart`` for that user's extension at the simulator, the first thing the
+   owner does that the MX sees (through the store's ``NOTIFY`` and the owner's query of the
+   user's devices). A standby starts no monitor for a registration (tests/test_ha_push.py), so
+   the first ``MonitorStart`` for that extension on a server session is the owner's. Negative:
+   the monitor started before the 204 arrived.
+3. Failover, on the same two daemons: from ``kill -9`` of the owning instance to the first push
    sent by the new owner. alice has an APNs device. While the measurement runs, the simulator
    rings alice with a new call every ``--call-interval-ms`` (100), hanging up the previous one,
    so that the new owner has a call to push as soon as its monitor runs; the first push that
@@ -36,9 +44,9 @@ in one run, in this order:
    3 s and the figure depends on where in that cycle the kill falls: each kill comes 5 s plus a
    random 0-3 s after the previous take-over, hence ``--runs`` (7) runs. Expected from the
    design (README, "Several instances"): at most one poll, 3 s, plus the take-over's monitor
-   starts and a push. Part 2 runs on every CPU.
+   starts and a push. Parts 2 and 3 run on every CPU.
 
-Usage: python bench/ha_failover.py [--rounds 5] [--seconds 5] [--runs 7]
+Usage: python bench/ha_failover.py [--rounds 5] [--seconds 5] [--propagation-runs 9] [--runs 7]
 """
 
 from __future__ import annotations
@@ -65,12 +73,14 @@ from twisted.internet.defer import Deferred, gatherResults  # noqa: E402
 from twisted.internet.task import LoopingCall, deferLater  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 
+from mxproxy.csta.xml import text  # noqa: E402
 from mxproxy.ownership import POLL  # noqa: E402
 from mxproxy.store import TokenStore  # noqa: E402
 from mxproxy.store.location import open_store  # noqa: E402
 from tests.cluster import BUNDLE, CALLER, MX_NAME, SN, USERS, VOIP, Cluster, Node  # noqa: E402
 
 RATIO_TARGET = 0.5
+PROPAGATION_TARGET_S = 1.0
 TOKEN_BODY = '{"token": "' + "0" * 24 + h.UNIQUE + '"}'
 """An APNs token, 64 hex digits: 24 zeros, then the load generator's unique 40."""
 
@@ -81,6 +91,11 @@ SETTLE = 5.0
 def load_user(index: int) -> tuple[str, str, str]:
     """Login, password and extension of the user of load connection ``index``."""
     return f"load{index}", f"load-secret-{index}", str(4000 + index)
+
+
+def new_user(index: int) -> tuple[str, str, str]:
+    """Login, password and extension of the user registering in propagation run ``index``."""
+    return f"new{index}", f"new-secret-{index}", str(5000 + index)
 
 
 def add_users(cluster: Cluster, user: Callable[[int], tuple[str, str, str]],
@@ -187,7 +202,56 @@ async def store_rate(store: TokenStore, seconds: float, callers: int) -> float:
     return done[0] / (time.perf_counter() - start)
 
 
-# -- 2. failover ----------------------------------------------------------------------------------
+# -- 2. a registration on the standby reaching the owner ------------------------------------------
+
+
+def monitor_started(cluster: Cluster, extension: str) -> Deferred[float]:
+    """Fires with the moment the next ``MonitorStart`` of ``extension`` on a server session
+    reaches the simulator."""
+    started: Deferred[float] = Deferred()
+
+    def watch() -> None:
+        cluster.pbx.wait_for("MonitorStart").addCallback(check)
+
+    def check(command: Any) -> None:
+        if started.called:  # timed out
+            return
+        if (command.session.kind == "Server"
+                and text(command.element, "monitorObject/deviceObject") == extension):
+            started.callback(time.perf_counter())
+        else:
+            watch()
+
+    watch()
+    return started
+
+
+async def propagation(cluster: Cluster, standby: Node, index: int) -> float:
+    """Seconds from the standby's 204 for a registration to the owner's monitor start."""
+    login, password, extension = new_user(index)
+    started = monitor_started(cluster, extension).addTimeout(30, reactor)
+    code, _ = await cluster.request("POST", f"{standby.api}/mx/{MX_NAME}/token/apns/{VOIP}",
+                                    (login, password), {"token": f"{index + 1:064x}"})
+    answered = time.perf_counter()
+    if code != 204:
+        raise RuntimeError(f"registration on the standby: HTTP {code}")
+    return await started - answered
+
+
+async def propagations(cluster: Cluster, standby: Node, runs: int) -> None:
+    took = []
+    for index in range(runs):
+        took.append(await propagation(cluster, standby, index))
+        await deferLater(reactor, random.uniform(0.2, 0.5), lambda: None)
+    print(f"a token registered on the standby to the owner's MonitorStart, {runs} runs (ms): "
+          + ", ".join(f"{seconds * 1000:.1f}" for seconds in took))
+    worst = max(took)
+    print(f"  median {statistics.median(took) * 1000:.1f} ms, max {worst * 1000:.1f} ms "
+          f"(target within {PROPAGATION_TARGET_S:g} s: "
+          f"{h.verdict(worst <= PROPAGATION_TARGET_S)})", flush=True)
+
+
+# -- 3. failover ----------------------------------------------------------------------------------
 
 
 async def failover(cluster: Cluster, owner: Node, standby: Node,
@@ -234,8 +298,11 @@ async def main(args: argparse.Namespace) -> None:
     directory = tempfile.mkdtemp(prefix="mxproxy-ha-bench-")
     cluster = Cluster(directory)
     try:
+        add_users(cluster, new_user, args.propagation_runs)
         nodes = [await cluster.start("a"), await cluster.start("b")]
         owner = await cluster.owner(nodes)
+        await propagations(cluster, next(node for node in nodes if node is not owner),
+                           args.propagation_runs)
         if await cluster.register(owner, "alice", "apns", BUNDLE, f"{1:064x}") != 204:
             raise RuntimeError("registration refused")
         pushes, takeovers = [], []
@@ -265,6 +332,7 @@ def run() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--propagation-runs", type=int, default=9)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--call-interval-ms", type=float, default=100.0)
     args = parser.parse_args()
