@@ -6,8 +6,9 @@ prints one ``READY {json}`` line to stdout once it listens on an ephemeral loopb
 their clients as subprocesses of this module, so that server and client never share a process
 or an event loop:
 
-  python bench/_harness.py load URL --seconds S --connections C [--auth VALUE ...]
-      keep-alive HTTP/1.1 GET load (asyncio, raw sockets); used when ``wrk`` is not installed
+  python bench/_harness.py load URL --seconds S --connections C [--auth VALUE ...] [--body J]
+      keep-alive HTTP/1.1 GET load (asyncio, raw sockets); used when ``wrk`` is not installed,
+      and for POSTs of JSON ``J`` (each request's own)
   python bench/_harness.py fetch URL [--auth VALUE]
       one GET read as fast as possible; prints size, SHA-256 and seconds as JSON
 """
@@ -21,8 +22,10 @@ import contextlib
 import cProfile
 import ctypes
 import hashlib
+import itertools
 import json
 import os
+import random
 import select
 import shutil
 import signal
@@ -367,15 +370,20 @@ end
 
 
 def load(tool: str, url: str, seconds: float, connections: int,
-         auths: Sequence[str]) -> Load:
+         auths: Sequence[str], body: str | None = None) -> Load:
     """Keep-alive GETs of ``url`` on ``connections`` connections for ``seconds``; connection
-    ``i`` authenticates with ``auths[i % len(auths)]``. Runs in a separate process."""
+    ``i`` authenticates with ``auths[i % len(auths)]``. Runs in a separate process. With a
+    ``body`` (JSON), POSTs instead, each with its own :data:`UNIQUE` (the Python client only)."""
     if tool == "wrk":
+        if body is not None:
+            raise ValueError("the wrk client only sends GETs")
         return _wrk(url, seconds, connections, auths)
     command = [PYTHON, os.path.abspath(__file__), "load", url, "--seconds", str(seconds),
                "--connections", str(connections)]
     for auth in auths:
         command += ["--auth", auth]
+    if body is not None:
+        command += ["--body", body]
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
                          check=True, preexec_fn=_pinned(LOAD_CPUS)).stdout
     result = json.loads(out)
@@ -433,13 +441,14 @@ Counters = Callable[[], dict[str, float]]
 
 def alternate(tool: str, urls: dict[str, str], args: Any, auths: Sequence[str],
               charged: dict[str, dict[str, int]] | None = None,
-              counted: dict[str, Counters] | None = None) -> Rounds:
+              counted: dict[str, Counters] | None = None, body: str | None = None) -> Rounds:
     """Warm every URL up, then measure them in alternating rounds. ``charged[name]`` names the
     processes (label: pid) whose CPU time a round of URL ``name`` is charged per request;
-    ``counted[name]`` reads counters whose growth it is charged per request."""
+    ``counted[name]`` reads counters whose growth it is charged per request; ``body``: POST
+    it (see :func:`load`)."""
     charged, counted = charged or {}, counted or {}
     for url in urls.values():  # warm-up, not counted
-        load(tool, url, args.warmup, args.connections, auths)
+        load(tool, url, args.warmup, args.connections, auths, body)
     rounds = Rounds({name: [] for name in urls},
                     {name: {label: [] for label in charged.get(name, {})} for name in urls},
                     {name: [] for name in urls}, {name: [] for name in urls},
@@ -449,7 +458,7 @@ def alternate(tool: str, urls: dict[str, str], args: Any, auths: Sequence[str],
             pids = charged.get(name, {})
             before = {label: cpu_seconds(pid) for label, pid in pids.items()}
             counters = counted[name]() if name in counted else {}
-            run = load(tool, url, args.seconds, args.connections, auths)
+            run = load(tool, url, args.seconds, args.connections, auths, body)
             if run.errors or not run.requests:
                 raise SystemExit(f"{name}: {run.errors} failed requests out of {run.requests}")
             rounds.rates[name].append(run.rate)
@@ -521,14 +530,14 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int, bool]:
     return status, size, keep_alive
 
 
-async def _connection(host: str, port: int, request: bytes, deadline: float,
+async def _connection(host: str, port: int, request: Callable[[], bytes], deadline: float,
                       latencies: list[float], errors: list[int], late: list[int]) -> None:
     clock = asyncio.get_running_loop().time
     reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
     try:
         while clock() < deadline:
             start = clock()
-            writer.write(request)
+            writer.write(request())
             status, _, keep_alive = await asyncio.wait_for(_read_response(reader), 30)
             if clock() > deadline:
                 late[0] += 1
@@ -542,8 +551,28 @@ async def _connection(host: str, port: int, request: bytes, deadline: float,
         writer.close()
 
 
+UNIQUE = "{unique}"
+"""In a POST body, replaced by 40 hex digits no other request of any run has."""
+
+
+def _requests(head: str, body: str | None, connection: int) -> Callable[[], bytes]:
+    """The requests of one connection: ``head`` (request line and headers) as a GET, or a POST
+    of ``body`` with its :data:`UNIQUE` filled in."""
+    if body is None:
+        fixed = (head + "\r\n").encode()
+        return lambda: fixed
+    prefix = f"{random.getrandbits(64):016x}{connection:08x}"
+    counter = itertools.count()
+
+    def post() -> bytes:
+        payload = body.replace(UNIQUE, f"{prefix}{next(counter):016x}").encode()
+        return (f"POST{head[3:]}Content-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+    return post
+
+
 async def _load(url: str, seconds: float, connections: int,
-                auths: Sequence[str]) -> dict[str, Any]:
+                auths: Sequence[str], body: str | None = None) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -555,8 +584,9 @@ async def _load(url: str, seconds: float, connections: int,
     tasks = []
     for index in range(connections):
         auth = f"Authorization: {auths[index % len(auths)]}\r\n" if auths else ""
-        request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode()
-        tasks.append(_connection(host, port, request, deadline, latencies, errors, late))
+        head = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
+        tasks.append(_connection(host, port, _requests(head, body, index), deadline,
+                                 latencies, errors, late))
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     errors[0] += sum(isinstance(outcome, BaseException) for outcome in outcomes)
     for outcome in outcomes:
@@ -629,13 +659,14 @@ def main() -> None:
     load_parser.add_argument("--seconds", type=float, default=5.0)
     load_parser.add_argument("--connections", type=int, default=32)
     load_parser.add_argument("--auth", action="append", default=[])
+    load_parser.add_argument("--body", help=f"POST this JSON, {UNIQUE} made unique")
     fetch_parser = commands.add_parser("fetch")
     fetch_parser.add_argument("url")
     fetch_parser.add_argument("--auth")
     args = parser.parse_args()
     if args.command == "load":
         print(json.dumps(asyncio.run(_load(args.url, args.seconds, args.connections,
-                                           args.auth))))
+                                           args.auth, args.body))))
     elif args.command == "fetch":
         print(json.dumps(fetch(args.url, args.auth)))
     else:

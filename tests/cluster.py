@@ -71,9 +71,10 @@ class Cluster:
     """A PostgreSQL server, the simulated MX, the fake providers and the daemons; ``close``
     stops everything (SIGKILL for the daemons: what they left must not matter)."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, fsync: bool = False) -> None:
+        """``fsync``: PostgreSQL's (see :class:`tests.pgserver.PostgresServer`)."""
         self.directory = directory
-        self.postgres = pgserver.PostgresServer()
+        self.postgres = pgserver.PostgresServer(fsync)
         self.postgres.start()
         self.db = self.postgres.url(self.postgres.create_database())
         self.pbx = PBX(SN, clock=reactor)

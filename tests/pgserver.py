@@ -72,8 +72,11 @@ def free_port() -> int:
 class PostgresServer:
     """One PostgreSQL cluster in a temporary folder, on a loopback port of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, fsync: bool = False) -> None:
+        """``fsync``: flush every commit to disk, as a production server does (a benchmark
+        comparing stores needs it); tests do without."""
         self.bindir = binaries()
+        self.fsync = fsync
         self._as = _run_as()
         self.root = tempfile.mkdtemp(prefix="mxproxy-pg-")
         if self._as:
@@ -94,10 +97,12 @@ class PostgresServer:
 
     def start(self) -> None:
         """Start (again) on the same port and data folder; returns once it takes connections.
-        fsync is off: a crash of the test machine loses nothing worth keeping."""
+        fsync is off unless asked for: a crash of the test machine loses nothing worth
+        keeping."""
         if self.running:
             return
-        options = (f"-p {self.port} -h 127.0.0.1 -k {self.root} -F"
+        fsync = "on" if self.fsync else "off"
+        options = (f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync={fsync}"
                    " -c max_connections=200 -c shared_buffers=16MB")
         self._pg("pg_ctl", "start", "--pgdata", self.data, "--wait",
                  "--timeout", str(STARTUP_TIMEOUT_S), "--log", os.path.join(self.root, "log"),

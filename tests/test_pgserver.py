@@ -30,3 +30,11 @@ class PostgresServerTests(SynchronousTestCase):
         server.start()
         with psycopg.connect(conninfo) as connection:
             self.assertEqual(connection.execute("SELECT x FROM kept").fetchall(), [(7,)])
+
+    def test_fsync_is_off_unless_asked_for(self) -> None:
+        durable = pgserver.PostgresServer(fsync=True)
+        self.addCleanup(durable.remove)
+        for server, expected in ((pgserver.shared(), "off"), (durable, "on")):
+            server.start()
+            with psycopg.connect(server.conninfo()) as connection:
+                self.assertEqual(connection.execute("SHOW fsync").fetchone(), (expected,))
