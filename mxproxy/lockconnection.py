@@ -30,7 +30,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from mxproxy.logs import Logger
 from mxproxy.store.location import without_secret
-from mxproxy.store.pgsql import ANSWERING_CHANNEL, CHANNEL
+from mxproxy.store.pgsql import ANSWERING_CHANNEL, CHANNEL, changed_user
 
 SERVER_DEAD_AFTER = 5.0
 """Seconds of silence (2 + 3 x 1) after which PostgreSQL drops this session and its locks."""
@@ -163,7 +163,12 @@ class PostgresLocks:
             return
         try:
             for notify in self._connection.notifies(timeout=0):
-                self._reactor.callFromThread(self._on_notify[notify.channel], notify.payload)
+                payload = notify.payload
+                if notify.channel == CHANNEL:
+                    payload = changed_user(payload)
+                    if payload is None:
+                        continue  # this process's own change, applied as it was made
+                self._reactor.callFromThread(self._on_notify[notify.channel], payload)
         except psycopg.Error as error:
             self._drop()
             self._reactor.callFromThread(self._on_lost, self._reason(error))

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from mxproxy.cli import main
+from mxproxy.store.pgsql import ORIGIN
 from mxproxy.store.postgres import CHANNEL, PostgresStore
 from mxproxy.store.sqlite import SQLiteStore
 from tests import pgserver
@@ -55,7 +56,7 @@ class ImportTests(TestCase):
                 0, f"{self.path} -> {shown}: 4 devices of 3 users read; 4 added, 0 updated,"
                    " 0 unchanged\n", ""))
             heard = [note.payload for note in listener.notifies(timeout=0.5, stop_after=3)]
-        self.assertEqual(heard, USERS)
+        self.assertEqual(heard, [f"{user} {ORIGIN}" for user in USERS])
         self.assertEqual(self.run_import(self.path, self.url), (
             0, f"{self.path} -> {shown}: 4 devices of 3 users read; 0 added, 0 updated,"
                " 4 unchanged\n", ""))

@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 from mxproxy import lockconnection
 from mxproxy.lockconnection import ANSWERING_CHANNEL, CHANNEL, DatabaseUnavailable, PostgresLocks
 from mxproxy.ownership import lock_key
+from mxproxy.store.pgsql import ORIGIN
 from tests import pgserver
 
 KEY = lock_key("LOCKS1")
@@ -125,6 +126,16 @@ class PostgresLocksTests(TestCase):
         notify(self.conninfo, "SN1:alice@example")
         await heard
         self.assertEqual(session.notified, [(CHANNEL, "SN1:alice@example")])
+
+    async def test_this_processs_own_token_changes_are_not_heard(self) -> None:
+        """They are applied as they are made; another process's are the listener's news."""
+        session = Session(self, self.conninfo)
+        await session.locks.beat()
+        heard = Deferred.fromCoroutine(session.heard())
+        notify(self.conninfo, f"SN1:alice@example {ORIGIN}")
+        notify(self.conninfo, "SN1:bob@example 0badf00d")
+        await heard
+        self.assertEqual(session.notified, [(CHANNEL, "SN1:bob@example")])
 
     async def test_an_answer_told_by_one_session_is_heard_by_the_others(self) -> None:
         owner, standby = Session(self, self.conninfo), Session(self, self.conninfo)

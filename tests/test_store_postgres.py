@@ -96,7 +96,7 @@ class PostgresStoreTests(PostgresCase, StoreBehaviour):
             await self.store.record_success(device, 1.0)  # bookkeeping: no news
             heard = [(note.channel, note.payload) for note in
                      listener.notifies(timeout=0.5, stop_after=7)]
-        self.assertEqual(heard, [(CHANNEL, user) for user in
+        self.assertEqual(heard, [(CHANNEL, f"{user} {statements.ORIGIN}") for user in
                                  (ALICE, ALICE, BOB, ALICE, ALICE, BOB)])
 
 

@@ -12,6 +12,7 @@ the same transaction, so a listener hears of it exactly when it is committed.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from psycopg import Connection
@@ -20,7 +21,11 @@ from mxproxy.store import pending_migrations
 from mxproxy.store.threaded import Key, Note, Row
 
 CHANNEL = "mxproxy_tokens"
-"""NOTIFY channel of device changes; the payload is the user key (``<sn>:<jid>``)."""
+"""NOTIFY channel of device changes; the payload is the user key (``<sn>:<jid>``) and, after a
+space, the :data:`ORIGIN` of the process that made the change."""
+ORIGIN = secrets.token_hex(4)
+"""This process's mark on the changes it announces: its own listener skips them, since this
+process applied them already (an owner's registration monitors the user as it is made)."""
 ANSWERING_CHANNEL = "mxproxy_answering"
 """NOTIFY channel of a standby telling the owner that a device answers a pushed call through
 it: ``<user key> <call id> <token digest>`` (:func:`mxproxy.store.token_digest`: never the token,
@@ -113,8 +118,8 @@ def register(connection: Connection[Any], key: Key, user: str, now: float,
                 " last_success = NULL, last_error = NULL, last_error_reason = NULL"
                 f" WHERE {KEY}", (user, now, now, *key))
             previous = str(row[0])
-            _notify(connection, previous)
-        _notify(connection, user)
+            notify(connection, previous)
+        notify(connection, user)
         return previous, _beyond_cap(connection, key, user, cap)
 
 
@@ -146,12 +151,19 @@ def _delete(connection: Connection[Any], condition: str, parameters: tuple[Any, 
             f"DELETE FROM mxproxy_devices WHERE {KEY} AND ({condition}) RETURNING user_id",
             (*key, *parameters)).fetchone()
         if row is not None:
-            _notify(connection, row[0])
+            notify(connection, row[0])
         return row is not None
 
 
-def _notify(connection: Connection[Any], user: str) -> None:
-    connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, user))
+def notify(connection: Connection[Any], user: str) -> None:
+    """Announce a change of ``user``'s devices, when the transaction commits."""
+    connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{user} {ORIGIN}"))
+
+
+def changed_user(payload: str) -> str | None:
+    """The user of a :data:`CHANNEL` payload; None for a change this process made."""
+    user, _, origin = payload.partition(" ")
+    return None if origin == ORIGIN else user
 
 
 _SUCCESS = f"UPDATE mxproxy_devices SET last_success = %s WHERE {KEY}"

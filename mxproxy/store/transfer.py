@@ -77,7 +77,7 @@ def import_tokens(path: str, url: str) -> Imported:
                         updated += not outcome[0]
                 users = sorted({str(row[4]) for row in rows})
                 for user in users:
-                    connection.execute("SELECT pg_notify(%s, %s)", (pgsql.CHANNEL, user))
+                    pgsql.notify(connection, user)
     except psycopg.Error as error:
         raise statement_error(name, url, error) from error
     return Imported(len(rows), len(users), added, updated, len(rows) - added - updated)
