@@ -30,7 +30,7 @@ from mxproxy.api.errors import HTTPError, not_found, write_error
 from mxproxy.api.request import SERVER
 from mxproxy.metrics import Metrics
 from mxproxy.mx import MXServer
-from mxproxy.ownership import DatabaseState, MXRole
+from mxproxy.roles import DatabaseState, MXRole
 
 if TYPE_CHECKING:
     from mxproxy.push.system import PushSystem  # imported by a daemon with push delivery only

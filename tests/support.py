@@ -66,7 +66,7 @@ class Daemon:
     ``metrics`` (a :class:`mxproxy.metrics.Metrics`) receives the HTTP requests and the CSTA
     round trips of both the server link and the user sessions, as the daemon wires it.
     ``connections_per_address`` caps the HTTP connections of one client address (0: none).
-    ``role`` (a :class:`mxproxy.ownership.MXRole`) says whether this instance owns the MX.
+    ``role`` (a :class:`mxproxy.roles.MXRole`) says whether this instance owns the MX.
     """
 
     def __init__(self, test: TestCase, pbx: PBX, clock: Any = None,

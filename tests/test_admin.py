@@ -26,9 +26,9 @@ from mxproxy.admin import STORE_TIMEOUT, Health, LiveState, NotAfter, admin_site
 from mxproxy.csta.client import MXAddress
 from mxproxy.metrics import Metrics
 from mxproxy.mx import REFUSED_RETRY
-from mxproxy.ownership import DatabaseState, MXRole
 from mxproxy.push.credentials import APNsCertificate, Credential
 from mxproxy.push.system import PushSystem
+from mxproxy.roles import DatabaseState, MXRole
 from mxproxy.testing.certs import certificate_authority
 from mxproxy.testing.fakeapns import Delayed
 from mxproxy.testing.fakefcm import INVALID_DATA

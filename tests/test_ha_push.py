@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from mxproxy.monitors import CALLS
-from mxproxy.ownership import MXRole
+from mxproxy.roles import MXRole
 from mxproxy.store import token_digest
 from tests.support import Daemon
 from tests.test_apns import BUNDLE

@@ -16,7 +16,6 @@ from mxproxy.logs import Logger
 from mxproxy.metrics import Metrics
 from mxproxy.monitors import DEVICES
 from mxproxy.mx import MXServer
-from mxproxy.ownership import MXRole
 from mxproxy.push.apns import APNS_PORT, HOSTS, APNsClient
 from mxproxy.push.credentials import (
     DEVELOPMENT,
@@ -28,6 +27,7 @@ from mxproxy.push.credentials import (
 from mxproxy.push.dispatcher import PushDispatcher
 from mxproxy.push.fcm import DEFAULT_BASE_URL, FCMClient, ServiceAccount
 from mxproxy.push.providers import APNsSender, DeviceRegistry, FCMSender
+from mxproxy.roles import MXRole
 from mxproxy.store import TokenStore, parse_user_key, user_key
 from mxproxy.store.location import masked, open_store
 
