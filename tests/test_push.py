@@ -1047,6 +1047,21 @@ class GracefulStopTests(PushTestCase):
         await stopped
         self.assertEqual((self.dispatcher.delivered, self.dispatcher.failed), (1, 0))
 
+    async def test_a_registration_while_the_store_closes_answers_503(self) -> None:
+        """Shutting down is a state that passes (a restart, another instance), as a full disk
+        is: 503 and try again, not a 500."""
+        await self.start()
+        lines = self.logged()
+        await self.system.store.close()
+        response, body = await self.d.request(
+            "POST", f"/token/apns/{VOIP}", ALICE,
+            body=json.dumps({"token": apns_token(1)}).encode(),
+            headers={"Content-Type": "application/json"})
+        self.assertEqual(response.code, 503, body)
+        self.assertIn(b"try again later", body)
+        self.assertIsNone(self.system.store.write_failure)  # no fault to report: it stops
+        self.assertFalse(any("answer 503" in line for line in lines), lines)
+
     async def test_a_stopping_daemon_waits_five_seconds_at_most(self) -> None:
         await self.start()
         lines = self.logged()

@@ -34,8 +34,9 @@ class StoreUnavailable(TokenStoreError):
     that may pass: the API answers 503."""
 
 
-class StoreClosed(TokenStoreError):
-    """A call came after :meth:`TokenStore.close`."""
+class StoreClosed(StoreUnavailable):
+    """A call came after :meth:`TokenStore.close`: the daemon is stopping, a state that passes
+    as the others do (a restart, another instance), so the API answers 503 too."""
 
 
 def pending_migrations(name: str, found: int, migrations: tuple[tuple[str, ...], ...],

@@ -258,7 +258,8 @@ class ThreadedStore:
             return result
 
         def failed(failure: Failure) -> Failure:
-            if failure.check(StoreUnavailable) and self.write_failure is None:
+            if failure.check(StoreUnavailable) and not failure.check(StoreClosed) and \
+                    self.write_failure is None:  # closed: stopping, nothing to report
                 self.log.error("{error}; device registrations answer 503 and /healthz reports "
                                "the store until a write succeeds", error=failure.value)
                 self.write_failure = WriteFailure(self._clock.seconds(), str(failure.value))
