@@ -383,6 +383,8 @@ class RouteStatuses:
         for sub in ast.walk(node):
             if isinstance(sub, ast.Call):
                 self._call(sub, scope, scan, where)
+            elif isinstance(sub, ast.Attribute):
+                self._reference(sub, scope, scan)
             elif isinstance(sub, ast.Raise) and sub.exc is not None:
                 raised = scope.typeof(sub.exc.func if isinstance(sub.exc, ast.Call) else sub.exc)
                 if isinstance(raised, type) and issubclass(raised, BaseException) \
@@ -408,9 +410,7 @@ class RouteStatuses:
             if not issubclass(callee, HTTPError):
                 return  # constructing is not failing: the raise counts (see _scan)
         name = qualified(callee)
-        declared = [key for key in self.domains if within(name, key)]
-        if declared:
-            scan.statuses |= self.mapping.of_domain(self.domains[max(declared, key=len)])
+        if self._declared(name, scan):
             return
         if not any(within(callee.__module__, package) for package in self.home):
             if within(callee.__module__, "mxproxy"):
@@ -422,6 +422,21 @@ class RouteStatuses:
                           if "__init__" in klass.__dict__)
         if isinstance(callee, types.FunctionType):
             scan.callees.append(callee)
+
+
+    def _reference(self, node: ast.Attribute, scope: Scope, scan: Scan) -> None:
+        """A function of a declared domain handed on, not called here (``self._step(...,
+        callcontrol.hold, ...)``), counts as called: its domain's statuses."""
+        target = scope.typeof(node)
+        if isinstance(target, types.FunctionType):
+            self._declared(qualified(target), scan)
+
+    def _declared(self, name: str, scan: Scan) -> bool:
+        """Add the statuses of the failure domain ``name`` is declared in; whether it is."""
+        declared = [key for key in self.domains if within(name, key)]
+        if declared:
+            scan.statuses |= self.mapping.of_domain(self.domains[max(declared, key=len)])
+        return bool(declared)
 
 
 WRITERS = frozenset({"HTTPError", "bare_answer", "_answer"})

@@ -25,10 +25,13 @@ from mxproxy.api.routing import Endpoints, app, json_answer, no_content
 from mxproxy.callcontrol import RING_DELAY, VM_DELAY
 from mxproxy.calls import RINGING, CallState
 from mxproxy.csta.errors import CallStateError, UnknownCall
+from mxproxy.csta.protocol import CSTAProtocol
 from mxproxy.monitors import CALLS
 from mxproxy.sessions import UserSession
 
 _CALL_ID = re.compile(r"[0-9]{1,18}")
+Step = Callable[[CSTAProtocol, int, str], Awaitable[object]]
+"""A call-control command of :mod:`mxproxy.callcontrol` taking (protocol, call id, extension)."""
 _SHORT = 128
 """Characters a device name or a number may have: more fits no MX field."""
 
@@ -107,23 +110,12 @@ class CallRoutes(Endpoints):
 
     @app.route("/mx/<mx>/calls/<call_id>/hold", methods=["POST"])
     async def hold(self, request: Request, mx: str, call_id: str) -> bytes:
-        caller, number = self._call_of(request, mx, call_id)
-
-        async def on_hold(session: UserSession, state: CallState) -> dict[str, Any]:
-            await callcontrol.hold(session.protocol, number, session.identity.ext)
-            return {"callId": number, "state": "held"}
-
-        return await self._control(request, caller, on_hold)
+        return await self._step(request, mx, call_id, callcontrol.hold, {"state": "held"})
 
     @app.route("/mx/<mx>/calls/<call_id>/retrieve", methods=["POST"])
     async def retrieve(self, request: Request, mx: str, call_id: str) -> bytes:
-        caller, number = self._call_of(request, mx, call_id)
-
-        async def back(session: UserSession, state: CallState) -> dict[str, Any]:
-            await callcontrol.retrieve(session.protocol, number, session.identity.ext)
-            return {"callId": number, "state": "connected"}
-
-        return await self._control(request, caller, back)
+        return await self._step(request, mx, call_id, callcontrol.retrieve,
+                                {"state": "connected"})
 
     @app.route("/mx/<mx>/calls/<call_id>/transfer", methods=["POST"])
     async def transfer(self, request: Request, mx: str, call_id: str) -> bytes:
@@ -152,15 +144,9 @@ class CallRoutes(Endpoints):
     async def recording(self, request: Request, mx: str, call_id: str) -> bytes:
         """Start or stop recording a connected call; once stopped, the recording is in the
         user's mailbox (``GET voicemail?media=Recording``, a ``voicemail`` event)."""
-        caller, number = self._call_of(request, mx, call_id)
         start = request.method == b"POST"
         command = callcontrol.start_recording if start else callcontrol.stop_recording
-
-        async def record(session: UserSession, state: CallState) -> dict[str, Any]:
-            await command(session.protocol, number, session.identity.ext)
-            return {"callId": number, "recording": start}
-
-        return await self._control(request, caller, record)
+        return await self._step(request, mx, call_id, command, {"recording": start})
 
     @app.route("/mx/<mx>/mode", methods=["PUT"])
     async def mode(self, request: Request, mx: str) -> bytes:
@@ -188,6 +174,18 @@ class CallRoutes(Endpoints):
         state = caller.access.calls
         await state.monitors.want(identity.jid, CALLS)
         return state, identity.jid
+
+    async def _step(self, request: Request, mx: str, call_id: str, command: Step,
+                    answer: dict[str, Any]) -> bytes:
+        """A command on the call that needs only its id and the user's extension; once the
+        MX confirms it, ``{"callId", **answer}``."""
+        caller, number = self._call_of(request, mx, call_id)
+
+        async def run(session: UserSession, state: CallState) -> dict[str, Any]:
+            await command(session.protocol, number, session.identity.ext)
+            return {"callId": number, **answer}
+
+        return await self._control(request, caller, run)
 
     def _call_of(self, request: Request, mx: str, call_id: str) -> tuple[Caller, int]:
         return self.auth.caller(request, mx), known_call_id(call_id)
